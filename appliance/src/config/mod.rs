@@ -1,0 +1,118 @@
+//! Loading a config directory: reading the YAML files (the only I/O here), then handing them to
+//! the pure `validate`. A load either yields a complete `Catalog` or every error it found.
+//!
+//! Layout of a config directory:
+//! - `appliance.yaml`: the appliance's settings (addresses, DHCP mode and pool, …)
+//! - `machines.yaml`: the MAC database, vendor (OUI) rules and the unknown-machine policy
+//! - `menus.yaml`: boot menus
+//! - every other `*.yaml`: one profile each
+//! - anything else: local files that profiles name as artifact sources
+
+pub mod error;
+pub mod position;
+pub mod validate;
+pub mod wire;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use validate::{FileProbe, Input, SourceFile};
+
+use crate::catalog::{Catalog, Digest};
+use sha2::{Digest as _, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const SETTINGS_FILE: &str = "appliance.yaml";
+pub const MACHINES_FILE: &str = "machines.yaml";
+pub const MENUS_FILE: &str = "menus.yaml";
+
+/// Reads and validates the config directory `dir`, with an optional on-site overlay of the
+/// MAC database that wins entry by entry.
+pub fn load(dir: &Path, overlay: Option<&Path>) -> Result<Catalog, ConfigErrors> {
+    let input = read_input(dir, overlay)?;
+    validate::validate(&input, &DirProbe { root: dir.to_path_buf() })
+}
+
+fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors> {
+    let io_err = |path: &Path, e: std::io::Error| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        }])
+    };
+    let read = |path: &Path| -> Result<SourceFile, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        Ok(SourceFile { path: path.to_path_buf(), text })
+    };
+    let optional = |name: &str| -> Result<Option<SourceFile>, ConfigErrors> {
+        let p = dir.join(name);
+        if p.exists() {
+            read(&p).map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| io_err(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            ![SETTINGS_FILE, MACHINES_FILE, MENUS_FILE].contains(&name)
+        })
+        .collect();
+    entries.sort();
+    let profiles = entries.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Input {
+        dir: dir.to_path_buf(),
+        settings: optional(SETTINGS_FILE)?,
+        machines: optional(MACHINES_FILE)?,
+        overlay: overlay.map(read).transpose()?,
+        menus: optional(MENUS_FILE)?,
+        profiles,
+    })
+}
+
+/// Hashes local artifact files, refusing any that resolve outside the config directory
+/// (through `..` or a symlink).
+pub struct DirProbe {
+    pub root: PathBuf,
+}
+
+impl DirProbe {
+    /// The file's real path, if it stays inside the root.
+    pub fn resolve(&self, rel: &Path) -> Result<PathBuf, String> {
+        let root = self.root.canonicalize().map_err(|e| format!("config directory: {e}"))?;
+        let full = root.join(rel).canonicalize().map_err(|e| format!("not found in {} ({e})", self.root.display()))?;
+        if !full.starts_with(&root) {
+            return Err(format!("resolves outside the config directory (to {})", full.display()));
+        }
+        if !full.is_file() {
+            return Err("is not a regular file".into());
+        }
+        Ok(full)
+    }
+}
+
+impl FileProbe for DirProbe {
+    fn digest(&self, rel: &Path) -> Result<Digest, String> {
+        let full = self.resolve(rel)?;
+        sha256_file(&full).map_err(|e| e.to_string())
+    }
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<Digest> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}

@@ -1,0 +1,280 @@
+//! Deciding what a machine gets: the one place that turns "who is asking, and at which stage
+//! of its boot" into "what to hand it", and records which rule decided.
+//!
+//! Architecture invariant: pure. No sockets, no clock, no file system; the same catalog and
+//! client always give the same decision. Anything stateful (has this MAC already been chained
+//! to iPXE?) arrives as a field of `Client`.
+
+use crate::arch::{Arch, Firmware};
+use crate::catalog::{Catalog, Machine, Target};
+use crate::client::{Client, Learned};
+use crate::mac::{MacAddr, Oui};
+use serde::Serialize;
+use std::fmt;
+
+/// Which request of the boot sequence we are answering.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// A DHCP request (or, with `--dhcp off`, a request for the site's one fixed boot file):
+    /// which boot program or script URL to hand out.
+    Dhcp,
+    /// iPXE asking for its per-machine script.
+    IpxeScript,
+    /// U-Boot (or PXELINUX) asking for `pxelinux.cfg/…`.
+    Pxelinux,
+    /// GRUB asking for `grub.cfg…`.
+    Grub,
+}
+
+/// Boot programs we hand out.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub enum BootFile {
+    /// iPXE for BIOS, chained through the ROM's UNDI driver.
+    Undionly,
+    /// iPXE for x86-64 UEFI with all its drivers.
+    IpxeEfi,
+    /// iPXE for x86-64 UEFI using the firmware's SNP driver.
+    SnponlyEfi,
+    /// GRUB network image for x86-64 UEFI.
+    GrubX64,
+    /// GRUB network image for ARM64 UEFI.
+    GrubAa64,
+    /// The U-Boot script image that runs `pxe get; pxe boot`.
+    UbootScript,
+}
+
+impl BootFile {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            BootFile::Undionly => "undionly.kpxe",
+            BootFile::IpxeEfi => "ipxe.efi",
+            BootFile::SnponlyEfi => "snponly.efi",
+            BootFile::GrubX64 => "grubnetx64.efi",
+            BootFile::GrubAa64 => "grubnetaa64.efi",
+            BootFile::UbootScript => "boot.scr.uimg",
+        }
+    }
+
+    pub fn from_file_name(name: &str) -> Option<BootFile> {
+        [
+            BootFile::Undionly,
+            BootFile::IpxeEfi,
+            BootFile::SnponlyEfi,
+            BootFile::GrubX64,
+            BootFile::GrubAa64,
+            BootFile::UbootScript,
+        ]
+        .into_iter()
+        .find(|b| b.file_name() == name)
+    }
+
+    pub fn is_ipxe(self) -> bool {
+        matches!(self, BootFile::Undionly | BootFile::IpxeEfi | BootFile::SnponlyEfi)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tftp,
+    Http,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Outcome {
+    /// Do not serve this client (no DHCP answer; "not found" for a config file).
+    Ignore { reason: String },
+    /// Hand out a boot program.
+    BootFile { file: BootFile, transport: Transport },
+    /// The client is iPXE: hand it the entry script URL.
+    IpxeScript,
+    /// Boot this profile.
+    Boot { profile: String, version: String },
+    /// Show this menu.
+    Menu { menu: String },
+    /// Boot from the local disk.
+    Local,
+}
+
+/// Which rule settled a part of the decision.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// The machine's own entry in the MAC database.
+    ExactMac(MacAddr),
+    /// A vendor rule for this OUI.
+    Oui(String),
+    /// What the client said about itself.
+    Client(Learned),
+    /// The policy for machines without an entry.
+    UnknownPolicy,
+    /// Nothing said anything.
+    None,
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rule::ExactMac(m) => write!(f, "MAC database entry {m}"),
+            Rule::Oui(o) => write!(f, "vendor rule {o}"),
+            Rule::Client(l) => write!(f, "client ({l})"),
+            Rule::UnknownPolicy => write!(f, "unknown-machine policy"),
+            Rule::None => write!(f, "no rule"),
+        }
+    }
+}
+
+/// The machine as templates see it.
+#[derive(Clone, PartialEq, Debug, Serialize)]
+pub struct Identity {
+    pub mac: Option<MacAddr>,
+    pub hostname: String,
+    pub vars: serde_json::Value,
+    /// Whether the MAC database knows this machine.
+    pub known: bool,
+}
+
+#[derive(Clone, PartialEq, Debug, Serialize)]
+pub struct Decision {
+    pub stage: Stage,
+    pub outcome: Outcome,
+    pub arch: Option<Arch>,
+    pub arch_rule: Rule,
+    pub target_rule: Rule,
+    pub machine: Identity,
+}
+
+/// Decides what `client` gets at `stage`.
+pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
+    let entry = client.mac.and_then(|m| catalog.machines.get(&m));
+    let vendor = client.mac.and_then(|m| catalog.vendors.iter().find(|v| v.oui == m.oui()));
+    let (arch, arch_rule) = if let Some(a) = entry.and_then(|e| e.arch) {
+        (Some(a), Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
+    } else if let Some((a, v)) = vendor.and_then(|v| v.arch.map(|a| (a, v))) {
+        (Some(a), oui_rule(v.oui))
+    } else if let Some((a, learned)) = &client.arch_hint {
+        (Some(*a), Rule::Client(learned.clone()))
+    } else {
+        (None, Rule::None)
+    };
+    let (target, target_rule) = if let Some(t) = entry.and_then(|e| e.target.clone()) {
+        (t, Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
+    } else if let Some((t, v)) = vendor.and_then(|v| v.target.clone().map(|t| (t, v))) {
+        (t, oui_rule(v.oui))
+    } else {
+        (catalog.unknown.clone(), Rule::UnknownPolicy)
+    };
+    let machine = identity(client.mac, entry);
+    let outcome = match stage {
+        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, &target),
+        _ => config_outcome(catalog, arch, &target, &target_rule),
+    };
+    Decision { stage, outcome, arch, arch_rule, target_rule, machine }
+}
+
+fn oui_rule(oui: Oui) -> Rule {
+    Rule::Oui(oui.to_string())
+}
+
+fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {
+    match (mac, entry) {
+        (_, Some(m)) => Identity { mac: Some(m.mac), hostname: m.hostname.clone(), vars: m.vars.clone(), known: true },
+        (Some(mac), None) => Identity {
+            mac: Some(mac),
+            hostname: format!("node-{}", mac.hex()),
+            vars: serde_json::Value::Object(Default::default()),
+            known: false,
+        },
+        (None, None) => Identity {
+            mac: None,
+            hostname: "node".into(),
+            vars: serde_json::Value::Object(Default::default()),
+            known: false,
+        },
+    }
+}
+
+fn ignore(reason: impl Into<String>) -> Outcome {
+    Outcome::Ignore { reason: reason.into() }
+}
+
+fn dhcp_outcome(
+    catalog: &Catalog,
+    client: &Client,
+    entry: Option<&Machine>,
+    arch: Option<Arch>,
+    target: &Target,
+) -> Outcome {
+    if *target == Target::Ignore {
+        return ignore("the MAC database says to ignore this machine");
+    }
+    if let (Target::Profile(p), Some(a)) = (target, arch) {
+        if catalog.profile_set(p, a).is_none() {
+            return ignore(format!("profile {p:?} has no {a} artifacts"));
+        }
+    }
+    let efi_ipxe = if catalog.settings.ipxe_efi == "snponly.efi" { BootFile::SnponlyEfi } else { BootFile::IpxeEfi };
+    let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
+    let http = |file| Outcome::BootFile { file, transport: Transport::Http };
+    match client.firmware {
+        Firmware::Unknown => ignore("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)"),
+        Firmware::Grub => ignore("GRUB reuses the firmware's lease"),
+        Firmware::Ipxe { efi } => {
+            // FIRMWARE.md: the QEMU iPXE ROM and the undionly.kpxe it chains send byte-identical
+            // options, so "chain once per MAC" is remembered by the caller, not read from the packet.
+            let wants_chain = entry.is_some_and(|e| e.chain_ipxe) && !client.ipxe_chained;
+            if wants_chain {
+                tftp(if efi { efi_ipxe } else { BootFile::Undionly })
+            } else {
+                Outcome::IpxeScript
+            }
+        }
+        Firmware::BiosPxe => tftp(BootFile::Undionly),
+        Firmware::UefiPxe => match arch {
+            Some(Arch::X86_64) => tftp(efi_ipxe),
+            Some(Arch::Arm64) => tftp(BootFile::GrubAa64),
+            Some(a) => ignore(format!("no UEFI boot program for {a}")),
+            None => ignore("UEFI client of unknown architecture"),
+        },
+        Firmware::UefiHttp => match arch {
+            Some(Arch::X86_64) => http(efi_ipxe),
+            Some(Arch::Arm64) => http(BootFile::GrubAa64),
+            Some(a) => ignore(format!("no UEFI HTTP boot program for {a}")),
+            None => ignore("UEFI HTTP client of unknown architecture"),
+        },
+        Firmware::Uboot => tftp(BootFile::UbootScript),
+    }
+}
+
+fn config_outcome(catalog: &Catalog, arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
+    match target {
+        Target::Ignore => ignore(format!("{rule} says to ignore this machine")),
+        Target::Local => Outcome::Local,
+        Target::Menu(m) => match arch {
+            Some(_) => Outcome::Menu { menu: m.clone() },
+            None => {
+                ignore("architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed")
+            }
+        },
+        Target::Profile(p) => {
+            let Some(profile) = catalog.profiles.get(p) else {
+                return ignore(format!("profile {p:?} does not exist"));
+            };
+            // A profile built for one architecture only needs no hint.
+            let arch = arch.or_else(|| {
+                (profile.arches.len() == 1).then(|| *profile.arches.keys().next().unwrap_or(&Arch::X86_64))
+            });
+            match arch.and_then(|a| profile.arches.get(&a).map(|s| (a, s))) {
+                Some((_, set)) => Outcome::Boot { profile: p.clone(), version: set.version.clone() },
+                None => match arch {
+                    Some(a) => ignore(format!("profile {p:?} has no {a} artifacts")),
+                    None => ignore(
+                        "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
+                    ),
+                },
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! `appliance explain` and `appliance render`: what a client would be handed, without any
+//! network, through the very same identify → decide → render path the daemon uses.
+//!
+//! Pure: returns text and file lists; the CLI prints and writes them.
+
+use crate::arch::Arch;
+use crate::catalog::{Catalog, Target};
+use crate::client::{self, Client, Learned, TftpRequest};
+use crate::decide::{decide, Decision, Outcome, Stage, Transport};
+use crate::mac::MacAddr;
+use crate::render::{self, Format, RenderError, ServerInfo};
+use dhcproto::v4::{self, DhcpOption, Message, MessageType};
+use std::fmt::Write as _;
+
+/// What the operator tells `explain` about the client.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub mac: Option<MacAddr>,
+    pub client_arch: Option<u16>,
+    pub vendor_class: Option<String>,
+    pub user_class: Option<String>,
+    pub path: Option<String>,
+    /// Pretend the iPXE binary was already handed out to this MAC.
+    pub chained: bool,
+}
+
+/// Builds the DHCP DISCOVER such a client would send and identifies it the way the daemon does.
+pub fn client_from_query(q: &Query) -> Client {
+    let mut msg = Message::default();
+    msg.set_opcode(v4::Opcode::BootRequest);
+    if let Some(mac) = q.mac {
+        msg.set_chaddr(&mac.0);
+    }
+    let opts = msg.opts_mut();
+    opts.insert(DhcpOption::MessageType(MessageType::Discover));
+    if let Some(a) = q.client_arch {
+        opts.insert(DhcpOption::ClientSystemArchitecture(a.into()));
+    }
+    if let Some(v) = &q.vendor_class {
+        opts.insert(DhcpOption::ClassIdentifier(v.as_bytes().to_vec()));
+    }
+    if let Some(u) = &q.user_class {
+        opts.insert(DhcpOption::UserClass(u.as_bytes().to_vec()));
+    }
+    let mut c = client::from_dhcp(&msg);
+    c.ipxe_chained = q.chained;
+    c
+}
+
+/// The decision and rendered config for a config-file path, with the client facts merged in.
+pub fn for_path(catalog: &Catalog, mut client: Client, path: &str) -> (Stage, Option<Format>, Client) {
+    match client::classify_tftp(path) {
+        TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => {
+            let grub = path.trim_start_matches('/').starts_with("grub");
+            if let Some(mac) = f.mac {
+                client = client.with_mac(mac, Learned::TftpPath(path.into()));
+            }
+            if let Some(a) = f.arch {
+                client.arch_hint = Some((a, Learned::TftpPath(path.into())));
+            }
+            let _ = catalog;
+            if grub {
+                client.firmware = crate::arch::Firmware::Grub;
+                (Stage::Grub, Some(Format::Grub), client)
+            } else {
+                client.firmware = crate::arch::Firmware::Uboot;
+                (Stage::Pxelinux, Some(Format::Pxelinux), client)
+            }
+        }
+        _ if path.contains("ipxe") => (Stage::IpxeScript, Some(Format::Ipxe), client),
+        _ => (Stage::Dhcp, None, client),
+    }
+}
+
+/// The full explanation `appliance explain` prints.
+pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
+    let server = ServerInfo::from_catalog(catalog);
+    let client = client_from_query(q);
+    let mut out = String::new();
+    let _ = writeln!(out, "client:");
+    let _ = writeln!(out, "  mac:        {}", client.mac.map(|m| m.to_string()).unwrap_or_else(|| "(none)".into()));
+    let _ = writeln!(out, "  firmware:   {}", client.firmware);
+    if let Some(c) = client.client_arch_code {
+        let name = crate::arch::arch_code(c).map(|r| r.name).unwrap_or("unassigned");
+        let _ = writeln!(out, "  option 93:  {c} ({name})");
+    }
+    if let Some((a, l)) = &client.arch_hint {
+        let _ = writeln!(out, "  claims:     {a} (from {l})");
+    }
+    let (stage, format, client) = match &q.path {
+        Some(p) => for_path(catalog, client, p),
+        None => (Stage::Dhcp, None, client),
+    };
+    let d = decide(catalog, &client, stage);
+    describe(&mut out, &d, &server);
+    // For a DHCP stage, also show what the client fetches next.
+    let next = match (&d.outcome, format) {
+        (_, Some(f)) => Some((stage, f)),
+        (Outcome::IpxeScript, None) => Some((Stage::IpxeScript, Format::Ipxe)),
+        (Outcome::BootFile { file, .. }, None) if file.is_ipxe() => Some((Stage::IpxeScript, Format::Ipxe)),
+        (Outcome::BootFile { file: crate::decide::BootFile::UbootScript, .. }, None) => {
+            Some((Stage::Pxelinux, Format::Pxelinux))
+        }
+        (Outcome::BootFile { .. }, None) => Some((Stage::Grub, Format::Grub)),
+        _ => None,
+    };
+    if let Some((stage, format)) = next {
+        let d2 = if stage == d.stage { d.clone() } else { decide(catalog, &client, stage) };
+        if stage != d.stage {
+            let _ = writeln!(out, "\nthen, at the {stage:?} stage:");
+            describe(&mut out, &d2, &server);
+        }
+        match render::render(catalog, &d2, &server, format)? {
+            Some(text) => {
+                let _ = writeln!(out, "\n--- rendered {format:?} ---\n{text}");
+            }
+            None => {
+                let _ = writeln!(out, "\n(no {format:?} file for this client: answered \"not found\")");
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
+    let what = match &d.outcome {
+        Outcome::Ignore { reason } => format!("ignore ({reason})"),
+        Outcome::BootFile { file, transport: Transport::Tftp } => {
+            format!("boot file {} by TFTP from {}", file.file_name(), server.address)
+        }
+        Outcome::BootFile { file, transport: Transport::Http } => {
+            format!("boot file {}/{} by HTTP", server.http_base, file.file_name())
+        }
+        Outcome::IpxeScript => format!("iPXE script {}/boot.ipxe", server.http_base),
+        Outcome::Boot { profile, version } => format!("profile {profile} version {version}"),
+        Outcome::Menu { menu } => format!("menu {menu}"),
+        Outcome::Local => "boot from local disk".into(),
+    };
+    let _ = writeln!(out, "decision ({:?} stage):", d.stage);
+    let _ = writeln!(out, "  hands out:    {what}");
+    let _ = writeln!(
+        out,
+        "  machine:      {}{}",
+        d.machine.hostname,
+        if d.machine.known { "" } else { " (not in the MAC database)" }
+    );
+    let _ = writeln!(out, "  architecture: {} by {}", d.arch.map(|a| a.as_str()).unwrap_or("unknown"), d.arch_rule);
+    let _ = writeln!(out, "  target by:    {}", d.target_rule);
+}
+
+/// One file `appliance render` writes: its path under the output folder and contents.
+pub struct RenderedFile {
+    pub path: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Every config the catalog can produce: per machine, per-architecture defaults, menus, the
+/// iPXE entry script and the U-Boot script image. Paths mirror what clients request.
+pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
+    let server = ServerInfo::from_catalog(catalog);
+    let mut files = vec![
+        RenderedFile { path: "http/boot.ipxe".into(), bytes: render::ipxe_entry(&server)?.into_bytes() },
+        RenderedFile { path: "tftp/boot.scr.uimg".into(), bytes: render::uboot_script()? },
+    ];
+    let mut push = |path: String, d: &Decision, format: Format| -> Result<(), RenderError> {
+        if let Some(text) = render::render(catalog, d, &server, format)? {
+            files.push(RenderedFile { path, bytes: text.into_bytes() });
+        }
+        Ok(())
+    };
+    for m in catalog.machines.values() {
+        let arches = machine_arches(catalog, m);
+        for arch in &arches {
+            let mut c = Client::new(crate::arch::Firmware::Unknown).with_mac(m.mac, Learned::Chaddr);
+            c.arch_hint = Some((*arch, Learned::Chaddr));
+            let suffix = if arches.len() > 1 { format!(".{arch}") } else { String::new() };
+            match arch {
+                Arch::X86_64 | Arch::X86 => {
+                    push(
+                        format!("http/ipxe/{}{suffix}.ipxe", m.mac.dashed()),
+                        &decide(catalog, &c, Stage::IpxeScript),
+                        Format::Ipxe,
+                    )?;
+                }
+                _ => {
+                    push(
+                        format!("tftp/pxelinux.cfg/01-{}{suffix}", m.mac.dashed()),
+                        &decide(catalog, &c, Stage::Pxelinux),
+                        Format::Pxelinux,
+                    )?;
+                    push(
+                        format!("tftp/grub/grub.cfg-01-{}{suffix}", m.mac.dashed()),
+                        &decide(catalog, &c, Stage::Grub),
+                        Format::Grub,
+                    )?;
+                }
+            }
+        }
+    }
+    // What an unknown machine gets, per architecture.
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        let mut c = Client::new(crate::arch::Firmware::Unknown);
+        c.arch_hint = Some((arch, Learned::Chaddr));
+        match arch {
+            Arch::X86_64 => {
+                push(format!("http/ipxe/unknown.{arch}.ipxe"), &decide(catalog, &c, Stage::IpxeScript), Format::Ipxe)?
+            }
+            _ => {
+                push(
+                    format!("tftp/pxelinux.cfg/default-{arch}"),
+                    &decide(catalog, &c, Stage::Pxelinux),
+                    Format::Pxelinux,
+                )?;
+                push(format!("tftp/grub/grub.cfg.{arch}"), &decide(catalog, &c, Stage::Grub), Format::Grub)?;
+            }
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// The architectures a machine can boot: its own (or its vendor's), else its profile's.
+fn machine_arches(catalog: &Catalog, m: &crate::catalog::Machine) -> Vec<Arch> {
+    if let Some(a) = m.arch.or_else(|| catalog.vendors.iter().find(|v| v.oui == m.mac.oui()).and_then(|v| v.arch)) {
+        return vec![a];
+    }
+    match &m.target {
+        Some(Target::Profile(p)) => {
+            catalog.profiles.get(p).map(|p| p.arches.keys().copied().collect()).unwrap_or_default()
+        }
+        _ => vec![Arch::X86_64, Arch::Arm64],
+    }
+}

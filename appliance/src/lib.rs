@@ -1,0 +1,15 @@
+//! The network-boot appliance: DHCP (server and proxy), TFTP and HTTP, driven by YAML profiles.
+//!
+//! The pure core (`mac`, `arch`, `client`, `catalog`, `config::validate`, `decide`, `render`,
+//! `version`, `cpio`) does no I/O and is tested without sockets; see ARCHITECTURE.md.
+
+pub mod arch;
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod cpio;
+pub mod decide;
+pub mod explain;
+pub mod mac;
+pub mod render;
+pub mod version;

@@ -1,0 +1,144 @@
+//! The `appliance` command: parses the command line, sets up logging and dispatches.
+
+use anyhow::{Context, Result};
+use appliance::explain::{self, Query};
+use appliance::mac::MacAddr;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Network-boot appliance: serves DHCP (or proxyDHCP), TFTP and HTTP so that x86 BIOS, x86 UEFI
+/// and ARM64 (U-Boot and UEFI) machines boot what the YAML profiles say.
+#[derive(Parser)]
+#[command(name = "appliance", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config directory; prints a one-line summary, or every error as
+    /// FILE:LINE:COL: field.path: message and exits non-zero.
+    Check {
+        /// Config directory (appliance.yaml, machines.yaml, menus.yaml, one YAML per profile).
+        #[arg(long, default_value = "profiles")]
+        config: PathBuf,
+        /// On-site MAC database overlay, merged over machines.yaml entry by entry.
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+    },
+    /// Show, without any network, what a client would be handed and which rule decided it,
+    /// with the full rendered config or script.
+    Explain {
+        #[arg(long, default_value = "profiles")]
+        config: PathBuf,
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// The client's MAC address.
+        #[arg(long)]
+        mac: MacAddr,
+        /// DHCP option 93 (client system architecture): 0 BIOS, 7 x64 UEFI, 11 ARM64 UEFI,
+        /// 16 x64 UEFI HTTP, 22 ARM64 U-Boot, ...
+        #[arg(long)]
+        client_arch: Option<u16>,
+        /// DHCP option 60, e.g. PXEClient:Arch:00007:UNDI:003000, HTTPClient, U-Boot.armv8.
+        #[arg(long)]
+        vendor_class: Option<String>,
+        /// DHCP option 77, e.g. iPXE.
+        #[arg(long)]
+        user_class: Option<String>,
+        /// A TFTP path the client requests (pxelinux.cfg/..., grub/grub.cfg-...), to explain
+        /// that stage instead of the DHCP one.
+        #[arg(long)]
+        path: Option<String>,
+        /// Assume this MAC was already handed the iPXE binary (the chained iPXE asking).
+        #[arg(long)]
+        chained: bool,
+    },
+    /// Write every config the catalog can produce into a folder, for review as a diff in git.
+    Render {
+        #[arg(long, default_value = "profiles")]
+        config: PathBuf,
+        #[arg(long)]
+        overlay: Option<PathBuf>,
+        /// Output folder (its previous contents are replaced).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(config: &std::path::Path, overlay: Option<&std::path::Path>) -> Result<appliance::catalog::Catalog, ExitCode> {
+    appliance::config::load(config, overlay).map_err(|errs| {
+        for e in &errs.0 {
+            eprintln!("{e}");
+        }
+        eprintln!("{} error{} in {}", errs.0.len(), if errs.0.len() == 1 { "" } else { "s" }, config.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { config, overlay } => {
+            let catalog = match load(&config, overlay.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let sets: usize = catalog.profiles.values().map(|p| p.arches.len()).sum();
+            println!(
+                "{}: ok: {} profiles ({} artifact sets), {} machines, {} vendor rules, {} menus, dhcp {}",
+                config.display(),
+                catalog.profiles.len(),
+                sets,
+                catalog.machines.len(),
+                catalog.vendors.len(),
+                catalog.menus.len(),
+                catalog.settings.dhcp.mode,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain { config, overlay, mac, client_arch, vendor_class, user_class, path, chained } => {
+            let catalog = match load(&config, overlay.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let q = Query { mac: Some(mac), client_arch, vendor_class, user_class, path, chained };
+            print!("{}", explain::explain(&catalog, &q)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render { config, overlay, out } => {
+            let catalog = match load(&config, overlay.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let files = explain::render_all(&catalog)?;
+            if out.exists() {
+                std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+            }
+            for f in &files {
+                let p = out.join(&f.path);
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+                }
+                std::fs::write(&p, &f.bytes).with_context(|| format!("writing {}", p.display()))?;
+            }
+            println!("wrote {} files to {}", files.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
