@@ -12,4 +12,5 @@ pub mod decide;
 pub mod explain;
 pub mod mac;
 pub mod render;
+pub mod state;
 pub mod version;

@@ -91,13 +91,11 @@ impl Builder {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(value, ..) => {
-                if self.value_path(mark).is_none() {
-                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                        let p = self::key(path, &value);
-                        *key = Some(value);
-                        self.record(p, mark);
-                    }
+            Event::Scalar(value, ..) if self.value_path(mark).is_none() => {
+                if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                    let p = self::key(path, &value);
+                    *key = Some(value);
+                    self.record(p, mark);
                 }
             }
             Event::Alias(_) => {

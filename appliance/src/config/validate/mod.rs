@@ -1,0 +1,210 @@
+//! From wire structs to a `Catalog`: every check, every error collected (never only the first),
+//! each pointing at file, line, column and field.
+//!
+//! Split by file: `settings`, `profiles`, `menus`, `macdb`.
+//!
+//! Pure apart from the `FileProbe` the caller passes in, which hashes local artifact files.
+
+mod macdb;
+mod menus;
+mod profiles;
+mod settings;
+
+pub use profiles::debian_arch;
+pub use settings::parse_subnet;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::position::{index, key, PosIndex};
+use super::wire::*;
+use crate::arch::Arch;
+use crate::catalog::*;
+use crate::mac::{MacAddr, Oui};
+use macdb::validate_macdb;
+use menus::validate_menus;
+use profiles::validate_profiles;
+use serde::de::DeserializeOwned;
+use settings::validate_settings;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::net::Ipv4Addr;
+use std::path::{Component, Path, PathBuf};
+
+/// One YAML file's name (as it should appear in messages) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// All the files of one configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub dir: PathBuf,
+    pub settings: Option<SourceFile>,
+    pub machines: Option<SourceFile>,
+    pub overlay: Option<SourceFile>,
+    pub menus: Option<SourceFile>,
+    pub profiles: Vec<SourceFile>,
+}
+
+/// Access to local artifact files, relative to the config directory.
+pub trait FileProbe {
+    /// The sha256 of the file, or why it cannot be read.
+    fn digest(&self, rel: &Path) -> Result<Digest, String>;
+}
+
+struct Doc<'a> {
+    file: &'a Path,
+    index: PosIndex,
+}
+
+impl<'a> Doc<'a> {
+    fn new(src: &'a SourceFile) -> Self {
+        Doc { file: &src.path, index: PosIndex::build(&src.text) }
+    }
+}
+
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn at(&mut self, doc: &Doc<'_>, field: &str, message: impl Display) {
+        let (line, col) = doc.index.at(field);
+        self.0.push(ConfigError {
+            file: doc.file.to_path_buf(),
+            line,
+            col,
+            field: field.to_string(),
+            message: message.to_string(),
+        });
+    }
+}
+
+/// Deserialises a whole document; on failure records one error with serde's position and path.
+fn parse_doc<T: DeserializeOwned + Default>(src: &SourceFile, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
+    if src.text.trim().is_empty() || src.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return Some(T::default());
+    }
+    parse_required(src, doc, errs)
+}
+
+fn parse_required<T: DeserializeOwned>(src: &SourceFile, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
+    let de = serde_yaml::Deserializer::from_str(&src.text);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let field = field_path("", e.path());
+            let inner = e.into_inner();
+            let (line, col) = match inner.location() {
+                Some(l) => (l.line(), l.column()),
+                None => doc.index.at(&field),
+            };
+            errs.0.push(ConfigError {
+                file: doc.file.to_path_buf(),
+                line,
+                col,
+                field,
+                message: strip_location(&inner.to_string()),
+            });
+            None
+        }
+    }
+}
+
+/// Deserialises one entry that was kept as raw YAML, reporting errors at `base`'s position.
+fn parse_value<T: DeserializeOwned>(v: &serde_yaml::Value, base: &str, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let field = field_path(base, e.path());
+            errs.at(doc, &field, strip_location(&e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn field_path(base: &str, path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = base.to_string();
+    for seg in path.iter() {
+        out = match seg {
+            Segment::Seq { index: i } => index(&out, *i),
+            Segment::Map { key: k } => key(&out, k),
+            Segment::Enum { variant } => key(&out, variant),
+            Segment::Unknown => out,
+        };
+    }
+    out
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address"))
+}
+
+fn parse_sha256(s: &str) -> Result<Digest, String> {
+    let bytes = hex::decode(s.trim()).map_err(|_| format!("{s:?} is not a hex sha256"))?;
+    bytes.try_into().map_err(|_| format!("{s:?} is not 64 hex digits"))
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    Arch::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Arch::ALL.iter().map(|a| a.as_str()).collect();
+        format!("unknown architecture {s:?} (expected one of {})", all.join(", "))
+    })
+}
+
+/// Names that end up in URLs and file paths.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// A relative path that cannot climb out of the directory it is relative to.
+fn contained(rel: &str) -> bool {
+    let p = Path::new(rel);
+    !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigErrors> {
+    let mut errs = Errors::default();
+    let settings = validate_settings(input, &mut errs);
+    let profiles = validate_profiles(input, probe, &mut errs);
+    let menus = validate_menus(input, &profiles, &mut errs);
+    let (machines, vendors, unknown) = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
+    match (errs.0.is_empty(), settings) {
+        (true, Some(settings)) => {
+            Ok(Catalog { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus })
+        }
+        _ => Err(ConfigErrors(errs.0)),
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(|s| s.as_str()).collect();
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", v.join(", "))
+    }
+}

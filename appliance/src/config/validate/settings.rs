@@ -1,0 +1,112 @@
+//! `appliance.yaml`: addresses, DHCP mode, pool and options.
+
+use super::*;
+
+pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Settings> {
+    let Some(src) = &input.settings else {
+        errs.0.push(ConfigError {
+            file: input.dir.join(crate::config::SETTINGS_FILE),
+            line: 1,
+            col: 1,
+            field: String::new(),
+            message: "missing: the appliance settings file is required".into(),
+        });
+        return None;
+    };
+    let doc = Doc::new(src);
+    let wire: SettingsFile = parse_required(src, &doc, errs)?;
+    let before = errs.0.len();
+    let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ip(s) {
+        Ok(ip) => Some(ip),
+        Err(e) => {
+            errs.at(&doc, field, e);
+            None
+        }
+    };
+    let address = ip("server.address", &wire.server.address, errs);
+    let http_port = wire.server.http_port.unwrap_or(80);
+    let http_base = match (&wire.server.http_base, address) {
+        (Some(b), _) if b.starts_with("http://") || b.starts_with("https://") => b.trim_end_matches('/').to_string(),
+        (Some(b), _) => {
+            errs.at(&doc, "server.http_base", format!("{b:?} is not an http:// or https:// URL"));
+            String::new()
+        }
+        (None, Some(a)) if http_port == 80 => format!("http://{a}"),
+        (None, Some(a)) => format!("http://{a}:{http_port}"),
+        (None, None) => String::new(),
+    };
+    let d = &wire.dhcp;
+    let mode = d.mode.unwrap_or_default();
+    let subnet = d.subnet.as_deref().and_then(|s| match parse_subnet(s) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            errs.at(&doc, "dhcp.subnet", e);
+            None
+        }
+    });
+    let pool = d.pool.as_ref().and_then(|p| {
+        let start = ip("dhcp.pool.start", &p.start, errs)?;
+        let end = ip("dhcp.pool.end", &p.end, errs)?;
+        if u32::from(start) > u32::from(end) {
+            errs.at(&doc, "dhcp.pool", format!("pool start {start} is after its end {end}"));
+        }
+        if let Some(net) = subnet {
+            for (f, a) in [("dhcp.pool.start", start), ("dhcp.pool.end", end)] {
+                if !net.contains(a) {
+                    errs.at(&doc, f, format!("{a} is outside the subnet {}/{}", net.network, net.prefix));
+                }
+            }
+        }
+        Some((start, end))
+    });
+    let router = d.router.as_deref().and_then(|r| ip("dhcp.router", r, errs));
+    if let (Some(r), Some(net)) = (router, subnet) {
+        if !net.contains(r) {
+            errs.at(&doc, "dhcp.router", format!("router {r} is outside the subnet {}/{}", net.network, net.prefix));
+        }
+    }
+    let dns = d.dns.iter().enumerate().filter_map(|(i, s)| ip(&index("dhcp.dns", i), s, errs)).collect();
+    if mode == DhcpMode::Server {
+        if subnet.is_none() && d.subnet.is_none() {
+            errs.at(&doc, "dhcp", "server mode needs dhcp.subnet");
+        }
+        if pool.is_none() && d.pool.is_none() {
+            errs.at(&doc, "dhcp", "server mode needs dhcp.pool");
+        }
+    }
+    let ipxe_efi = wire.ipxe.efi_binary.clone().unwrap_or_else(|| "ipxe.efi".into());
+    if !matches!(ipxe_efi.as_str(), "ipxe.efi" | "snponly.efi") {
+        errs.at(&doc, "ipxe.efi_binary", format!("{ipxe_efi:?} is not one of ipxe.efi, snponly.efi"));
+    }
+    if errs.0.len() > before {
+        return None;
+    }
+    Some(Settings {
+        address: address?,
+        http_port,
+        http_base,
+        interface: wire.server.interface.clone(),
+        dhcp: DhcpSettings {
+            mode,
+            subnet,
+            pool,
+            lease_secs: d.lease_time.unwrap_or(3600),
+            router,
+            dns,
+            domain: d.domain.clone(),
+        },
+        ipxe_efi,
+        gc_grace_secs: wire.artifacts.gc_grace_minutes.unwrap_or(30) * 60,
+    })
+}
+
+pub fn parse_subnet(s: &str) -> Result<Subnet, String> {
+    let bad = || format!("{s:?} is not a subnet like 10.0.0.0/24");
+    let (net, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let network: Ipv4Addr = net.trim().parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
+    if prefix > 32 {
+        return Err(bad());
+    }
+    Ok(Subnet { network, prefix })
+}

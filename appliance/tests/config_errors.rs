@@ -1,0 +1,218 @@
+//! Every validation error names file, line, column and field, and all of them are reported
+//! together. Also: every file shipped in `profiles/` validates.
+
+mod common;
+
+use appliance::config::{self, ConfigError};
+use std::path::Path;
+
+const SETTINGS: &str = "server: { address: 10.0.0.1 }\ndhcp:\n  mode: server\n  subnet: 10.0.0.0/24\n  pool: { start: 10.0.0.100, end: 10.0.0.199 }\n";
+const PROFILE: &str = "name: live\ncmdline: \"console=ttyS0\"\narch:\n  x86_64:\n    kernel: { path: files/k }\n";
+
+/// Writes a config dir (defaults for settings and one profile, overridable) and loads it.
+fn errors(files: &[(&str, &str)]) -> Vec<ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut all: Vec<(&str, &str)> =
+        vec![("appliance.yaml", SETTINGS), ("live.yaml", PROFILE), ("files/k", "kernel bytes\n")];
+    for (name, text) in files {
+        all.retain(|(n, _)| n != name);
+        all.push((name, text));
+    }
+    for (name, text) in all {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    match config::load(dir.path(), None) {
+        Ok(_) => vec![],
+        Err(e) => e.0,
+    }
+}
+
+/// Asserts one error at `file:line:col` on `field` whose message contains `msg`.
+fn check(errs: &[ConfigError], file: &str, line: usize, col: usize, field: &str, msg: &str) {
+    let found = errs.iter().any(|e| {
+        e.file.file_name().and_then(|n| n.to_str()) == Some(file)
+            && e.line == line
+            && e.col == col
+            && e.field == field
+            && e.message.contains(msg)
+    });
+    let listing: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(found, "wanted {file}:{line}:{col}: {field}: ..{msg}..\ngot:\n{}", listing.join("\n"));
+}
+
+#[test]
+fn valid_minimal_config_has_no_errors() {
+    assert_eq!(errors(&[]), vec![]);
+}
+
+#[test]
+fn unknown_field_names_its_line_and_path() {
+    let e = errors(&[("machines.yaml", "machines:\n  \"52:54:00:00:00:01\":\n    hostnme: a\n    profile: live\n")]);
+    check(&e, "machines.yaml", 3, 5, "machines.\"52:54:00:00:00:01\".hostnme", "unknown field `hostnme`");
+}
+
+#[test]
+fn malformed_mac_and_oui() {
+    let e = errors(&[(
+        "machines.yaml",
+        "machines:\n  \"52:54:00:zz:00:01\": { profile: live }\nvendors:\n  - { oui: \"b8:27\", arch: arm64 }\n",
+    )]);
+    check(&e, "machines.yaml", 2, 3, "machines.\"52:54:00:zz:00:01\"", "is not a MAC address");
+    check(&e, "machines.yaml", 4, 7, "vendors[0].oui", "is not a MAC address");
+}
+
+#[test]
+fn duplicate_mac_in_another_spelling() {
+    let e = errors(&[(
+        "machines.yaml",
+        "machines:\n  \"52:54:00:00:00:01\": { profile: live }\n  \"52-54-00-00-00-01\": { profile: live }\n",
+    )]);
+    check(&e, "machines.yaml", 3, 3, "machines.52-54-00-00-00-01", "duplicate MAC 52:54:00:00:00:01 (also at line 2");
+}
+
+#[test]
+fn machine_naming_a_missing_profile() {
+    let e = errors(&[("machines.yaml", "machines:\n  \"52:54:00:00:00:01\":\n    profile: nope\n")]);
+    check(
+        &e,
+        "machines.yaml",
+        3,
+        5,
+        "machines.\"52:54:00:00:00:01\".profile",
+        "no profile named \"nope\" (known: live)",
+    );
+}
+
+#[test]
+fn profile_lacking_the_machines_arch() {
+    let e = errors(&[("machines.yaml", "machines:\n  \"52:54:00:00:00:01\": { arch: arm64, profile: live }\n")]);
+    check(
+        &e,
+        "machines.yaml",
+        2,
+        39,
+        "machines.\"52:54:00:00:00:01\".profile",
+        "has no arm64 artifacts (it has: x86_64)",
+    );
+}
+
+#[test]
+fn template_that_does_not_compile() {
+    let e = errors(&[(
+        "live.yaml",
+        "name: live\ncmdline: \"console={{ oops\"\narch:\n  x86_64:\n    kernel: { path: files/k }\n",
+    )]);
+    check(&e, "live.yaml", 2, 1, "cmdline", "template does not compile");
+}
+
+#[test]
+fn pool_outside_the_subnet() {
+    let e = errors(&[(
+        "appliance.yaml",
+        "server: { address: 10.0.0.1 }\ndhcp:\n  subnet: 10.0.0.0/24\n  pool:\n    start: 10.0.0.10\n    end: 10.0.1.20\n",
+    )]);
+    check(&e, "appliance.yaml", 6, 5, "dhcp.pool.end", "10.0.1.20 is outside the subnet 10.0.0.0/24");
+}
+
+#[test]
+fn missing_local_artifact_and_checksum_mismatch() {
+    let e = errors(&[(
+        "live.yaml",
+        "name: live\narch:\n  x86_64:\n    kernel: { path: files/missing }\n    initrd:\n      - path: files/k\n        sha256: 0000000000000000000000000000000000000000000000000000000000000000\n",
+    )]);
+    check(&e, "live.yaml", 4, 15, "arch.x86_64.kernel.path", "artifact file \"files/missing\": not found");
+    check(&e, "live.yaml", 7, 9, "arch.x86_64.initrd[0].sha256", "checksum mismatch for files/k");
+}
+
+#[test]
+fn artifact_path_outside_the_config_dir_is_refused() {
+    let e = errors(&[("live.yaml", "name: live\narch:\n  x86_64:\n    kernel: { path: ../../etc/passwd }\n")]);
+    check(&e, "live.yaml", 4, 15, "arch.x86_64.kernel.path", "must be a relative path inside the config directory");
+}
+
+#[test]
+fn symlink_out_of_the_config_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("appliance.yaml"), SETTINGS).unwrap();
+    std::fs::write(dir.path().join("live.yaml"), PROFILE).unwrap();
+    std::fs::create_dir(dir.path().join("files")).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("files/k")).unwrap();
+    let e = config::load(dir.path(), None).unwrap_err().0;
+    check(&e, "live.yaml", 5, 15, "arch.x86_64.kernel.path", "resolves outside the config directory");
+}
+
+#[test]
+fn yaml_syntax_error_has_serde_position() {
+    let e = errors(&[("machines.yaml", "machines:\n  a: [unclosed\n")]);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].file.file_name().unwrap(), "machines.yaml");
+    assert!(e[0].line >= 2, "{:?}", e[0]);
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let e = errors(&[
+        (
+            "machines.yaml",
+            "machines:\n  \"52:54:00:00:00:01\": { profile: nope }\n  \"bad\": { profile: live }\n  \"52:54:00:00:00:03\": { arch: sparc }\n",
+        ),
+        ("menus.yaml", "menus:\n  m:\n    default: zzz\n    entries:\n      - profile: live\n"),
+        ("appliance.yaml", "server: { address: 10.0.0.999 }\ndhcp: { mode: proxy }\n"),
+    ]);
+    assert_eq!(e.len(), 5, "{:#?}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+    check(&e, "appliance.yaml", 1, 11, "server.address", "is not an IPv4 address");
+    check(&e, "menus.yaml", 3, 5, "menus.m.default", "is not one of this menu's entries");
+    check(&e, "machines.yaml", 4, 26, "machines.\"52:54:00:00:00:03\".arch", "unknown architecture \"sparc\"");
+}
+
+#[test]
+fn error_lines_read_file_line_col_field_message() {
+    let e = errors(&[("machines.yaml", "machines:\n  \"52:54:00:00:00:01\":\n    profile: nope\n")]);
+    let line = e[0].to_string();
+    assert!(
+        line.ends_with(
+            "machines.yaml:3:5: machines.\"52:54:00:00:00:01\".profile: no profile named \"nope\" (known: live)"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn overlay_wins_entry_by_entry() {
+    let dir = common::data("config");
+    let overlay = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        overlay.path(),
+        "machines:\n  \"52:54:00:00:00:01\": { hostname: renamed, arch: x86_64, profile: x86only }\n",
+    )
+    .unwrap();
+    let c = config::load(&dir, Some(overlay.path())).unwrap();
+    let m = &c.machines[&common::mac("52:54:00:00:00:01")];
+    assert_eq!(m.hostname, "renamed");
+    assert_eq!(m.target, Some(appliance::catalog::Target::Profile("x86only".into())));
+    // The other shipped entries are untouched.
+    assert_eq!(c.machines[&common::mac("52:54:00:00:00:05")].hostname, "board1");
+}
+
+#[test]
+fn every_shipped_profile_file_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    let c = config::load(&root, None).unwrap_or_else(|e| panic!("profiles/ does not validate:\n{e}"));
+    assert!(c.profiles.contains_key("tiny-live"));
+    for p in c.profiles.values() {
+        assert!(
+            p.arches.contains_key(&appliance::arch::Arch::X86_64)
+                && p.arches.contains_key(&appliance::arch::Arch::Arm64),
+            "{}",
+            p.name
+        );
+    }
+    // And every YAML file in it was read (a stray file would be taken for a profile and fail).
+    let yaml = std::fs::read_dir(&root)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+        .count();
+    assert_eq!(yaml, 3 + c.profiles.len());
+}

@@ -1,0 +1,99 @@
+//! Developer and CI tasks for the appliance workspace (`cargo xtask ...`).
+//!
+//! This file only parses arguments and dispatches; each subcommand lives in
+//! its own module.
+
+mod debian;
+mod fetch;
+mod test;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Developer and CI tasks for the network-boot appliance.
+///
+/// Run from anywhere inside the repository as `cargo xtask <COMMAND>`.
+/// Needs a Debian host (apt-get, apt-cache, dpkg-deb, grub-mkimage);
+/// `.ci/run` installs everything on a fresh bookworm machine.
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    after_help = "\
+Examples:
+  cargo xtask fetch                  fill target/bootloaders from xtask/debian.lock
+  cargo xtask fetch --update-lock    re-pin xtask/debian.lock to apt's current versions
+  cargo xtask test                   fmt, clippy, fetch, then the tests (what CI runs)
+  cargo xtask help fetch             everything about one command"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the bootloader directory from the pinned Debian packages.
+    ///
+    /// Downloads the packages pinned in xtask/debian.lock into
+    /// target/cache/debs/ (reused while their sha256 matches), then writes
+    /// undionly.kpxe, ipxe.efi and snponly.efi (from ipxe) and the GRUB
+    /// network boot images grubnetx64.efi and grubnetaa64.efi (built with the
+    /// host's grub-mkimage from grub-efi-{amd64,arm64}-bin), plus a SOURCES
+    /// file with each file's origin and sha256. The output is deterministic.
+    ///
+    /// arm64 packages need `dpkg --add-architecture arm64 && apt-get update`.
+    Fetch(fetch::Args),
+    /// Run the full check suite, as CI does.
+    ///
+    /// In order: `cargo fmt --all -- --check`, `cargo clippy --workspace
+    /// --all-targets -- -D warnings`, `cargo xtask fetch`, then `cargo test
+    /// --workspace` with APPLIANCE_BOOTLOADERS pointing at the bootloader
+    /// directory. Stops at the first failing step and names it.
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fetch(args) => fetch::run(&args),
+        Command::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+///
+/// `cargo run` sets `CARGO_MANIFEST_DIR` at run time too; prefer that over
+/// the compile-time value, which goes stale when a checkout is moved or
+/// copied together with its `target/` directory.
+pub(crate) fn project_root() -> PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or(manifest_dir)
+}
+
+/// Human-readable byte size, e.g. `1.1 MiB`.
+pub(crate) fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
