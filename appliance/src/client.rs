@@ -113,7 +113,13 @@ fn parse_vendor_class(vc: &str) -> (Option<u16>, Option<BootEnv>) {
     if let Some(rest) = vc.strip_prefix("PXEClient").or_else(|| vc.strip_prefix("HTTPClient")) {
         let http = vc.starts_with("HTTPClient");
         let code = rest.strip_prefix(":Arch:").and_then(|r| r.get(..5)).and_then(|d| d.parse::<u16>().ok());
-        let env = if http { BootEnv::UefiHttp } else { BootEnv::Uefi };
+        // The arch in the vendor class is authoritative when present (the caller maps the code);
+        // a bare `PXEClient` predates RFC 4578 and so is a BIOS ROM.
+        let env = match (http, code) {
+            (true, _) => BootEnv::UefiHttp,
+            (false, Some(c)) => arch_code(c).map_or(BootEnv::Other, |r| r.env),
+            (false, None) => BootEnv::Bios,
+        };
         return (code, Some(env));
     }
     if let Some(rest) = vc.strip_prefix("U-Boot") {
@@ -355,4 +361,102 @@ pub fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(path: &str) -> PathFacts {
+        match classify_tftp(path) {
+            TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => f,
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pxelinux_paths_in_uboots_order() {
+        // FIRMWARE.md: the order U-Boot asks in, for 10.77.0.102 / 52:54:00:77:00:05.
+        let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
+        assert_eq!(facts("pxelinux.cfg/01-52-54-00-77-00-05").mac, Some(mac));
+        assert_eq!(facts("pxelinux.cfg/0A4D0066").ip, Some(Ipv4Addr::new(10, 77, 0, 102)));
+        assert!(facts("pxelinux.cfg/0A4D006").ip_prefix);
+        assert!(facts("pxelinux.cfg/0").ip_prefix);
+        let arm = facts("pxelinux.cfg/default-arm");
+        assert!(arm.is_default);
+        assert_eq!(arm.arch, Some(Arch::Arm64));
+        assert_eq!(facts("pxelinux.cfg/default-arm-virt-qemu").arch, Some(Arch::Arm64));
+        assert_eq!(facts("pxelinux.cfg/default.x86_64").arch, Some(Arch::X86_64));
+        let d = facts("/pxelinux.cfg/default");
+        assert!(d.is_default && d.arch.is_none() && d.mac.is_none());
+    }
+
+    #[test]
+    fn grub_paths() {
+        let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
+        assert_eq!(facts("grub/grub.cfg-01-52-54-00-77-00-05").mac, Some(mac));
+        assert_eq!(facts("grub/grub.cfg-0A4D0066").ip, Some(Ipv4Addr::new(10, 77, 0, 102)));
+        assert!(facts("grub/grub.cfg").is_default);
+        assert_eq!(classify_tftp("grub/arm64-efi/command.lst"), TftpRequest::GrubAux { arch: Some(Arch::Arm64) });
+        assert_eq!(classify_tftp("grub/x86_64-efi/fs.lst"), TftpRequest::GrubAux { arch: Some(Arch::X86_64) });
+    }
+
+    #[test]
+    fn other_tftp_paths() {
+        assert_eq!(classify_tftp("boot.scr.uimg"), TftpRequest::UbootScript);
+        assert_eq!(classify_tftp("\\boot.ipxe"), TftpRequest::IpxeEntry);
+        assert_eq!(
+            classify_tftp("artifacts/live/0123456789ab/vmlinuz"),
+            TftpRequest::Artifact { profile: "live".into(), version: "0123456789ab".into(), file: "vmlinuz".into() }
+        );
+        assert_eq!(classify_tftp("undionly.kpxe"), TftpRequest::Other("undionly.kpxe".into()));
+        // Too many components is not an artifact; the file server refuses it.
+        assert_eq!(classify_tftp("artifacts/a/b/c/d"), TftpRequest::Other("artifacts/a/b/c/d".into()));
+    }
+
+    #[test]
+    fn http_query_from_the_entry_script() {
+        let c = from_http_query("mac=52-54-00-77-00-01&buildarch=i386&platform=pcbios");
+        assert_eq!(c.mac, Some(MacAddr::parse("52:54:00:77:00:01").unwrap()));
+        assert_eq!(c.firmware, Firmware::Ipxe { efi: false });
+        // undionly.kpxe is an i386 build: on pcbios that still means a 64-bit machine.
+        assert_eq!(c.arch_hint, Some((Arch::X86_64, Learned::HttpQuery)));
+        let c = from_http_query("mac=52%3A54%3A00%3A77%3A00%3A02&buildarch=x86_64&platform=efi");
+        assert_eq!(c.mac, Some(MacAddr::parse("52:54:00:77:00:02").unwrap()));
+        assert_eq!(c.firmware, Firmware::Ipxe { efi: true });
+        let c = from_http_query("mac=garbage");
+        assert_eq!(c.mac, None);
+    }
+
+    #[test]
+    fn percent_decoding_edges() {
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%e2%82%ac"), "€");
+    }
+
+    #[test]
+    fn vendor_class_forms() {
+        assert_eq!(parse_vendor_class("PXEClient:Arch:00007:UNDI:003000"), (Some(7), Some(BootEnv::Uefi)));
+        assert_eq!(parse_vendor_class("HTTPClient:Arch:00016:UNDI:003001"), (Some(16), Some(BootEnv::UefiHttp)));
+        assert_eq!(parse_vendor_class("U-Boot.armv8"), (Some(0x16), Some(BootEnv::Uboot)));
+        assert_eq!(parse_vendor_class("PXEClient:Arch:00000:UNDI:002001"), (Some(0), Some(BootEnv::Bios)));
+        assert_eq!(parse_vendor_class("PXEClient"), (None, Some(BootEnv::Bios)));
+        assert_eq!(parse_vendor_class("MSFT 5.0"), (None, None));
+        assert!(is_ipxe_user_class(b"iPXE"));
+        assert!(is_ipxe_user_class(b"\x04iPXE"));
+        assert!(!is_ipxe_user_class(b"iPX"));
+    }
+
+    #[test]
+    fn tolerates_empty_and_odd_options() {
+        let mut msg = Message::default();
+        msg.set_chaddr(&[0x52, 0x54, 0, 1, 2, 3]);
+        msg.opts_mut().insert(DhcpOption::ClientMachineIdentifier(vec![]));
+        msg.opts_mut().insert(DhcpOption::ClassIdentifier(vec![0xff, 0xfe]));
+        let c = from_dhcp(&msg);
+        assert_eq!(c.firmware, Firmware::Unknown);
+        assert!(c.mac.is_some());
+    }
 }

@@ -27,6 +27,17 @@ pub enum Stage {
     Grub,
 }
 
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Dhcp => "DHCP",
+            Stage::IpxeScript => "iPXE script",
+            Stage::Pxelinux => "pxelinux.cfg",
+            Stage::Grub => "grub.cfg",
+        })
+    }
+}
+
 /// Boot programs we hand out.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 pub enum BootFile {

@@ -107,15 +107,15 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
     if let Some((stage, format)) = next {
         let d2 = if stage == d.stage { d.clone() } else { decide(catalog, &client, stage) };
         if stage != d.stage {
-            let _ = writeln!(out, "\nthen, at the {stage:?} stage:");
+            let _ = writeln!(out, "\nthen, at the {stage} stage:");
             describe(&mut out, &d2, &server);
         }
         match render::render(catalog, &d2, &server, format)? {
             Some(text) => {
-                let _ = writeln!(out, "\n--- rendered {format:?} ---\n{text}");
+                let _ = writeln!(out, "\n--- rendered {format} ---\n{text}");
             }
             None => {
-                let _ = writeln!(out, "\n(no {format:?} file for this client: answered \"not found\")");
+                let _ = writeln!(out, "\n(no {format} for this client: answered \"not found\")");
             }
         }
     }
@@ -136,7 +136,7 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
         Outcome::Menu { menu } => format!("menu {menu}"),
         Outcome::Local => "boot from local disk".into(),
     };
-    let _ = writeln!(out, "decision ({:?} stage):", d.stage);
+    let _ = writeln!(out, "decision ({} stage):", d.stage);
     let _ = writeln!(out, "  hands out:    {what}");
     let _ = writeln!(
         out,

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use appliance::explain::{self, Query};
 use appliance::mac::MacAddr;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,25 +16,30 @@ struct Cli {
     command: Command,
 }
 
+/// Where the configuration comes from.
+#[derive(Args)]
+struct ConfigArgs {
+    /// Config directory: appliance.yaml, machines.yaml, menus.yaml and one YAML file per profile.
+    #[arg(long, default_value = "profiles")]
+    config: PathBuf,
+    /// On-site MAC database overlay, merged over machines.yaml entry by entry (the overlay wins).
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a config directory; prints a one-line summary, or every error as
     /// FILE:LINE:COL: field.path: message and exits non-zero.
     Check {
-        /// Config directory (appliance.yaml, machines.yaml, menus.yaml, one YAML per profile).
-        #[arg(long, default_value = "profiles")]
-        config: PathBuf,
-        /// On-site MAC database overlay, merged over machines.yaml entry by entry.
-        #[arg(long)]
-        overlay: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
     },
     /// Show, without any network, what a client would be handed and which rule decided it,
     /// with the full rendered config or script.
     Explain {
-        #[arg(long, default_value = "profiles")]
-        config: PathBuf,
-        #[arg(long)]
-        overlay: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
         /// The client's MAC address.
         #[arg(long)]
         mac: MacAddr,
@@ -58,10 +63,8 @@ enum Command {
     },
     /// Write every config the catalog can produce into a folder, for review as a diff in git.
     Render {
-        #[arg(long, default_value = "profiles")]
-        config: PathBuf,
-        #[arg(long)]
-        overlay: Option<PathBuf>,
+        #[command(flatten)]
+        cfg: ConfigArgs,
         /// Output folder (its previous contents are replaced).
         #[arg(long)]
         out: PathBuf,
@@ -94,7 +97,7 @@ fn load(config: &std::path::Path, overlay: Option<&std::path::Path>) -> Result<a
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { config, overlay } => {
+        Command::Check { cfg: ConfigArgs { config, overlay } } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -112,7 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain { config, overlay, mac, client_arch, vendor_class, user_class, path, chained } => {
+        Command::Explain { cfg: ConfigArgs { config, overlay }, mac, client_arch, vendor_class, user_class, path, chained } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -121,7 +124,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", explain::explain(&catalog, &q)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render { config, overlay, out } => {
+        Command::Render { cfg: ConfigArgs { config, overlay }, out } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),

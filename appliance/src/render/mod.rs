@@ -37,6 +37,16 @@ pub enum Format {
     Grub,
 }
 
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Format::Ipxe => "iPXE script",
+            Format::Pxelinux => "pxelinux.cfg",
+            Format::Grub => "grub.cfg",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("template {template}: {source:#}")]
