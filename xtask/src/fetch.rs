@@ -31,6 +31,15 @@ pub struct Args {
     /// busybox-static, grub-pc-bin) into the cache.
     #[arg(long)]
     pub all_packages: bool,
+
+    /// Config directory whose profiles' `deb`/`url` artifacts are fetched.
+    #[arg(long, value_name = "DIR", default_value = "profiles")]
+    pub config: PathBuf,
+
+    /// Blob cache the profile artifacts go to, one file per sha256
+    /// [default: target/blobs]; `appliance serve --blobs` reads it.
+    #[arg(long, value_name = "DIR")]
+    pub blobs: Option<PathBuf>,
 }
 
 /// The default bootloader directory; `cargo xtask test` exports it to the
@@ -186,7 +195,15 @@ pub fn run(args: &Args) -> Result<()> {
         });
     }
 
-    install(&out, &mut built)
+    install(&out, &mut built)?;
+
+    let config = match &args.config {
+        c if c.as_os_str().is_empty() => project_root().join("profiles"),
+        c if c.is_absolute() => c.clone(),
+        c => project_root().join(c),
+    };
+    let blobs = args.blobs.clone().unwrap_or_else(crate::blobs::default_dir);
+    crate::blobs::fetch(&sh, &lock, &config, &blobs)
 }
 
 /// `grub-mkimage (GRUB) 2.06-13+deb12u2`, checking the tool is there.

@@ -3,6 +3,7 @@
 //! This file only parses arguments and dispatches; each subcommand lives in
 //! its own module.
 
+mod blobs;
 mod debian;
 mod fetch;
 mod test;

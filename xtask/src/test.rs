@@ -18,6 +18,8 @@ pub struct Args {
 
 /// Environment variable telling the tests where the bootloaders are.
 const BOOTLOADERS_ENV: &str = "APPLIANCE_BOOTLOADERS";
+/// Environment variable telling the tests where the fetched profile artifacts are.
+const BLOBS_ENV: &str = "APPLIANCE_BLOBS";
 
 type Step<'a> = (String, Box<dyn Fn() -> Result<()> + 'a>);
 
@@ -27,6 +29,7 @@ pub fn run(args: &Args) -> Result<()> {
     // `cargo run` tells us which cargo is running us; use the same one.
     let cargo = sh.var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let bootloaders = fetch::default_out_dir();
+    let blobs = crate::blobs::default_dir();
     let extra = &args.cargo_test_args;
 
     let steps: Vec<Step<'_>> = vec![
@@ -46,7 +49,11 @@ pub fn run(args: &Args) -> Result<()> {
                 extra.iter().map(|arg| format!(" {}", arg.to_string_lossy())).collect::<String>()
             ),
             Box::new(|| {
-                Ok(cmd!(sh, "{cargo} test --workspace {extra...}").env(BOOTLOADERS_ENV, &bootloaders).quiet().run()?)
+                Ok(cmd!(sh, "{cargo} test --workspace {extra...}")
+                    .env(BOOTLOADERS_ENV, &bootloaders)
+                    .env(BLOBS_ENV, &blobs)
+                    .quiet()
+                    .run()?)
             }),
         ),
     ];
