@@ -61,6 +61,9 @@ enum Command {
         #[arg(long)]
         chained: bool,
     },
+    /// Serve DHCP (or proxyDHCP), TFTP and HTTP. SIGHUP reloads the config (an invalid one is
+    /// refused and the old one keeps serving); SIGTERM or Ctrl-C shuts down gracefully.
+    Serve(ServeArgs),
     /// Write every config the catalog can produce into a folder, for review as a diff in git.
     Render {
         #[command(flatten)]
@@ -71,10 +74,60 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    cfg: ConfigArgs,
+    /// Writable state: leases and the versioned artifact store (<state>/artifacts).
+    #[arg(long, default_value = "/var/lib/appliance")]
+    state: PathBuf,
+    /// Bootloader binaries (undionly.kpxe, ipxe.efi, snponly.efi, grubnet*.efi), as
+    /// `cargo xtask fetch` writes them to target/bootloaders.
+    #[arg(long)]
+    bootloaders: Option<PathBuf>,
+    /// Fetched deb/url artifact bytes, one file per sha256 [default: <state>/blobs].
+    #[arg(long)]
+    blobs: Option<PathBuf>,
+    /// Read-only fallback TFTP root for files that are neither configs nor artifacts.
+    #[arg(long)]
+    tftp_root: Option<PathBuf>,
+    /// Network interface to serve on (binds DHCP to it with SO_BINDTODEVICE).
+    #[arg(long)]
+    interface: Option<String>,
+    /// DHCP mode, overriding appliance.yaml: server (addresses + boot info), proxy (boot info
+    /// beside the site's DHCP server, also on port 4011), off (no DHCP; only listen).
+    #[arg(long, value_enum)]
+    dhcp: Option<DhcpModeArg>,
+    /// Address to listen on for TFTP and HTTP [default: 0.0.0.0].
+    #[arg(long, default_value = "0.0.0.0")]
+    listen: std::net::Ipv4Addr,
+    /// Address clients reach us at, overriding appliance.yaml's server.address.
+    #[arg(long)]
+    advertise: Option<std::net::Ipv4Addr>,
+    #[arg(long, default_value_t = 80)]
+    http_port: u16,
+    #[arg(long, default_value_t = 69)]
+    tftp_port: u16,
+    /// DHCP server port (clients' replies go to 68); the proxy also listens on 4011.
+    #[arg(long, default_value_t = 67)]
+    dhcp_port: u16,
+    /// ProxyDHCP port for PXE clients' follow-up requests.
+    #[arg(long, default_value_t = 4011)]
+    proxy_port: u16,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DhcpModeArg {
+    Server,
+    Proxy,
+    Off,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -124,6 +177,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print!("{}", explain::explain(&catalog, &q)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serve(args) => serve(args),
         Command::Render { cfg: ConfigArgs { config, overlay }, out } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
@@ -144,4 +198,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    use appliance::catalog::DhcpMode;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let mode = args.dhcp.map(|m| match m {
+            DhcpModeArg::Server => DhcpMode::Server,
+            DhcpModeArg::Proxy => DhcpMode::Proxy,
+            DhcpModeArg::Off => DhcpMode::Off,
+        });
+        let mut opts = appliance::serve::ServeOptions::new(args.cfg.config, args.state.clone());
+        opts.overlay = args.cfg.overlay;
+        opts.bootloaders = args.bootloaders;
+        if let Some(b) = args.blobs {
+            opts.blobs = b;
+        }
+        opts.tftp_root = args.tftp_root;
+        opts.dhcp_mode = mode;
+        opts.advertise = args.advertise;
+        opts.interface = args.interface.clone();
+        let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
+            .await
+            .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
+        let http = tokio::net::TcpListener::bind((args.listen, args.http_port))
+            .await
+            .with_context(|| format!("binding HTTP to {}:{}", args.listen, args.http_port))?;
+        let dhcp = appliance::dhcp::DhcpSockets::bind(args.dhcp_port, Some(args.proxy_port), args.interface.as_deref())
+            .with_context(|| format!("binding DHCP to port {}", args.dhcp_port))?;
+        let listeners = appliance::serve::Listeners { dhcp: Some(dhcp), tftp, http };
+        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+        let r = reload.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                r.notify_one();
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+            }
+        };
+        appliance::serve::run(opts, listeners, reload, shutdown).await?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

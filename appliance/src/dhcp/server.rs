@@ -1,0 +1,268 @@
+//! The DHCP service loop: receives on port 67 (and 4011), hands each request to the pure
+//! `exchange`, and does what it returns: sends the reply, persists the lease table, records the
+//! client in `Shared`, writes one log line.
+//!
+//! Architecture invariant: no policy here. What a machine gets is `decide`'s (through
+//! `exchange`); this loop only moves bytes and state. It never dies on a packet: malformed
+//! datagrams are logged at debug and dropped, send errors are logged and the loop goes on.
+
+use super::exchange::{self, Context, Handled, State};
+use super::reply::Port;
+use super::socket::{AsyncSocket, DhcpSocket, Egress, Received};
+use super::store::{self, LeaseStore};
+use super::wire;
+use crate::catalog::DhcpMode;
+use crate::client;
+use crate::decide::Rule;
+use crate::state::Shared;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// Receive buffer: larger than any Ethernet datagram, so a truncated read means junk.
+const RECV_BUF: usize = 4096;
+
+/// The sockets the service answers on.
+pub struct DhcpSockets {
+    /// Port 67 (DHCP and ProxyDHCP offers).
+    pub dhcp: DhcpSocket,
+    /// Port 4011 (PXE boot-server requests), when served.
+    pub pxe: Option<DhcpSocket>,
+}
+
+impl DhcpSockets {
+    /// Binds the wildcard address on `dhcp_port` (67) and, when given, `pxe_port` (4011), to
+    /// `interface` when named (see [`bind`](super::bind)).
+    pub fn bind(dhcp_port: u16, pxe_port: Option<u16>, interface: Option<&str>) -> io::Result<DhcpSockets> {
+        let any = |port| SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+        let dhcp = super::bind(any(dhcp_port), interface)?;
+        let pxe = pxe_port.map(|p| super::bind(any(p), interface)).transpose()?;
+        Ok(DhcpSockets { dhcp, pxe })
+    }
+}
+
+/// How the service runs; the defaults are the production ones.
+#[derive(Clone, Debug)]
+pub struct DhcpOptions {
+    /// `--dhcp` override; `None` follows the catalog's `dhcp.mode`, re-read for every packet
+    /// so a reload takes effect at once.
+    pub mode: Option<DhcpMode>,
+    /// Where `leases.json` lives; an empty path keeps leases in memory only (tests).
+    pub state_dir: PathBuf,
+    /// The port replies to clients go to (68; tests use an ephemeral one).
+    pub client_port: u16,
+    /// Sends every port-67 reply here instead of its RFC 2131 destination, so tests on
+    /// loopback receive the "broadcast". Port-4011 replies always go to their source.
+    pub reply_to: Option<SocketAddr>,
+}
+
+impl Default for DhcpOptions {
+    fn default() -> Self {
+        DhcpOptions { mode: None, state_dir: PathBuf::new(), client_port: super::reply::CLIENT_PORT, reply_to: None }
+    }
+}
+
+/// Serves DHCP on `sockets` until `shutdown` resolves.
+///
+/// Loads the lease table from `opts.state_dir` first (a corrupt file is moved aside, not
+/// fatal) and writes it back atomically after every change. Returns an error only when a
+/// socket cannot be registered with the runtime; per-packet errors are logged.
+pub async fn run(
+    shared: Arc<Shared>,
+    sockets: DhcpSockets,
+    opts: DhcpOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let store = (!opts.state_dir.as_os_str().is_empty()).then(|| LeaseStore::new(&opts.state_dir));
+    let leases = match &store {
+        Some(s) => {
+            let s = s.clone();
+            let now = unix_now();
+            tokio::task::spawn_blocking(move || s.load(now)).await.map_err(io::Error::other)?
+        }
+        None => Default::default(),
+    };
+    let mut state = State::new(leases);
+    let dhcp = sockets.dhcp.into_async()?;
+    let pxe = sockets.pxe.map(DhcpSocket::into_async).transpose()?;
+    info!(
+        dhcp = %dhcp.local,
+        pxe = ?pxe.as_ref().map(|p| p.local),
+        mode = %opts.mode.map_or("from config".to_string(), |m| m.to_string()),
+        "dhcp: serving"
+    );
+    let mut buf_dhcp = vec![0u8; RECV_BUF];
+    let mut buf_pxe = vec![0u8; RECV_BUF];
+    tokio::pin!(shutdown);
+    loop {
+        let (port, received) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = dhcp.recv(&mut buf_dhcp) => (Port::Dhcp, r),
+            r = recv_optional(pxe.as_ref(), &mut buf_pxe) => (Port::Pxe, r),
+        };
+        let (socket, buf) = match port {
+            Port::Dhcp => (&dhcp, &buf_dhcp),
+            Port::Pxe => match pxe.as_ref() {
+                Some(p) => (p, &buf_pxe),
+                None => continue,
+            },
+        };
+        match received {
+            Ok(rx) => serve_one(&shared, &opts, store.as_ref(), &mut state, socket, port, &buf[..rx.len], rx).await,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; keep serving without spinning.
+                warn!(socket = %socket.local, "dhcp: receive failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    info!("dhcp: stopped");
+    Ok(())
+}
+
+async fn recv_optional(socket: Option<&AsyncSocket>, buf: &mut [u8]) -> io::Result<Received> {
+    match socket {
+        Some(s) => s.recv(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_one(
+    shared: &Shared,
+    opts: &DhcpOptions,
+    store: Option<&LeaseStore>,
+    state: &mut State,
+    socket: &AsyncSocket,
+    port: Port,
+    bytes: &[u8],
+    rx: Received,
+) {
+    if rx.truncated {
+        debug!(source = %rx.source, "dhcp: dropping oversized datagram");
+        return;
+    }
+    let req = match wire::decode_request(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(source = %rx.source, len = bytes.len(), "dhcp: dropping malformed packet: {e}");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut client = client::from_dhcp(&req);
+    if let Some(mac) = client.mac {
+        client.ipxe_chained = shared.chained(mac, now);
+    }
+    // Every valid request is remembered, in every mode: TFTP and HTTP read it later.
+    shared.remember_dhcp(&client, now);
+    // One catalog for the whole packet, so a reload cannot mix two configurations.
+    let catalog = shared.catalog();
+    let server = shared.server();
+    let ctx = Context {
+        catalog: &catalog,
+        mode: opts.mode.unwrap_or(catalog.settings.dhcp.mode),
+        port,
+        server: &server,
+        source: rx.source,
+        client_port: opts.client_port,
+        now: unix_now(),
+    };
+    let handled = exchange::handle(state, &ctx, &req, &client);
+    if let Some(mac) = client.mac {
+        if handled.chained {
+            shared.mark_chained(mac, now);
+        }
+        if let Some(ip) = handled.bound {
+            shared.remember_ip(mac, ip);
+        }
+    }
+    if handled.leases_changed {
+        if let Some(store) = store {
+            persist(store, &state.leases).await;
+        }
+    }
+    if let Some(w) = &handled.warning {
+        warn!(mac = %fmt_mac(&client), "dhcp: {w}");
+    }
+    if let Some((reply, dest)) = &handled.reply {
+        let dest = match (port, opts.reply_to) {
+            (Port::Dhcp, Some(SocketAddr::V4(to))) => to,
+            _ => *dest,
+        };
+        let egress = Egress { ifindex: rx.ifindex, local: rx.local };
+        if let Err(e) = socket.send(&reply.encode(), dest, egress).await {
+            warn!(mac = %fmt_mac(&client), %dest, "dhcp: sending {:?} failed: {e}", reply.kind);
+        }
+    }
+    log_exchange(&client, &req, port, ctx.mode, &handled);
+}
+
+async fn persist(store: &LeaseStore, leases: &super::leases::Leases) {
+    let bytes = store::encode(leases);
+    let s = store.clone();
+    match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}"),
+        Err(e) => warn!("dhcp: lease writer failed: {e}"),
+    }
+}
+
+fn fmt_mac(client: &client::Client) -> String {
+    client.mac.map_or_else(|| "-".to_string(), |m| m.to_string())
+}
+
+fn fmt_rule(r: &Rule) -> String {
+    r.to_string()
+}
+
+/// One line per exchange. Requests we neither answer nor care about (a plain OS client in
+/// proxy or off mode) are logged at debug only, to keep a shared network's chatter out.
+fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port, mode: DhcpMode, h: &Handled) {
+    let out = h.reply.as_ref().map_or_else(|| "-".to_string(), |(r, _)| format!("{:?}", r.kind));
+    let dest = h.reply.as_ref().map_or_else(|| "-".to_string(), |(_, d)| d.to_string());
+    let address = h.reply.as_ref().map(|(r, _)| r.message.yiaddr()).filter(|a| !a.is_unspecified());
+    let boot = h.reply.as_ref().and_then(|(r, _)| r.boot.as_ref()).map(|b| b.name().to_string());
+    let (arch_rule, target_rule) = h
+        .decision
+        .as_ref()
+        .map_or_else(|| ("-".into(), "-".into()), |d| (fmt_rule(&d.arch_rule), fmt_rule(&d.target_rule)));
+    let dropped = h.reply.as_ref().map(|(r, _)| r.dropped.clone()).filter(|d| !d.is_empty());
+    let boot_client = client.firmware != crate::arch::Firmware::Unknown;
+    let interesting = h.reply.is_some() || h.leases_changed || boot_client || mode == DhcpMode::Server;
+    macro_rules! line {
+        ($level:ident) => {
+            $level!(
+                mac = %fmt_mac(client),
+                firmware = %client.firmware,
+                xid = format_args!("{:#010x}", req.xid()),
+                port = ?port,
+                mode = %mode,
+                request = ?h.kind,
+                reply = %out,
+                to = %dest,
+                address = ?address,
+                boot = ?boot,
+                arch_rule = %arch_rule,
+                target_rule = %target_rule,
+                chained = h.chained,
+                dropped = ?dropped,
+                why = h.note.as_deref().unwrap_or("-"),
+                "dhcp exchange"
+            )
+        };
+    }
+    if interesting {
+        line!(info);
+    } else {
+        line!(debug);
+    }
+}

@@ -1,0 +1,264 @@
+//! Request routing: a plain `match (method, path)` over the few things we serve. Boot decisions
+//! come from `decide` and scripts from `render`; this file only reads requests, calls them and
+//! writes responses, one log line per request.
+
+use super::body::Body;
+use super::files::{self, Validators};
+use super::HttpContext;
+use crate::artifacts;
+use crate::client;
+use crate::decide::{decide, Decision, Outcome, Stage};
+use crate::mac::MacAddr;
+use crate::render::{self, Format};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::fs::{File, Metadata};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+/// Boot programs served from the bootloader directory (UEFI HTTP Boot fetches `ipxe.efi`).
+pub(super) const BOOTLOADERS: [&str; 5] = ["ipxe.efi", "snponly.efi", "undionly.kpxe", "grubnetx64.efi", "grubnetaa64.efi"];
+
+/// What the log line of one request says besides method, path, status and size.
+#[derive(Default)]
+struct Notes {
+    mac: Option<MacAddr>,
+    decision: Option<String>,
+    rule: Option<String>,
+    /// For artifacts: the version to mark as used when the transfer ends.
+    touch: Option<(String, String)>,
+}
+
+pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let mut notes = Notes::default();
+    let response = route(ctx, &req, peer, &mut notes).await;
+    let status = response.status().as_u16();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let touches = ctx.touches.clone();
+    response.map(move |body| {
+        body.on_drop(move |bytes| {
+            if let Some((profile, version)) = &notes.touch {
+                touches.touch(profile, version, SystemTime::now());
+            }
+            tracing::info!(
+                %method,
+                path,
+                status,
+                bytes,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                %peer,
+                mac = notes.mac.map(tracing::field::display),
+                decision = notes.decision,
+                rule = notes.rule,
+                "http request"
+            );
+        })
+    })
+}
+
+async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, notes: &mut Notes) -> Response<Body> {
+    let path = req.uri().path();
+    let head = req.method() == Method::HEAD;
+    if let Err(why) = check_path(path) {
+        return text(StatusCode::BAD_REQUEST, why, head);
+    }
+    let boot_program = BOOTLOADERS.iter().copied().find(|b| path.strip_prefix('/') == Some(*b));
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/boot.ipxe") => match render::ipxe_entry(&ctx.shared.server()) {
+            Ok(script) => script_response(script, head),
+            Err(e) => internal_error(format_args!("rendering the iPXE entry script: {e:#}"), head),
+        },
+        (&Method::GET | &Method::HEAD, "/ipxe/script") => script(ctx, req.uri().query().unwrap_or(""), peer, notes, head),
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
+            artifact(ctx, req, &p["/artifacts/".len()..], notes).await
+        }
+        (&Method::GET | &Method::HEAD, _) => match boot_program {
+            Some(name) => bootloader(ctx, req, name).await,
+            None => not_found(head),
+        },
+        _ => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served", false);
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
+    }
+}
+
+/// Refuses paths that could climb out of a directory or hide a name in an encoding: we never
+/// percent-decode a path, since nothing we serve needs an escaped character.
+pub(super) fn check_path(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("the request path must start with /");
+    }
+    if path.bytes().any(|b| b == b'%' || b == b'\\' || b.is_ascii_control()) {
+        return Err("escaped characters, backslashes and control characters are not served");
+    }
+    if path.len() > 1 && path[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err("empty, . and .. path segments are not served");
+    }
+    Ok(())
+}
+
+/// `/ipxe/script?mac=..&buildarch=..&platform=..`: the per-machine script or menu.
+fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, head: bool) -> Response<Body> {
+    let mut client = client::from_http_query(query);
+    let Some(mac) = client.mac else {
+        let msg = "missing or malformed mac parameter (expected ?mac=52-54-00-12-34-56&buildarch=..&platform=..)";
+        return text(StatusCode::BAD_REQUEST, msg, head);
+    };
+    notes.mac = Some(mac);
+    if let Some(dhcp) = ctx.shared.recalled_dhcp(mac, Instant::now()) {
+        client.merge_overheard(&dhcp);
+    }
+    if let std::net::IpAddr::V4(ip) = peer.ip() {
+        client.ip = Some(ip);
+    }
+    let catalog = ctx.shared.catalog();
+    let server = ctx.shared.server();
+    let decision = decide(&catalog, &client, Stage::IpxeScript);
+    notes.decision = Some(describe(&decision));
+    notes.rule = Some(decision.target_rule.to_string());
+    match render::render(&catalog, &decision, &server, Format::Ipxe) {
+        Ok(Some(script)) => script_response(script, head),
+        Ok(None) => text(StatusCode::NOT_FOUND, "no boot script for this machine", head),
+        Err(e) => internal_error(format_args!("rendering the iPXE script for {mac}: {e:#}"), head),
+    }
+}
+
+fn describe(d: &Decision) -> String {
+    match &d.outcome {
+        Outcome::Boot { profile, version } => format!("boot {profile}/{version}"),
+        Outcome::Menu { menu } => format!("menu {menu}"),
+        Outcome::Local => "local".into(),
+        Outcome::Ignore { reason } => format!("ignore: {reason}"),
+        Outcome::IpxeScript => "ipxe script".into(),
+        Outcome::BootFile { file, .. } => format!("boot file {}", file.file_name()),
+    }
+}
+
+/// `/artifacts/<profile>/<version>/<file>` from the versioned store.
+async fn artifact(ctx: &HttpContext, req: &Request<Incoming>, rest: &str, notes: &mut Notes) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [profile, version, file] = parts[..] else { return not_found(head) };
+    let (store, p, v, f) = (ctx.store.clone(), profile.to_string(), version.to_string(), file.to_string());
+    let opened = blocking(move || artifacts::open(&store, &p, &v, &f)).await;
+    let (file_handle, meta) = match opened {
+        Ok(x) => x,
+        Err(e) => return open_error(e, head),
+    };
+    ctx.touches.touch(profile, version, SystemTime::now());
+    notes.touch = Some((profile.to_string(), version.to_string()));
+    // Same version and file name means the same bytes, so this tag is strong without hashing.
+    let validators = Validators {
+        etag: format!("\"{version}-{file}\""),
+        cache_control: "public, max-age=31536000, immutable",
+        content_type: "application/octet-stream",
+    };
+    files::respond(req.headers(), head, file_handle, &meta, &validators)
+}
+
+/// A boot program from the bootloader directory. The name is one of `BOOTLOADERS`, so a
+/// request cannot choose the path; symlinks are followed, as an operator may link the
+/// distribution's files in.
+async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, name: &'static str) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
+    let Some(dir) = ctx.bootloaders.clone() else { return not_found(head) };
+    let opened = blocking(move || open_regular(&dir.join(name))).await;
+    let (file, meta) = match opened {
+        Ok(x) => x,
+        Err(e) => return open_error(e, head),
+    };
+    // These files can be replaced in place, so the tag follows size and modification time.
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    let validators = Validators {
+        etag: format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos()),
+        cache_control: "no-cache",
+        content_type: if name.ends_with(".efi") { "application/efi" } else { "application/octet-stream" },
+    };
+    files::respond(req.headers(), head, file, &meta, &validators)
+}
+
+fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+    let f = File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(io::ErrorKind::NotFound, "not a regular file"));
+    }
+    Ok((f, meta))
+}
+
+/// Runs a file-system call on the blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+fn open_error(e: io::Error, head: bool) -> Response<Body> {
+    match e.kind() {
+        io::ErrorKind::InvalidInput => text(StatusCode::BAD_REQUEST, "not a plain file name", head),
+        // A symlink out of the store looks like any missing file from outside.
+        io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied | io::ErrorKind::NotADirectory => not_found(head),
+        _ => internal_error(format_args!("opening a file to serve: {e}"), head),
+    }
+}
+
+fn script_response(script: String, head: bool) -> Response<Body> {
+    let mut r = bytes_response(StatusCode::OK, "text/plain; charset=utf-8", script.into_bytes(), head);
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn not_found(head: bool) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, "not found", head)
+}
+
+fn internal_error(what: std::fmt::Arguments<'_>, head: bool) -> Response<Body> {
+    tracing::error!("{what}");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the appliance log)", head)
+}
+
+fn text(status: StatusCode, message: &str, head: bool) -> Response<Body> {
+    bytes_response(status, "text/plain; charset=utf-8", format!("{message}\n").into_bytes(), head)
+}
+
+fn bytes_response(status: StatusCode, content_type: &'static str, bytes: Vec<u8>, head: bool) -> Response<Body> {
+    let len = bytes.len();
+    let body = if head { Body::empty() } else { Body::full(bytes) };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_path;
+
+    #[test]
+    fn paths_that_could_escape_are_refused() {
+        for ok in ["/", "/boot.ipxe", "/artifacts/live/0123/vmlinuz", "/a..b"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/artifacts/../x",
+            "/artifacts/live/%2e%2e/x",
+            "/..%2fx",
+            "/a\\..\\b",
+            "/x\0",
+            "//etc/passwd",
+            "/artifacts/./x",
+            "/artifacts/live/",
+            "relative",
+            "/..",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+    }
+}

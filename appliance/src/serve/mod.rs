@@ -1,0 +1,243 @@
+//! `appliance serve`: DHCP, TFTP and HTTP in one tokio process, all driven by the current
+//! catalog and `decide`. `run` is the library entry point: the binary binds the real ports and
+//! wires signals to it; tests start it in-process on ephemeral ports.
+//!
+//! Reload: a valid new config (and its published artifacts) replaces the old one atomically;
+//! an invalid one is refused with every error logged, and the old one keeps serving.
+
+pub mod files;
+pub mod neighbours;
+pub mod tftp_routes;
+
+use crate::artifacts::{self, Touches};
+use crate::catalog::{Catalog, DhcpMode};
+use crate::render::ServerInfo;
+use crate::state::Shared;
+use anyhow::{Context, Result};
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config_dir: PathBuf,
+    pub overlay: Option<PathBuf>,
+    /// Writable state: leases, the artifact store (`<state>/artifacts`).
+    pub state_dir: PathBuf,
+    /// Fetched bytes of `deb`/`url` sources, one file per sha256 (`cargo xtask fetch`).
+    pub blobs: PathBuf,
+    /// iPXE and GRUB binaries (`cargo xtask fetch` fills `target/bootloaders`).
+    pub bootloaders: Option<PathBuf>,
+    /// Read-only fallback TFTP root for any other file.
+    pub tftp_root: Option<PathBuf>,
+    /// Overrides the config's DHCP mode.
+    pub dhcp_mode: Option<DhcpMode>,
+    /// Overrides the address we advertise in URLs and DHCP replies.
+    pub advertise: Option<Ipv4Addr>,
+    /// The boot network interface: router advertisements are sent on it.
+    pub interface: Option<String>,
+    pub tftp: crate::tftp::TftpConfig,
+    /// How often unreferenced artifact versions are looked at.
+    pub gc_interval: Duration,
+    /// Overrides the config's GC grace period.
+    pub gc_grace: Option<Duration>,
+}
+
+impl ServeOptions {
+    pub fn new(config_dir: PathBuf, state_dir: PathBuf) -> Self {
+        ServeOptions {
+            blobs: state_dir.join("blobs"),
+            config_dir,
+            overlay: None,
+            state_dir,
+            bootloaders: None,
+            tftp_root: None,
+            dhcp_mode: None,
+            advertise: None,
+            interface: None,
+            tftp: Default::default(),
+            gc_interval: Duration::from_secs(60),
+            gc_grace: None,
+        }
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.state_dir.join("artifacts")
+    }
+}
+
+/// Sockets the daemon serves on, bound by the caller.
+pub struct Listeners {
+    pub dhcp: Option<crate::dhcp::DhcpSockets>,
+    pub tftp: UdpSocket,
+    pub http: TcpListener,
+}
+
+/// Loads, validates and publishes a config; on failure says everything that is wrong.
+pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
+    let catalog = crate::config::load(&opts.config_dir, opts.overlay.as_deref())
+        .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
+    let store = opts.store();
+    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+    let report = artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((catalog, report))
+}
+
+fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> ServerInfo {
+    let s = &catalog.settings;
+    let address = opts.advertise.unwrap_or(s.address);
+    let http_base = if opts.advertise.is_none() && http_port == s.http_port {
+        s.http_base.clone()
+    } else if http_port == 80 {
+        format!("http://{address}")
+    } else {
+        format!("http://{address}:{http_port}")
+    };
+    ServerInfo { address, http_base }
+}
+
+/// Runs the daemon until `shutdown` resolves. Every `reload.notify_one()` re-reads the config.
+pub async fn run(opts: ServeOptions, listeners: Listeners, reload: Arc<Notify>, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let opts = Arc::new(opts);
+    let (catalog, report) = {
+        let o = opts.clone();
+        tokio::task::spawn_blocking(move || load_and_publish(&o)).await??
+    };
+    log_publish(&report);
+    let http_port = listeners.http.local_addr()?.port();
+    let server = server_info(&catalog, &opts, http_port);
+    info!(
+        config = %opts.config_dir.display(),
+        profiles = catalog.profiles.len(),
+        machines = catalog.machines.len(),
+        dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings.dhcp.mode),
+        http = %server.http_base,
+        tftp = %listeners.tftp.local_addr()?,
+        "serving"
+    );
+    let shared = Shared::new(Arc::new(catalog), server);
+    let touches = Arc::new(Touches::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let routes = Arc::new(tftp_routes::TftpRoutes {
+        shared: shared.clone(),
+        store: opts.store(),
+        bootloaders: opts.bootloaders.clone(),
+        root: opts.tftp_root.clone(),
+        touches: touches.clone(),
+        mode: opts.dhcp_mode,
+    });
+    let tftp_stop = stopped(stop_rx.clone());
+    let tftp_cfg = opts.tftp.clone();
+    tasks.spawn(async move { crate::tftp::serve(listeners.tftp, routes, tftp_cfg, tftp_stop).await.context("tftp") });
+    let http_ctx = Arc::new(crate::http::HttpContext {
+        shared: shared.clone(),
+        store: opts.store(),
+        bootloaders: opts.bootloaders.clone(),
+        touches: touches.clone(),
+        shutdown_grace: Duration::from_secs(5),
+    });
+    let http_stop = stopped(stop_rx.clone());
+    tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
+    if let Some(sockets) = listeners.dhcp {
+        let dhcp_opts = crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
+        let dhcp_stop = stopped(stop_rx.clone());
+        let sh = shared.clone();
+        tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });
+    }
+    // IPv6 router advertisements on the boot interface save iPXE ~13 s per stage (FIRMWARE.md).
+    if let Some(iface) = &opts.interface {
+        let (ra_stop, ra_done) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
+        let iface = iface.clone();
+        tasks.spawn(async move {
+            crate::dhcp::ra::advertise(&iface, ra_stop).await;
+            // Without a raw socket (no root) it returns at once; that must not end the daemon.
+            ra_done.await;
+            Ok(())
+        });
+    }
+
+    tokio::pin!(shutdown);
+    let mut gc_tick = tokio::time::interval(opts.gc_interval);
+    gc_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = reload.notified() => reload_config(&opts, &shared, http_port).await,
+            _ = gc_tick.tick() => collect_garbage(&opts, &shared, &touches).await,
+            Some(done) = tasks.join_next() => {
+                // A server task only ends on shutdown; anything else is fatal for the daemon.
+                let err = match done {
+                    Ok(Ok(())) => anyhow::anyhow!("a server task ended unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("a server task panicked: {e}"),
+                };
+                error!("{err:#}");
+                let _ = stop_tx.send(true);
+                while tasks.join_next().await.is_some() {}
+                return Err(err);
+            }
+        }
+    }
+    info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+        warn!("some transfers did not finish within 10 s of shutdown");
+    }
+    Ok(())
+}
+
+fn log_publish(report: &artifacts::PublishReport) {
+    for set in &report.published {
+        info!(profile = %set.profile, arch = %set.arch, version = %set.version, "published artifact version");
+    }
+}
+
+async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port: u16) {
+    let o = opts.clone();
+    match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
+        Ok(Ok((catalog, report))) => {
+            log_publish(&report);
+            let server = server_info(&catalog, opts, http_port);
+            info!(profiles = catalog.profiles.len(), machines = catalog.machines.len(), "config reloaded");
+            shared.set_server(server);
+            shared.replace_catalog(Arc::new(catalog));
+        }
+        Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
+        Err(e) => error!("reload failed: {e}"),
+    }
+}
+
+async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>) {
+    let catalog = shared.catalog();
+    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings.gc_grace_secs));
+    let store = opts.store();
+    let t = touches.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        artifacts::gc(&catalog, &store, grace, &|p: &str, v: &str| t.last(p, v), SystemTime::now())
+    })
+    .await;
+    match result {
+        Ok(report) => {
+            for (profile, version) in &report.removed {
+                info!(%profile, %version, "removed unreferenced artifact version");
+            }
+        }
+        Err(e) => warn!("artifact gc failed: {e}"),
+    }
+}
+
+/// Where `serve` keeps its state by default.
+pub fn default_state_dir() -> &'static Path {
+    Path::new("/var/lib/appliance")
+}

@@ -1,0 +1,193 @@
+//! The TFTP router: turns a requested path into bytes, by asking the core. Rendered configs for
+//! every U-Boot and GRUB path of FIRMWARE.md, the U-Boot script image, bootloader binaries,
+//! versioned artifacts, and a read-only fallback file root (seed 002).
+//!
+//! No policy here: what a machine gets is `decide`'s; this file only gathers the client's facts
+//! (path, source address → MAC, what it said in DHCP) and fetches the bytes.
+
+use super::files;
+use super::neighbours;
+use crate::arch::Firmware;
+use crate::artifacts::{self, Touches};
+use crate::catalog::DhcpMode;
+use crate::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
+use crate::decide::{decide, BootFile, Decision, Outcome, Stage};
+use crate::render::{self, Format};
+use crate::state::Shared;
+use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tracing::info;
+
+pub struct TftpRoutes {
+    pub shared: Arc<Shared>,
+    pub store: PathBuf,
+    pub bootloaders: Option<PathBuf>,
+    /// Read-only fallback root for any other file.
+    pub root: Option<PathBuf>,
+    pub touches: Arc<Touches>,
+    /// `--dhcp` override; else the catalog's mode.
+    pub mode: Option<DhcpMode>,
+}
+
+fn peer_v4(req: &ReadRequest) -> Option<Ipv4Addr> {
+    match req.peer.ip() {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+    }
+}
+
+impl TftpRoutes {
+    /// Everything we know about the client behind this request.
+    fn client(&self, req: &ReadRequest, facts: &PathFacts, firmware: Firmware, now: Instant) -> Client {
+        let mut client = Client::new(firmware);
+        let peer = peer_v4(req);
+        let learned_mac = facts
+            .mac
+            .map(|m| (m, Learned::TftpPath(req.path.clone())))
+            .or_else(|| facts.ip.and_then(|ip| self.mac_for(ip)).map(|m| (m, Learned::TftpPath(req.path.clone()))))
+            .or_else(|| peer.and_then(|ip| self.mac_for(ip).map(|m| (m, Learned::SourceAddress(ip)))));
+        if let Some((mac, learned)) = learned_mac {
+            client = client.with_mac(mac, learned);
+        }
+        if let Some(a) = facts.arch {
+            client.arch_hint = Some((a, Learned::TftpPath(req.path.clone())));
+        }
+        client.ip = peer;
+        if let Some(dhcp) = client.mac.and_then(|m| self.shared.recalled_dhcp(m, now)) {
+            client.merge_overheard(&dhcp);
+            // The config request comes from U-Boot or GRUB, whatever the firmware said.
+            client.firmware = firmware;
+        }
+        if let Some(mac) = client.mac {
+            client.ipxe_chained = self.shared.chained(mac, now);
+        }
+        client
+    }
+
+    fn mac_for(&self, ip: Ipv4Addr) -> Option<crate::mac::MacAddr> {
+        self.shared.mac_for_ip(ip).or_else(|| neighbours::lookup(ip))
+    }
+
+    fn rendered(&self, req: &ReadRequest, facts: &PathFacts, stage: Stage, format: Format) -> Result<Content, TftpError> {
+        if facts.ip_prefix {
+            // A shortened hex address never names one machine.
+            return Err(TftpError::not_found());
+        }
+        let now = Instant::now();
+        let firmware = if format == Format::Grub { Firmware::Grub } else { Firmware::Uboot };
+        let client = self.client(req, facts, firmware, now);
+        let catalog = self.shared.catalog();
+        let decision = decide(&catalog, &client, stage);
+        let text = render::render(&catalog, &decision, &self.shared.server(), format)
+            .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
+        log(req, &decision, if text.is_some() { "rendered" } else { "not found" });
+        match text {
+            Some(t) => Ok(Content::Bytes(t.into_bytes().into())),
+            None => Err(TftpError::not_found()),
+        }
+    }
+
+    fn mode(&self) -> DhcpMode {
+        self.mode.unwrap_or(self.shared.catalog().settings.dhcp.mode)
+    }
+
+    /// A request for one of our boot program names. With `--dhcp off` the site's DHCP gives
+    /// every machine the same name, so the name says nothing: decide from what the machine said
+    /// in its (overheard) DHCP request and serve the right bytes under that name.
+    fn boot_file(&self, req: &ReadRequest, name: &str, named: BootFile) -> Result<Content, TftpError> {
+        if self.mode() != DhcpMode::Off {
+            return self.bootloader(name);
+        }
+        let now = Instant::now();
+        let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
+        let catalog = self.shared.catalog();
+        let decision = decide(&catalog, &client, Stage::Dhcp);
+        log(req, &decision, "boot file");
+        match &decision.outcome {
+            Outcome::BootFile { file, .. } => {
+                if let (true, Some(mac)) = (file.is_ipxe(), client.mac) {
+                    self.shared.mark_chained(mac, now);
+                }
+                match file {
+                    BootFile::UbootScript => self.uboot_script(),
+                    f => self.bootloader(f.file_name()),
+                }
+            }
+            Outcome::IpxeScript => render::ipxe_entry(&self.shared.server())
+                .map(|s| Content::Bytes(s.into_bytes().into()))
+                .map_err(|e| TftpError::undefined(e.to_string())),
+            // Nothing known about this client (no DHCP overheard, no MAC): serve the file it
+            // named, as a plain TFTP server would.
+            Outcome::Ignore { .. } if client.firmware == Firmware::Unknown => self.bootloader(named.file_name()),
+            _ => Err(TftpError::access_violation("not served to this machine")),
+        }
+    }
+
+    fn bootloader(&self, name: &str) -> Result<Content, TftpError> {
+        let dir = self.bootloaders.as_ref().ok_or_else(TftpError::not_found)?;
+        let (file, len) = files::open(dir, name).map_err(|_| TftpError::not_found())?;
+        Ok(Content::File { file, len })
+    }
+
+    fn uboot_script(&self) -> Result<Content, TftpError> {
+        render::uboot_script().map(|b| Content::Bytes(b.into())).map_err(|e| TftpError::undefined(e.to_string()))
+    }
+}
+
+fn log(req: &ReadRequest, d: &Decision, what: &str) {
+    let mac = d.machine.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+    info!(
+        target: "appliance::tftp",
+        mac = %mac,
+        peer = %req.peer,
+        path = %req.path,
+        outcome = ?d.outcome,
+        target_rule = %d.target_rule,
+        arch_rule = %d.arch_rule,
+        "tftp {what}"
+    );
+}
+
+impl Handler for TftpRoutes {
+    fn read(&self, req: &ReadRequest) -> Result<Content, TftpError> {
+        match classify_tftp(&req.path) {
+            TftpRequest::Pxelinux(f) => self.rendered(req, &f, Stage::Pxelinux, Format::Pxelinux),
+            TftpRequest::GrubConfig(f) => self.rendered(req, &f, Stage::Grub, Format::Grub),
+            // GRUB looks for module lists it already has; answer at once so it does not stall.
+            TftpRequest::GrubAux { .. } => Err(TftpError::not_found()),
+            TftpRequest::UbootScript => self.uboot_script(),
+            TftpRequest::IpxeEntry => render::ipxe_entry(&self.shared.server())
+                .map(|s| Content::Bytes(s.into_bytes().into()))
+                .map_err(|e| TftpError::undefined(e.to_string())),
+            TftpRequest::Artifact { profile, version, file } => {
+                let (f, meta) = artifacts::open(&self.store, &profile, &version, &file).map_err(|_| TftpError::not_found())?;
+                self.touches.touch(&profile, &version, SystemTime::now());
+                Ok(Content::File { file: f, len: meta.len() })
+            }
+            TftpRequest::Other(name) => match BootFile::from_file_name(&name) {
+                Some(BootFile::UbootScript) => self.uboot_script(),
+                Some(b) => self.boot_file(req, &name, b),
+                None => {
+                    let root = self.root.as_ref().ok_or_else(TftpError::not_found)?;
+                    match files::open(root, &name) {
+                        Ok((file, len)) => Ok(Content::File { file, len }),
+                        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                            Err(TftpError::access_violation("outside the served root"))
+                        }
+                        Err(_) => Err(TftpError::not_found()),
+                    }
+                }
+            },
+        }
+    }
+
+    fn finished(&self, report: &TransferReport) {
+        // Artifacts are touched again at the end, so a long transfer keeps its version alive.
+        if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
+            self.touches.touch(&profile, &version, SystemTime::now());
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The boundary between the TFTP engine and the daemon: the [`Handler`]
+//! trait that resolves read requests to [`Content`], the [`TftpError`] it may
+//! refuse with, and the per-transfer [`TransferReport`] it is told about.
+//!
+//! This module owns only these types. It must not touch sockets or decide
+//! anything about paths: resolving (and securing) paths is the handler's job.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Content resolver plugged into the server.
+pub trait Handler: Send + Sync + 'static {
+    /// Resolve a read request. Must be quick (no long blocking I/O): return
+    /// bytes from memory or an already opened file.
+    fn read(&self, req: &ReadRequest) -> Result<Content, TftpError>;
+
+    /// Called exactly once per request that reached a transfer task, when it
+    /// ends (whatever the outcome). Must be quick; the default does nothing
+    /// (the engine also logs one `tracing::info!` line per transfer).
+    fn finished(&self, report: &TransferReport) {
+        let _ = report;
+    }
+}
+
+/// A read request as the handler sees it.
+#[derive(Debug, Clone)]
+pub struct ReadRequest {
+    /// The file name exactly as sent by the client (lossy UTF-8), unchecked.
+    pub path: String,
+    /// The client's address (its transfer ID).
+    pub peer: SocketAddr,
+    /// The local address of the listening socket the request arrived on.
+    pub local: SocketAddr,
+}
+
+/// What to serve.
+#[derive(Debug)]
+pub enum Content {
+    /// In-memory bytes (rendered configs, embedded binaries).
+    Bytes(bytes::Bytes),
+    /// An open file, streamed with positional reads; only the first `len`
+    /// bytes are served.
+    File { file: std::fs::File, len: u64 },
+}
+
+impl Content {
+    /// Number of bytes that will be served.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::File { len, .. } => *len,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A TFTP ERROR (code and message) sent to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TftpError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl TftpError {
+    pub const NOT_DEFINED: u16 = 0;
+    pub const FILE_NOT_FOUND: u16 = 1;
+    pub const ACCESS_VIOLATION: u16 = 2;
+    pub const DISK_FULL: u16 = 3;
+    pub const ILLEGAL_OPERATION: u16 = 4;
+    pub const UNKNOWN_TID: u16 = 5;
+    pub const FILE_EXISTS: u16 = 6;
+    pub const NO_SUCH_USER: u16 = 7;
+    pub const OPTION_REFUSED: u16 = 8;
+
+    pub fn new(code: u16, message: impl Into<String>) -> Self {
+        TftpError { code, message: message.into() }
+    }
+
+    /// Code 0 with a free-form message.
+    pub fn undefined(message: impl Into<String>) -> Self {
+        Self::new(Self::NOT_DEFINED, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(Self::FILE_NOT_FOUND, "File not found")
+    }
+
+    pub fn access_violation(message: impl Into<String>) -> Self {
+        Self::new(Self::ACCESS_VIOLATION, message)
+    }
+
+    pub fn illegal_operation(message: impl Into<String>) -> Self {
+        Self::new(Self::ILLEGAL_OPERATION, message)
+    }
+
+    pub fn unknown_tid() -> Self {
+        Self::new(Self::UNKNOWN_TID, "Unknown transfer ID")
+    }
+
+    pub fn option_refused(message: impl Into<String>) -> Self {
+        Self::new(Self::OPTION_REFUSED, message)
+    }
+}
+
+impl fmt::Display for TftpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TFTP error {}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for TftpError {}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client acknowledged the last block.
+    Complete,
+    /// The client sent an ERROR packet (e.g. code 8 after an EDK2 size probe).
+    ClientError { code: u16, message: String },
+    /// No progress after the configured number of retransmissions.
+    TimedOut,
+    /// The request was answered with an ERROR and no data: WRQ, unsupported
+    /// mode, or the handler refused it.
+    Refused(TftpError),
+    /// Local failure (socket or file read); the client was sent ERROR 0.
+    Failed(String),
+    /// The server was shut down mid-transfer.
+    Shutdown,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Complete => f.write_str("complete"),
+            Outcome::ClientError { code, message } => {
+                write!(f, "client error {code} ({message})")
+            }
+            Outcome::TimedOut => f.write_str("timed out"),
+            Outcome::Refused(e) => write!(f, "refused with error {} ({})", e.code, e.message),
+            Outcome::Failed(e) => write!(f, "failed: {e}"),
+            Outcome::Shutdown => f.write_str("server shutdown"),
+        }
+    }
+}
+
+/// One line's worth of facts about a finished transfer.
+#[derive(Debug, Clone)]
+pub struct TransferReport {
+    pub peer: SocketAddr,
+    /// Local address of the listening socket.
+    pub local: SocketAddr,
+    /// The requested path, raw.
+    pub path: String,
+    /// Size of the content, if the handler produced some.
+    pub size: Option<u64>,
+    /// Negotiated block size and window size (512 and 1 without options).
+    pub blksize: u16,
+    pub windowsize: u16,
+    /// Payload bytes acknowledged by the client.
+    pub bytes: u64,
+    /// DATA blocks acknowledged by the client.
+    pub blocks: u64,
+    /// DATA or OACK packets sent more than once.
+    pub retransmits: u64,
+    pub duration: Duration,
+    pub outcome: Outcome,
+}
+
+impl TransferReport {
+    /// Emits the standard one-line log for this transfer.
+    pub(crate) fn log(&self) {
+        tracing::info!(
+            peer = %self.peer,
+            path = %self.path,
+            bytes = self.bytes,
+            blocks = self.blocks,
+            retransmits = self.retransmits,
+            blksize = self.blksize,
+            windowsize = self.windowsize,
+            duration_ms = self.duration.as_millis() as u64,
+            outcome = %self.outcome,
+            "tftp transfer finished"
+        );
+    }
+}

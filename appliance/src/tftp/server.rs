@@ -1,0 +1,108 @@
+//! The accept loop: receives requests on the listening socket and spawns one
+//! transfer task per RRQ/WRQ.
+//!
+//! This module owns the listening socket, task bookkeeping and shutdown. It
+//! must never die on peer input (malformed datagrams are logged at debug and
+//! dropped) and must not answer anything itself: every reply, including
+//! ERRORs for refused requests, comes from the transfer's own socket.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::handler::Handler;
+use super::options::TftpConfig;
+use super::packet::Packet;
+use super::transfer::{self, Incoming};
+
+/// Largest UDP payload; requests are tiny but we must not truncate junk into
+/// something that parses.
+const RECV_BUF: usize = 65536;
+
+/// Serves TFTP read requests arriving on `socket` until `shutdown` resolves.
+///
+/// Each request runs on its own task and ephemeral socket bound to the
+/// listening socket's IP. On shutdown the loop stops accepting, tells running
+/// transfers to stop (they send ERROR 0 and report [`Outcome::Shutdown`]),
+/// waits for them and returns. Only a failure to read the socket's own local
+/// address is returned as an error; receive errors are logged and retried.
+///
+/// [`Outcome::Shutdown`]: super::Outcome::Shutdown
+pub async fn serve<H, F>(socket: UdpSocket, handler: Arc<H>, config: TftpConfig, shutdown: F) -> io::Result<()>
+where
+    H: Handler + ?Sized,
+    F: Future<Output = ()>,
+{
+    let local = socket.local_addr()?;
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut saturated = false;
+    tokio::pin!(shutdown);
+    debug!(%local, "tftp: serving");
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = joined {
+                    warn!("tftp: transfer task failed: {e}");
+                }
+            }
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, peer)) => {
+                    let incoming = match Packet::decode(&buf[..n]) {
+                        Ok(Packet::Rrq(req)) => Incoming::Read(req),
+                        Ok(Packet::Wrq(req)) => Incoming::Write(req),
+                        Ok(other) => {
+                            debug!(%peer, kind = other.kind(), "tftp: ignoring non-request on listening socket");
+                            continue;
+                        }
+                        Err(e) => {
+                            debug!(%peer, len = n, "tftp: dropping malformed request: {e}");
+                            continue;
+                        }
+                    };
+                    if tasks.len() >= config.max_transfers {
+                        // Warn once per saturation episode, not per request.
+                        if !saturated {
+                            warn!(limit = config.max_transfers, "tftp: transfer limit reached, dropping requests");
+                            saturated = true;
+                        }
+                        debug!(%peer, "tftp: dropping request, transfer limit reached");
+                        continue;
+                    }
+                    saturated = false;
+                    tasks.spawn(transfer::run(
+                        Arc::clone(&handler),
+                        Arc::clone(&config),
+                        local,
+                        peer,
+                        incoming,
+                        stop_rx.clone(),
+                    ));
+                }
+                Err(e) => {
+                    // E.g. ICMP-induced errors or ENOMEM: keep serving, but
+                    // do not spin if the error persists.
+                    warn!(%local, "tftp: receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(joined) = tasks.join_next().await {
+        if let Err(e) = joined {
+            warn!("tftp: transfer task failed: {e}");
+        }
+    }
+    debug!(%local, "tftp: stopped");
+    Ok(())
+}

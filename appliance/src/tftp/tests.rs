@@ -1,0 +1,312 @@
+//! In-process tests of the TFTP engine over loopback (127.0.0.1, ephemeral
+//! ports only): downloads through our client, protocol corner cases driven
+//! by raw sockets, and (in `external`) real third-party clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::client::{self, ClientError, ClientOptions};
+use super::packet::{self, Mode, Packet, Request};
+use super::{serve, Content, Handler, Outcome, ReadRequest, TftpConfig, TftpError, TransferReport};
+
+mod external;
+mod protocol;
+
+/// Deterministic pseudo-random bytes, so misordered blocks are detected.
+pub(super) fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+enum Stored {
+    Bytes(Bytes),
+    Path(PathBuf),
+}
+
+pub(super) struct TestHandler {
+    files: HashMap<String, Stored>,
+    reports: mpsc::UnboundedSender<TransferReport>,
+}
+
+impl Handler for TestHandler {
+    fn read(&self, req: &ReadRequest) -> Result<Content, TftpError> {
+        match self.files.get(&req.path) {
+            Some(Stored::Bytes(b)) => Ok(Content::Bytes(b.clone())),
+            Some(Stored::Path(p)) => {
+                let file = std::fs::File::open(p).map_err(|_| TftpError::not_found())?;
+                let len = file.metadata().map_err(|_| TftpError::not_found())?.len();
+                Ok(Content::File { file, len })
+            }
+            None if req.path == "forbidden" => Err(TftpError::access_violation("no")),
+            None => Err(TftpError::not_found()),
+        }
+    }
+
+    fn finished(&self, report: &TransferReport) {
+        let _ = self.reports.send(report.clone());
+    }
+}
+
+pub(super) struct Harness {
+    pub addr: SocketAddr,
+    reports: mpsc::UnboundedReceiver<TransferReport>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Fast timers so loss and timeout paths finish quickly.
+pub(super) fn test_config() -> TftpConfig {
+    TftpConfig { timeout: Duration::from_millis(100), max_retries: 5, ..TftpConfig::default() }
+}
+
+pub(super) struct Files {
+    files: HashMap<String, Stored>,
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    pub fn new() -> Self {
+        init_tracing();
+        Files { files: HashMap::new(), dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Serves `data` from memory as `name`.
+    pub fn bytes(mut self, name: &str, data: Vec<u8>) -> Self {
+        self.files.insert(name.to_string(), Stored::Bytes(Bytes::from(data)));
+        self
+    }
+
+    /// Serves `data` from a file on disk as `name`.
+    pub fn file(mut self, name: &str, data: &[u8]) -> Self {
+        let path = self.dir.path().join(format!("f{}", self.files.len()));
+        std::fs::write(&path, data).unwrap();
+        self.files.insert(name.to_string(), Stored::Path(path));
+        self
+    }
+
+    pub async fn serve(self, config: TftpConfig) -> Harness {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (tx, reports) = mpsc::unbounded_channel();
+        let handler = Arc::new(TestHandler { files: self.files, reports: tx });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve(socket, handler, config, async {
+            let _ = stopped.await;
+        }));
+        Harness { addr, reports, stop: Some(stop), task, dir: self.dir }
+    }
+}
+
+impl Harness {
+    /// The next transfer report (fails the test after 5 s).
+    pub async fn report(&mut self) -> TransferReport {
+        tokio::time::timeout(Duration::from_secs(5), self.reports.recv())
+            .await
+            .expect("no transfer report within 5 s")
+            .expect("server gone")
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .expect("serve did not return after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub(super) fn opts(blksize: Option<u16>, windowsize: Option<u16>, tsize: bool) -> ClientOptions {
+    ClientOptions { blksize, windowsize, tsize, retry_timeout: Duration::from_millis(300), ..ClientOptions::default() }
+}
+
+// ---- raw-socket helpers for protocol tests ----
+
+pub(super) async fn raw_socket() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap()
+}
+
+pub(super) fn rrq(name: &str, options: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Packet::Rrq(Request {
+        filename: name.to_string(),
+        mode: Mode::Octet,
+        options: options.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect(),
+    })
+    .encode(&mut out);
+    out
+}
+
+pub(super) fn ack(block: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    packet::encode_ack(&mut out, block);
+    out
+}
+
+/// Receives one datagram, or `None` after `wait`.
+pub(super) async fn recv(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(wait, sock.recv_from(&mut buf)).await {
+        Ok(r) => {
+            let (n, from) = r.unwrap();
+            buf.truncate(n);
+            Some((buf, from))
+        }
+        Err(_) => None,
+    }
+}
+
+pub(super) async fn recv_packet(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    recv(sock, Duration::from_secs(2)).await.expect("no packet from server within 2 s")
+}
+
+// ---- downloads through our client ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_every_blksize_and_windowsize() {
+    let data = pattern(150_001, 1);
+    let mut h = Files::new().bytes("mem", data.clone()).file("disk", &data).serve(test_config()).await;
+    for blksize in [512u16, 1468, 8192] {
+        for window in [1u16, 4, 16] {
+            for name in ["mem", "disk"] {
+                let o = opts(Some(blksize), Some(window), true);
+                let d = client::get(h.addr, name, &o).await.unwrap();
+                assert!(d.data == data, "{name} blksize {blksize} window {window}");
+                assert_eq!(d.stats.tsize, Some(data.len() as u64));
+                assert_eq!((d.stats.blksize, d.stats.windowsize), (blksize, window));
+                let r = h.report().await;
+                assert_eq!(r.outcome, Outcome::Complete);
+                assert_eq!(r.bytes, data.len() as u64);
+                assert_eq!(r.blocks, data.len() as u64 / u64::from(blksize) + 1);
+                assert_eq!((r.blksize, r.windowsize), (blksize, window));
+            }
+        }
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn edge_sizes_and_no_options() {
+    let mut files = Files::new();
+    let sizes = [0usize, 1, 511, 512, 513, 1024, 4096 * 3];
+    for (i, n) in sizes.iter().enumerate() {
+        files = files.file(&format!("s{n}"), &pattern(*n, i as u64));
+    }
+    let mut h = files.serve(test_config()).await;
+    for (i, n) in sizes.iter().enumerate() {
+        for o in [opts(None, None, false), opts(Some(1024), Some(3), true)] {
+            let d = client::get(h.addr, &format!("s{n}"), &o).await.unwrap();
+            assert_eq!(d.data, pattern(*n, i as u64), "size {n}");
+            let r = h.report().await;
+            assert_eq!(r.outcome, Outcome::Complete);
+            assert_eq!(r.bytes, *n as u64);
+        }
+        // Without options there is no OACK and the server uses 512/1.
+        let d = client::get(h.addr, &format!("s{n}"), &opts(None, None, false)).await.unwrap();
+        assert!(d.stats.oack.is_empty());
+        assert_eq!(d.stats.blocks, *n as u64 / 512 + 1);
+        h.report().await;
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_number_rollover_past_65535() {
+    // 65,600+ blocks of 512 bytes: block numbers wrap 65535 -> 0.
+    let len = 33_554_432 + 40_000 + 7;
+    let data = pattern(len, 7);
+    let mut h = Files::new().file("big", &data).serve(test_config()).await;
+    let o = opts(Some(512), Some(16), true);
+    let d = client::get(h.addr, "big", &o).await.unwrap();
+    assert_eq!(d.data.len(), len);
+    assert!(d.data == data, "content differs after rollover");
+    assert_eq!(d.stats.blocks, len as u64 / 512 + 1);
+    let r = h.report().await;
+    assert_eq!(r.outcome, Outcome::Complete);
+    assert_eq!(r.blocks, len as u64 / 512 + 1);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn handler_refusal_is_sent_and_reported() {
+    let mut h = Files::new().serve(test_config()).await;
+    match client::get(h.addr, "missing", &opts(None, None, false)).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, TftpError::FILE_NOT_FOUND),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    let r = h.report().await;
+    assert_eq!(r.outcome, Outcome::Refused(TftpError::not_found()));
+    assert_eq!(r.path, "missing");
+    match client::get(h.addr, "forbidden", &opts(Some(1468), None, true)).await {
+        Err(ClientError::Server(e)) => assert_eq!(e.code, TftpError::ACCESS_VIOLATION),
+        other => panic!("expected access violation, got {other:?}"),
+    }
+    h.report().await;
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn simulated_loss_is_recovered() {
+    // From disk and larger than one read-ahead chunk (128 KiB), so losses
+    // also land around chunk boundaries.
+    let data = pattern(300_000, 3);
+    let mut h = Files::new().file("f", &data).serve(test_config()).await;
+    // Lockstep: the server must time out and resend block 3.
+    let mut o = opts(Some(512), None, false);
+    o.simulate_loss = vec![3];
+    let d = client::get(h.addr, "f", &o).await.unwrap();
+    assert!(d.data == data);
+    let r = h.report().await;
+    assert_eq!(r.outcome, Outcome::Complete);
+    assert!(r.retransmits >= 1, "{r:?}");
+    // Windowed: a gap in the middle and at the start of a window are both
+    // signalled by the client's ACK and resent from the next block.
+    let mut o = opts(Some(512), Some(8), false);
+    o.simulate_loss = vec![5, 17, 60, 61, 129, 256, 257, 385, 586];
+    let d = client::get(h.addr, "f", &o).await.unwrap();
+    assert!(d.data == data);
+    let r = h.report().await;
+    assert_eq!(r.outcome, Outcome::Complete);
+    assert!(r.retransmits >= 4, "{r:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn window_gap_is_resent_without_waiting_for_timeout() {
+    let data = pattern(20_000, 4);
+    let config = TftpConfig { timeout: Duration::from_secs(3), ..TftpConfig::default() };
+    let mut h = Files::new().bytes("f", data.clone()).serve(config).await;
+    // Block 9 is the first of the second window: the client re-ACKs 8.
+    let mut o = opts(Some(512), Some(8), false);
+    o.simulate_loss = vec![1, 9, 12];
+    let started = std::time::Instant::now();
+    let d = client::get(h.addr, "f", &o).await.unwrap();
+    assert!(d.data == data);
+    assert!(started.elapsed() < Duration::from_secs(1), "waited for a timeout");
+    assert_eq!(h.report().await.outcome, Outcome::Complete);
+    h.shutdown().await;
+}
