@@ -168,7 +168,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Explain { cfg: ConfigArgs { config, overlay }, mac, client_arch, vendor_class, user_class, path, chained } => {
+        Command::Explain {
+            cfg: ConfigArgs { config, overlay },
+            mac,
+            client_arch,
+            vendor_class,
+            user_class,
+            path,
+            chained,
+        } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),

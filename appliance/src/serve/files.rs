@@ -55,7 +55,9 @@ mod tests {
         assert!(resolve(dir.path(), "/ok.bin").is_ok());
         assert!(resolve(dir.path(), "sub/a").is_ok());
         assert!(resolve(dir.path(), "inner").is_ok());
-        for bad in ["../etc/passwd", "sub/../../etc/passwd", "..\\etc\\passwd", "//etc/passwd", "link", "sub/./a", "a\0b", ""] {
+        for bad in
+            ["../etc/passwd", "sub/../../etc/passwd", "..\\etc\\passwd", "//etc/passwd", "link", "sub/./a", "a\0b", ""]
+        {
             assert!(resolve(dir.path(), bad).is_err(), "{bad:?} was served");
         }
         assert!(resolve(dir.path(), "sub").is_err());

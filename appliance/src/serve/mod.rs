@@ -102,7 +102,12 @@ fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> Server
 }
 
 /// Runs the daemon until `shutdown` resolves. Every `reload.notify_one()` re-reads the config.
-pub async fn run(opts: ServeOptions, listeners: Listeners, reload: Arc<Notify>, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    opts: ServeOptions,
+    listeners: Listeners,
+    reload: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let opts = Arc::new(opts);
     let (catalog, report) = {
         let o = opts.clone();
@@ -149,7 +154,8 @@ pub async fn run(opts: ServeOptions, listeners: Listeners, reload: Arc<Notify>, 
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
     if let Some(sockets) = listeners.dhcp {
-        let dhcp_opts = crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
+        let dhcp_opts =
+            crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
         let dhcp_stop = stopped(stop_rx.clone());
         let sh = shared.clone();
         tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });

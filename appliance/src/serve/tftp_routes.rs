@@ -71,7 +71,13 @@ impl TftpRoutes {
         self.shared.mac_for_ip(ip).or_else(|| neighbours::lookup(ip))
     }
 
-    fn rendered(&self, req: &ReadRequest, facts: &PathFacts, stage: Stage, format: Format) -> Result<Content, TftpError> {
+    fn rendered(
+        &self,
+        req: &ReadRequest,
+        facts: &PathFacts,
+        stage: Stage,
+        format: Format,
+    ) -> Result<Content, TftpError> {
         if facts.ip_prefix {
             // A shortened hex address never names one machine.
             return Err(TftpError::not_found());
@@ -163,7 +169,8 @@ impl Handler for TftpRoutes {
                 .map(|s| Content::Bytes(s.into_bytes().into()))
                 .map_err(|e| TftpError::undefined(e.to_string())),
             TftpRequest::Artifact { profile, version, file } => {
-                let (f, meta) = artifacts::open(&self.store, &profile, &version, &file).map_err(|_| TftpError::not_found())?;
+                let (f, meta) =
+                    artifacts::open(&self.store, &profile, &version, &file).map_err(|_| TftpError::not_found())?;
                 self.touches.touch(&profile, &version, SystemTime::now());
                 Ok(Content::File { file: f, len: meta.len() })
             }

@@ -1,0 +1,304 @@
+//! The whole daemon in-process on loopback ephemeral ports, with real clients: curl and
+//! tftp-hpa for TFTP, curl for HTTP. Republishing, GC and reload behaviour.
+
+mod common;
+
+use appliance::serve::{Listeners, ServeOptions};
+use appliance::tftp::client::{self, ClientOptions};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+/// A running daemon over a private copy of the test config.
+struct Daemon {
+    config: tempfile::TempDir,
+    state: tempfile::TempDir,
+    root: tempfile::TempDir,
+    bootloaders: tempfile::TempDir,
+    http: SocketAddr,
+    tftp: SocketAddr,
+    reload: Arc<Notify>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// 20 MB of a deterministic pattern, so ranges can be checked.
+fn big_bytes() -> Vec<u8> {
+    (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
+impl Daemon {
+    async fn start(tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+        let config = tempfile::tempdir().unwrap();
+        copy_dir(&common::data("config"), config.path());
+        std::fs::write(config.path().join("files/big.img"), big_bytes()).unwrap();
+        std::fs::write(
+            config.path().join("big.yaml"),
+            "name: big\ncmdline: \"v={{ version }}\"\narch:\n  x86_64:\n    kernel: { path: files/vmlinuz-x86_64, name: vmlinuz }\n    initrd: [ { path: files/big.img, name: big.img } ]\n",
+        )
+        .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("hello.txt"), b"hello from the fallback root\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("escape")).unwrap();
+        let bootloaders = tempfile::tempdir().unwrap();
+        for (name, bytes) in
+            [("undionly.kpxe", vec![0x55u8; 70_000]), ("ipxe.efi", (0..=255u8).cycle().take(900_000).collect())]
+        {
+            std::fs::write(bootloaders.path().join(name), bytes).unwrap();
+        }
+        let mut opts = ServeOptions::new(config.path().to_path_buf(), state.path().to_path_buf());
+        opts.bootloaders = Some(bootloaders.path().to_path_buf());
+        opts.tftp_root = Some(root.path().to_path_buf());
+        opts.advertise = Some("127.0.0.1".parse().unwrap());
+        opts.tftp.timeout = Duration::from_millis(300);
+        tweak(&mut opts);
+        let tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tftp_addr, http_addr) = (tftp.local_addr().unwrap(), http.local_addr().unwrap());
+        let reload = Arc::new(Notify::new());
+        let (tx, rx) = oneshot::channel();
+        let r = reload.clone();
+        let task = tokio::spawn(async move {
+            appliance::serve::run(opts, Listeners { dhcp: None, tftp, http }, r, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        // Ready when HTTP answers.
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(http_addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Daemon {
+            config,
+            state,
+            root,
+            bootloaders,
+            http: http_addr,
+            tftp: tftp_addr,
+            reload,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    fn store(&self) -> PathBuf {
+        self.state.path().join("artifacts")
+    }
+
+    fn catalog(&self) -> appliance::catalog::Catalog {
+        appliance::config::load(self.config.path(), None).unwrap()
+    }
+}
+
+/// Runs a command, returning (success, stdout bytes, stderr text).
+fn run(cmd: &mut Command, what: &str) -> (bool, Vec<u8>, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): install it (Debian package named in the test)"));
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
+    run(Command::new("curl").args(["-s", "-S"]).args(args), "curl (Debian package curl)")
+}
+
+async fn tftp_get(d: &Daemon, path: &str) -> Result<Vec<u8>, String> {
+    client::get(d.tftp, path, &ClientOptions::default()).await.map(|dl| dl.data).map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tftp_serves_rendered_configs_per_mac_with_curl_and_tftp_hpa() {
+    let d = Daemon::start(|_| {}).await;
+    let port = d.tftp.port().to_string();
+    let (ok, body, err) = curl(&[&format!("tftp://127.0.0.1:{port}/pxelinux.cfg/01-52-54-00-00-00-05")]);
+    assert!(ok, "{err}");
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("# board1 (52:54:00:00:00:05): profile live, arm64"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("grub.cfg");
+    let (ok, _, err) = run(
+        Command::new("tftp")
+            .args(["-m", "binary", "127.0.0.1", &port, "-c", "get", "grub/grub.cfg-01-52-54-00-00-00-05"])
+            .arg(&dest),
+        "tftp (Debian package tftp-hpa)",
+    );
+    assert!(ok, "{err}");
+    let grub = std::fs::read_to_string(&dest).unwrap();
+    assert!(grub.contains("menuentry 'Live system' --id live"), "{grub}");
+    // U-Boot's script image and GRUB's module lists.
+    let img = tftp_get(&d, "boot.scr.uimg").await.unwrap();
+    assert_eq!(&img[..4], &[0x27, 0x05, 0x19, 0x56]);
+    assert!(tftp_get(&d, "grub/arm64-efi/command.lst").await.unwrap_err().contains("not found"));
+    // A shortened hex address names no single machine.
+    assert!(tftp_get(&d, "pxelinux.cfg/0A00").await.is_err());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tftp_bootloaders_byte_exact_at_each_blksize() {
+    let d = Daemon::start(|_| {}).await;
+    let want = std::fs::read(d.bootloaders.path().join("ipxe.efi")).unwrap();
+    for blksize in ["512", "1468", "8192"] {
+        let (ok, body, err) =
+            curl(&["--tftp-blksize", blksize, &format!("tftp://127.0.0.1:{}/ipxe.efi", d.tftp.port())]);
+        assert!(ok, "blksize {blksize}: {err}");
+        assert!(body == want, "blksize {blksize}: {} bytes differ from {}", body.len(), want.len());
+    }
+    for windowsize in [1, 4, 16] {
+        let opts =
+            ClientOptions { blksize: Some(1468), windowsize: Some(windowsize), tsize: true, ..Default::default() };
+        let dl = client::get(d.tftp, "ipxe.efi", &opts).await.unwrap();
+        assert_eq!(dl.stats.tsize, Some(want.len() as u64));
+        assert!(dl.data == want, "windowsize {windowsize}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tftp_traversal_and_writes_are_refused() {
+    let d = Daemon::start(|_| {}).await;
+    assert_eq!(tftp_get(&d, "hello.txt").await.unwrap(), b"hello from the fallback root\n");
+    for bad in [
+        "../etc/passwd",
+        "..\\..\\etc\\passwd",
+        "/etc/passwd",
+        "//etc/passwd",
+        "%2e%2e/etc/passwd",
+        "escape",
+        "artifacts/../../etc/passwd",
+        "artifacts/live/../../x",
+    ] {
+        let r = tftp_get(&d, bad).await;
+        assert!(r.is_err(), "{bad:?} was served: {:?}", r.map(|b| b.len()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("upload");
+    std::fs::write(&src, b"nope").unwrap();
+    let (ok, _, _) = curl(&["-T", src.to_str().unwrap(), &format!("tftp://127.0.0.1:{}/upload", d.tftp.port())]);
+    assert!(!ok, "a TFTP write was accepted");
+    assert!(!d.root.path().join("upload").exists());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_scripts_ranges_and_refusals() {
+    let d = Daemon::start(|_| {}).await;
+    let (ok, body, _) = curl(&[&d.url("/ipxe/script?mac=52-54-00-00-00-03&buildarch=x86_64&platform=efi")]);
+    assert!(ok);
+    let script = String::from_utf8(body).unwrap();
+    assert!(script.contains("# uefi1 (52:54:00:00:00:03): profile live, x86_64"), "{script}");
+    let (_, body, _) = curl(&[&d.url("/ipxe/script?mac=52-54-00-99-00-01&buildarch=x86_64&platform=efi")]);
+    assert!(String::from_utf8(body).unwrap().contains("menu Test menu"));
+
+    let c = d.catalog();
+    let version = &c.profile_set("big", appliance::arch::Arch::X86_64).unwrap().1.version;
+    let url = d.url(&format!("/artifacts/big/{version}/big.img"));
+    let big = big_bytes();
+    let (ok, head, _) = curl(&["-I", &url]);
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(ok && head.contains("content-length: 20000000") && head.contains("accept-ranges: bytes"), "{head}");
+    let (ok, body, _) = curl(&["-r", "1000-1999", &url]);
+    assert!(ok && body == big[1000..2000]);
+    let (ok, body, _) = curl(&["-r", "19999990-", &url]);
+    assert!(ok && body == big[19_999_990..]);
+    let (ok, body, _) = curl(&[&url]);
+    assert!(ok && body == big);
+    for bad in ["/nope", "/artifacts/big/000000000000/big.img", "/artifacts/%2e%2e/%2e%2e/etc/passwd", "/../etc/passwd"]
+    {
+        let (_, code, _) = curl(&["-o", "/dev/null", "-w", "%{http_code}", "--path-as-is", &d.url(bad)]);
+        let code = String::from_utf8(code).unwrap();
+        assert!(code == "404" || code == "400", "{bad}: {code}");
+    }
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn republish_keeps_old_version_until_grace_then_gc_removes_it() {
+    let d = Daemon::start(|o| {
+        o.gc_interval = Duration::from_millis(200);
+        o.gc_grace = Some(Duration::from_secs(2));
+    })
+    .await;
+    let old = d.catalog().profile_set("live", appliance::arch::Arch::Arm64).unwrap().1.version.clone();
+    // A node fetched its kernel of version N...
+    let kernel_n = tftp_get(&d, &format!("artifacts/live/{old}/Image")).await.unwrap();
+    // ...then the operator publishes N+1 (a new command line) and reloads.
+    let live = d.config.path().join("live.yaml");
+    let text = std::fs::read_to_string(&live).unwrap().replace("console=ttyAMA0", "console=ttyAMA0 loglevel=7");
+    std::fs::write(&live, text).unwrap();
+    d.reload.notify_one();
+    let new = d.catalog().profile_set("live", appliance::arch::Arch::Arm64).unwrap().1.version.clone();
+    assert_ne!(old, new);
+    let mut served_new = false;
+    for _ in 0..50 {
+        let px = String::from_utf8(tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap()).unwrap();
+        if px.contains(&new) {
+            served_new = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served_new, "new decisions do not point at version {new}");
+    // The node finishes its boot from version N: same bytes, every file.
+    let initrd_n = tftp_get(&d, &format!("artifacts/live/{old}/initrd.img")).await.unwrap();
+    assert_eq!(initrd_n, b"fake arm64 initrd\n");
+    assert_eq!(kernel_n, tftp_get(&d, &format!("artifacts/live/{old}/Image")).await.unwrap());
+    let (ok, _, _) = curl(&["-f", "-o", "/dev/null", &d.url(&format!("/artifacts/live/{old}/board.dtb"))]);
+    assert!(ok);
+    // After the grace period without transfers, N goes and N+1 stays.
+    let (old_dir, new_dir) = (d.store().join("live").join(&old), d.store().join("live").join(&new));
+    let mut gone = false;
+    for _ in 0..60 {
+        if !old_dir.exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "version {old} was not collected");
+    assert!(new_dir.join("Image").is_file());
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_reload_keeps_serving_the_old_config() {
+    let d = Daemon::start(|_| {}).await;
+    let before = tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap();
+    std::fs::write(d.config.path().join("machines.yaml"), "machines:\n  \"52:54:00:00:00:05\": { profile: nope }\n")
+        .unwrap();
+    d.reload.notify_one();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap(), before);
+    let (ok, _, _) = curl(&["-f", "-o", "/dev/null", &d.url("/boot.ipxe")]);
+    assert!(ok);
+    d.stop().await;
+}
