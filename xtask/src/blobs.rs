@@ -18,6 +18,12 @@ pub fn default_dir() -> PathBuf {
     project_root().join("target/blobs")
 }
 
+/// How a blob's bytes are obtained.
+enum Fetch {
+    Copy(PathBuf),
+    Download(String),
+}
+
 /// One fetchable source and who uses it (for error messages).
 struct Wanted {
     source: Source,
@@ -58,7 +64,7 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     let mut trees: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
     let mut count = 0;
     for w in collect(&catalog) {
-        let (sha, fetched): (String, Box<dyn FnOnce(&Path) -> Result<()>>) = match &w.source {
+        let (sha, how) = match &w.source {
             Source::Deb { package, deb_arch, file, sha256 } => {
                 let key = (package.clone(), deb_arch.clone());
                 let tree = match trees.get(&key) {
@@ -85,20 +91,9 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
                     }
                 };
                 let path = find_in_tree(&tree, file).with_context(|| format!("{}: {file} in {package}", w.used_by))?;
-                (hex::encode(sha256), Box::new(move |dest: &Path| copy(&path, dest)))
+                (hex::encode(sha256), Fetch::Copy(path))
             }
-            Source::Url { url, sha256 } => {
-                let url = url.clone();
-                let sh = sh.clone();
-                (
-                    hex::encode(sha256),
-                    Box::new(move |dest: &Path| {
-                        cmd!(sh, "curl -fsSL --retry 2 -o {dest} {url}")
-                            .run()
-                            .with_context(|| format!("failed to download {url}"))
-                    }),
-                )
-            }
+            Source::Url { url, sha256 } => (hex::encode(sha256), Fetch::Download(url.clone())),
             _ => continue,
         };
         let dest = blobs.join(&sha);
@@ -106,7 +101,12 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
             continue;
         }
         let tmp = blobs.join(format!(".{sha}.tmp"));
-        fetched(&tmp)?;
+        match how {
+            Fetch::Copy(path) => copy(&path, &tmp)?,
+            Fetch::Download(url) => cmd!(sh, "curl -fsSL --retry 2 -o {tmp} {url}")
+                .run()
+                .with_context(|| format!("failed to download {url}"))?,
+        }
         let actual = debian::sha256_file(&tmp)?;
         if actual != sha {
             let _ = fs::remove_file(&tmp);

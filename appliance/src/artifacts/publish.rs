@@ -42,7 +42,7 @@ pub struct PublishReport {
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("profile {profile} ({arch}), artifact {artifact}: {problem}")]
-    Artifact { profile: String, arch: Arch, artifact: String, problem: ArtifactProblem },
+    Artifact { profile: String, arch: Arch, artifact: String, problem: Box<ArtifactProblem> },
     #[error("profile {profile} ({arch}): artifact store {}: {error}", path.display())]
     Store { profile: String, arch: Arch, path: PathBuf, error: io::Error },
 }
@@ -117,7 +117,7 @@ fn publish_set(
             profile: at.profile.clone(),
             arch: at.arch,
             artifact: artifact.name.clone(),
-            problem,
+            problem: Box::new(problem),
         };
         if !is_plain_name(&artifact.name) {
             return Err(fail(ArtifactProblem::Unsupported(format!("{:?} is not a plain file name", artifact.name))));
@@ -151,11 +151,11 @@ fn write_artifact(catalog: &Catalog, blobs: &Path, artifact: &Artifact, dst: &Pa
                 let node = match &e.source {
                     CpioSource::Dir => Node::Dir,
                     CpioSource::Symlink(target) => Node::Symlink(target.clone()),
-                    CpioSource::File { source, digest } => Node::File(
-                        read_verified(catalog, blobs, source, digest).map_err(|problem| {
+                    CpioSource::File { source, digest } => {
+                        Node::File(read_verified(catalog, blobs, source, digest).map_err(|problem| {
                             ArtifactProblem::CpioEntry { dest: e.dest.clone(), problem: Box::new(problem) }
-                        })?,
-                    ),
+                        })?)
+                    }
                 };
                 nodes.push((e.dest.clone(), e.mode, node));
             }

@@ -29,7 +29,10 @@ pub fn open(store: &Path, profile: &str, version: &str, file: &str) -> io::Resul
     let f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&real)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
-        return Err(io::Error::new(io::ErrorKind::NotFound, format!("{profile}/{version}/{file} is not a regular file")));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{profile}/{version}/{file} is not a regular file"),
+        ));
     }
     Ok((f, meta))
 }

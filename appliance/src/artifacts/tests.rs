@@ -34,7 +34,8 @@ impl Fixture {
     pub fn new() -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().to_path_buf();
-        let f = Fixture { config: root.join("config"), store: root.join("store"), blobs: root.join("blobs"), _tmp: tmp };
+        let f =
+            Fixture { config: root.join("config"), store: root.join("store"), blobs: root.join("blobs"), _tmp: tmp };
         for d in [&f.config, &f.store, &f.blobs] {
             fs::create_dir_all(d).unwrap();
         }
@@ -111,7 +112,8 @@ fn names(sets: &[PublishedSet]) -> Vec<String> {
 
 /// Directory names directly in the store (to spot leftovers).
 fn store_entries(store: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(store).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut v: Vec<String> =
+        fs::read_dir(store).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     v.sort();
     v
 }
@@ -186,11 +188,14 @@ fn checksum_mismatch_names_profile_artifact_and_digests() {
     let err = f.publish(&cat).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(&err, PublishError::Artifact { profile, artifact, problem: ArtifactProblem::Checksum { .. }, .. }
-            if profile == "live" && artifact == "vmlinuz"),
+        matches!(&err, PublishError::Artifact { profile, artifact, problem, .. }
+            if profile == "live" && artifact == "vmlinuz" && matches!(**problem, ArtifactProblem::Checksum { .. })),
         "{msg}"
     );
-    assert!(msg.contains(&sha_hex(b"tampered\n")) && msg.contains(&sha_hex(b"x86_64 kernel, first edition\n")), "{msg}");
+    assert!(
+        msg.contains(&sha_hex(b"tampered\n")) && msg.contains(&sha_hex(b"x86_64 kernel, first edition\n")),
+        "{msg}"
+    );
     assert!(store_entries(&f.store).iter().all(|e| !e.starts_with('.')), "temporary directory removed");
     assert!(!f.store.join("live").join(version_of(&cat, "live", Arch::X86_64)).exists());
 }

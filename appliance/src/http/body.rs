@@ -18,7 +18,7 @@ use std::task::{ready, Context, Poll};
 use tokio::task::JoinHandle;
 
 /// Bytes read per system call and handed to hyper per frame.
-pub(super) const CHUNK: usize = 512 * 1024;
+pub(super) const CHUNK: usize = 256 * 1024;
 /// Idle chunk buffers kept for reuse (at most `POOL_MAX * CHUNK` bytes).
 const POOL_MAX: usize = 64;
 

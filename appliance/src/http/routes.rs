@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 /// Boot programs served from the bootloader directory (UEFI HTTP Boot fetches `ipxe.efi`).
-pub(super) const BOOTLOADERS: [&str; 5] = ["ipxe.efi", "snponly.efi", "undionly.kpxe", "grubnetx64.efi", "grubnetaa64.efi"];
+const BOOTLOADERS: [&str; 5] = ["ipxe.efi", "snponly.efi", "undionly.kpxe", "grubnetx64.efi", "grubnetaa64.efi"];
 
 /// What the log line of one request says besides method, path, status and size.
 #[derive(Default)]
@@ -47,7 +47,7 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
             }
             tracing::info!(
                 %method,
-                path,
+                path = %path,
                 status,
                 bytes,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -73,7 +73,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             Ok(script) => script_response(script, head),
             Err(e) => internal_error(format_args!("rendering the iPXE entry script: {e:#}"), head),
         },
-        (&Method::GET | &Method::HEAD, "/ipxe/script") => script(ctx, req.uri().query().unwrap_or(""), peer, notes, head),
+        (&Method::GET | &Method::HEAD, "/ipxe/script") => {
+            script(ctx, req.uri().query().unwrap_or(""), peer, notes, head)
+        }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
         }
@@ -117,6 +119,8 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
     }
     if let std::net::IpAddr::V4(ip) = peer.ip() {
         client.ip = Some(ip);
+        // Later TFTP requests from this address (no MAC in their path) are this machine.
+        ctx.shared.remember_ip(mac, ip);
     }
     let catalog = ctx.shared.catalog();
     let server = ctx.shared.server();

@@ -174,6 +174,59 @@ async fn script_uses_what_the_mac_said_in_dhcp() {
     s.stop().await;
 }
 
+/// Collects what a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn each_request_logs_one_line_with_mac_decision_and_rule() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+    // The test runtime is single-threaded, so the server's tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing caches per call site whether anyone listens. While only one dispatcher exists it
+    // asks the default of whichever thread reaches a call site first, possibly a parallel test's
+    // thread without a subscriber; with two alive it asks each of them.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    tracing::callsite::rebuild_interest_cache();
+    let s = TestServer::start(Fixture::new(), None).await;
+    let v = version_of(&s.catalog, "live", Arch::X86_64);
+    curl(&[&s.url("/ipxe/script?mac=52-54-00-12-34-56&buildarch=x86_64&platform=efi")]).await;
+    curl(&[&s.url("/ipxe/script?mac=52-54-00-99-99-99&buildarch=x86_64&platform=efi")]).await;
+    curl(&["-r", "0-3", &s.artifact_url("live", Arch::X86_64, "vmlinuz")]).await;
+    s.stop().await;
+    let log = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("http request")).collect();
+    assert_eq!(lines.len(), 3, "{log}");
+    for want in [
+        "method=GET",
+        "path=/ipxe/script",
+        "status=200",
+        "mac=52:54:00:12:34:56",
+        &format!("decision=\"boot live/{v}\""),
+        "rule=\"MAC database entry 52:54:00:12:34:56\"",
+    ] {
+        assert!(lines[0].contains(want), "{want} in {}", lines[0]);
+    }
+    assert!(
+        lines[1].contains("decision=\"menu default\"") && lines[1].contains("unknown-machine policy"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("status=206") && lines[2].contains("bytes=4"), "{}", lines[2]);
+}
+
 #[tokio::test]
 async fn script_without_a_usable_mac_is_400() {
     let s = TestServer::start(Fixture::new(), None).await;
@@ -431,7 +484,9 @@ async fn http_throughput() {
         }
         for ((name, _, _), (rates, cpu)) in targets.iter().zip(results) {
             let (rate, cpu) = (median(rates), median(cpu));
-            println!("{name:>10}, {clients:>2} client(s): median {rate:>7.1} MB/s, server {cpu:.3} CPU s/GB ({rounds} runs)");
+            println!(
+                "{name:>10}, {clients:>2} client(s): median {rate:>7.1} MB/s, server {cpu:.3} CPU s/GB ({rounds} runs)"
+            );
         }
     }
     s.stop().await;

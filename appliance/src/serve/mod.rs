@@ -125,6 +125,7 @@ pub async fn run(
         tftp = %listeners.tftp.local_addr()?,
         "serving"
     );
+    let started = SystemTime::now();
     let shared = Shared::new(Arc::new(catalog), server);
     let touches = Arc::new(Touches::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -179,7 +180,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = reload.notified() => reload_config(&opts, &shared, http_port).await,
-            _ = gc_tick.tick() => collect_garbage(&opts, &shared, &touches).await,
+            _ = gc_tick.tick() => collect_garbage(&opts, &shared, &touches, started).await,
             Some(done) = tasks.join_next() => {
                 // A server task only ends on shutdown; anything else is fatal for the daemon.
                 let err = match done {
@@ -224,13 +225,16 @@ async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port
     }
 }
 
-async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>) {
+async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>, started: SystemTime) {
     let catalog = shared.catalog();
     let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings.gc_grace_secs));
     let store = opts.store();
     let t = touches.clone();
     let result = tokio::task::spawn_blocking(move || {
-        artifacts::gc(&catalog, &store, grace, &|p: &str, v: &str| t.last(p, v), SystemTime::now())
+        // Transfers are not remembered across a restart: count the start as a touch, so a
+        // restart never shortens the grace period of a version a node may still be booting.
+        let last = |p: &str, v: &str| Some(t.last(p, v).map_or(started, |x| x.max(started)));
+        artifacts::gc(&catalog, &store, grace, &last, SystemTime::now())
     })
     .await;
     match result {
