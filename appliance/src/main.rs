@@ -114,6 +114,9 @@ struct ServeArgs {
     /// ProxyDHCP port for PXE clients' follow-up requests.
     #[arg(long, default_value_t = 4011)]
     proxy_port: u16,
+    /// Do not watch the config dir for changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,6 +230,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         opts.dhcp_mode = mode;
         opts.advertise = args.advertise;
         opts.interface = args.interface.clone();
+        opts.watch = (!args.no_watch).then_some(std::time::Duration::from_secs(2));
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;

@@ -290,6 +290,29 @@ async fn republish_keeps_old_version_until_grace_then_gc_removes_it() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_change_in_the_config_dir_is_picked_up_without_sighup() {
+    let d = Daemon::start(|o| o.watch = Some(Duration::from_millis(100))).await;
+    let before = String::from_utf8(tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap()).unwrap();
+    assert!(before.contains("host=board1"));
+    let m = d.config.path().join("machines.yaml");
+    let text = std::fs::read_to_string(&m).unwrap().replace("hostname: board1", "hostname: board2");
+    std::fs::write(&m, text).unwrap();
+    let mut seen = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if String::from_utf8(tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap())
+            .unwrap()
+            .contains("host=board2")
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the edit was not picked up");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn invalid_reload_keeps_serving_the_old_config() {
     let d = Daemon::start(|_| {}).await;
     let before = tftp_get(&d, "pxelinux.cfg/01-52-54-00-00-00-05").await.unwrap();

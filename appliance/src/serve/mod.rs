@@ -8,6 +8,7 @@
 pub mod files;
 pub mod neighbours;
 pub mod tftp_routes;
+pub mod watcher;
 
 use crate::artifacts::{self, Touches};
 use crate::catalog::{Catalog, DhcpMode};
@@ -46,6 +47,8 @@ pub struct ServeOptions {
     pub gc_interval: Duration,
     /// Overrides the config's GC grace period.
     pub gc_grace: Option<Duration>,
+    /// Poll the config dir and reload on change (besides SIGHUP); `None` disables it.
+    pub watch: Option<Duration>,
 }
 
 impl ServeOptions {
@@ -63,6 +66,7 @@ impl ServeOptions {
             tftp: Default::default(),
             gc_interval: Duration::from_secs(60),
             gc_grace: None,
+            watch: None,
         }
     }
 
@@ -169,6 +173,21 @@ pub async fn run(
             crate::dhcp::ra::advertise(&iface, ra_stop).await;
             // Without a raw socket (no root) it returns at once; that must not end the daemon.
             ra_done.await;
+            Ok(())
+        });
+    }
+
+    if let Some(interval) = opts.watch {
+        let (dir, overlay, r) = (opts.config_dir.clone(), opts.overlay.clone(), reload.clone());
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = watcher::run(dir, overlay, interval, move || {
+                    info!("config directory changed: reloading");
+                    r.notify_one();
+                }) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
             Ok(())
         });
     }
