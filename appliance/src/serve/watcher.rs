@@ -49,12 +49,11 @@ pub async fn run(dir: PathBuf, overlay: Option<PathBuf>, interval: Duration, on_
         tokio::time::sleep(interval).await;
         let now = snap(dir.clone(), overlay.clone()).await;
         match pending.take() {
-            Some(p) if p == now => {
-                if now != applied {
-                    on_change();
-                    applied = now;
-                }
+            Some(p) if p == now && now != applied => {
+                on_change();
+                applied = now;
             }
+            Some(p) if p == now => {}
             _ if now != applied => pending = Some(now),
             _ => {}
         }
