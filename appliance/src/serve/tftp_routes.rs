@@ -58,8 +58,11 @@ impl TftpRoutes {
         client.ip = peer;
         if let Some(dhcp) = client.mac.and_then(|m| self.shared.recalled_dhcp(m, now)) {
             client.merge_overheard(&dhcp);
-            // The config request comes from U-Boot or GRUB, whatever the firmware said.
-            client.firmware = firmware;
+            // A config request comes from U-Boot or GRUB, whatever the firmware said in DHCP;
+            // a boot file request (`Unknown` here) is the firmware itself.
+            if firmware != Firmware::Unknown {
+                client.firmware = firmware;
+            }
         }
         if let Some(mac) = client.mac {
             client.ipxe_chained = self.shared.chained(mac, now);
@@ -196,5 +199,99 @@ impl Handler for TftpRoutes {
         if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
             self.touches.touch(&profile, &version, SystemTime::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::explain::{client_from_query, Query};
+    use crate::mac::MacAddr;
+    use std::io::Read;
+
+    struct Fixture {
+        routes: TftpRoutes,
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+    }
+
+    fn fixture(mode: DhcpMode) -> Fixture {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config");
+        let catalog = crate::config::load(&dir, None).unwrap();
+        let server = crate::render::ServerInfo::from_catalog(&catalog);
+        let shared = Shared::new(Arc::new(catalog), server);
+        let boot = tempfile::tempdir().unwrap();
+        for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetaa64.efi"] {
+            std::fs::write(boot.path().join(name), format!("bytes of {name}")).unwrap();
+        }
+        let store = tempfile::tempdir().unwrap();
+        let routes = TftpRoutes {
+            shared,
+            store: store.path().to_path_buf(),
+            bootloaders: Some(boot.path().to_path_buf()),
+            root: None,
+            touches: Arc::new(Touches::new()),
+            mode: Some(mode),
+        };
+        Fixture { routes, _dirs: (boot, store) }
+    }
+
+    /// The site's DHCP names `undionly.kpxe` for everyone; we overheard this client's DISCOVER.
+    fn fixed_boot_file(f: &Fixture, mac: &str, ip: [u8; 4], q: Query) -> String {
+        let mac = MacAddr::parse(mac).unwrap();
+        let client = client_from_query(&Query { mac: Some(mac), ..q });
+        f.routes.shared.remember_dhcp(&client, Instant::now());
+        f.routes.shared.remember_ip(mac, Ipv4Addr::from(ip));
+        let req = ReadRequest {
+            path: "undionly.kpxe".into(),
+            peer: (Ipv4Addr::from(ip), 2000).into(),
+            local: "10.0.0.1:69".parse().unwrap(),
+        };
+        match f.routes.read(&req) {
+            Ok(Content::Bytes(b)) => String::from_utf8_lossy(&b).into_owned(),
+            Ok(Content::File { mut file, .. }) => {
+                let mut s = String::new();
+                file.read_to_string(&mut s).unwrap();
+                s
+            }
+            Err(e) => format!("error {}", e.code),
+        }
+    }
+
+    fn q(arch: u16, vendor: &str, user: Option<&str>) -> Query {
+        Query {
+            client_arch: Some(arch),
+            vendor_class: Some(vendor.into()),
+            user_class: user.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn off_mode_serves_each_firmware_its_binary_under_the_one_fixed_name() {
+        let f = fixture(DhcpMode::Off);
+        let uefi =
+            fixed_boot_file(&f, "52:54:00:00:00:03", [10, 0, 0, 103], q(7, "PXEClient:Arch:00007:UNDI:003000", None));
+        assert_eq!(uefi, "bytes of ipxe.efi");
+        let bios =
+            fixed_boot_file(&f, "52:54:00:00:00:01", [10, 0, 0, 101], q(0, "PXEClient:Arch:00000:UNDI:002001", None));
+        assert_eq!(bios, "bytes of undionly.kpxe");
+        let ipxe = fixed_boot_file(
+            &f,
+            "52:54:00:00:00:09",
+            [10, 0, 0, 109],
+            q(0, "PXEClient:Arch:00000:UNDI:002001", Some("iPXE")),
+        );
+        assert!(ipxe.starts_with("#!ipxe"), "{ipxe}");
+        let arm =
+            fixed_boot_file(&f, "52:54:00:00:00:05", [10, 0, 0, 105], q(11, "PXEClient:Arch:00011:UNDI:003000", None));
+        assert_eq!(arm, "bytes of grubnetaa64.efi");
+    }
+
+    #[test]
+    fn server_mode_serves_the_named_file() {
+        let f = fixture(DhcpMode::Server);
+        let uefi =
+            fixed_boot_file(&f, "52:54:00:00:00:03", [10, 0, 0, 103], q(7, "PXEClient:Arch:00007:UNDI:003000", None));
+        assert_eq!(uefi, "bytes of undionly.kpxe");
     }
 }
