@@ -242,10 +242,13 @@ fn build_grub_image(
     modules: &[&str],
 ) -> Result<PathBuf> {
     let format = image.format;
+    // The appliance writes its address into this config when it serves the image.
+    let early = work.join("early.cfg");
+    fs::write(&early, appliance::render::grub_image::early_config()).context("failed to write early.cfg")?;
     let mut outputs = Vec::new();
     for attempt in ["a", "b"] {
         let output = work.join(format!("{}.{attempt}", image.file));
-        cmd!(sh, "grub-mkimage -d {module_dir} -O {format} -o {output} -p {GRUB_PREFIX} {modules...}")
+        cmd!(sh, "grub-mkimage -d {module_dir} -O {format} -o {output} -c {early} -p {GRUB_PREFIX} {modules...}")
             .quiet()
             .run()
             .with_context(|| format!("grub-mkimage failed to build {}", image.file))?;
@@ -256,6 +259,12 @@ fn build_grub_image(
     if first != second {
         bail!("grub-mkimage output for {} is not reproducible (two builds differ)", image.file);
     }
+    let placeholder = appliance::render::grub_image::SERVER_PLACEHOLDER.as_bytes();
+    ensure!(
+        first.windows(placeholder.len()).any(|w| w == placeholder),
+        "{}: the embedded config's server placeholder is not stored verbatim in the image",
+        image.file
+    );
     Ok(outputs.swap_remove(0))
 }
 

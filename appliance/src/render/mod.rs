@@ -5,6 +5,7 @@
 //! needs arrives in the catalog, the decision and `ServerInfo`. Every artifact URL or path names
 //! an explicit version, so one boot never mixes files of two versions.
 
+pub mod grub_image;
 pub mod uimage;
 
 use crate::arch::Arch;

@@ -137,6 +137,13 @@ impl TftpRoutes {
 
     fn bootloader(&self, name: &str) -> Result<Content, TftpError> {
         let dir = self.bootloaders.as_ref().ok_or_else(TftpError::not_found)?;
+        if name.starts_with("grubnet") {
+            // Our address goes into the image (see render::grub_image), under 1 MB.
+            let path = files::resolve(dir, name).map_err(|_| TftpError::not_found())?;
+            let bytes = std::fs::read(path).map_err(|_| TftpError::not_found())?;
+            let patched = render::grub_image::patch(&bytes, self.shared.server().address).unwrap_or(bytes);
+            return Ok(Content::Bytes(patched.into()));
+        }
         let (file, len) = files::open(dir, name).map_err(|_| TftpError::not_found())?;
         Ok(Content::File { file, len })
     }
