@@ -185,6 +185,30 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     Decision { stage, outcome, arch, arch_rule, target_rule, machine }
 }
 
+/// With `--dhcp off` the site's DHCP hands everyone one fixed boot program name, and the TFTP
+/// request for it may be all we know of a machine (when its DHCP was not overheard). Decides
+/// what to serve under that name: what the DHCP stage would hand this client, where its
+/// firmware is known. Otherwise the request itself shows a PXE client, and its architecture
+/// (MAC database, OUI rule) tells which kind where it can: an arm64 machine asking for a boot
+/// program is UEFI (or U-Boot's EFI fallback, which runs the same binaries). An x86 machine
+/// could be BIOS or UEFI, so it gets the file it named.
+pub fn decide_boot_file(catalog: &Catalog, client: &Client, named: BootFile) -> Decision {
+    if client.firmware != Firmware::Unknown {
+        return decide(catalog, client, Stage::Dhcp);
+    }
+    let arm64 = decide(catalog, client, Stage::Dhcp).arch == Some(Arch::Arm64);
+    let mut pxe = client.clone();
+    pxe.firmware = if arm64 { Firmware::UefiPxe } else { Firmware::BiosPxe };
+    let d = decide(catalog, &pxe, Stage::Dhcp);
+    match d.outcome {
+        // BIOS or UEFI cannot be told apart: the name the site's DHCP gave is the best guess.
+        Outcome::BootFile { .. } if !arm64 => {
+            Decision { outcome: Outcome::BootFile { file: named, transport: Transport::Tftp }, ..d }
+        }
+        _ => d,
+    }
+}
+
 fn oui_rule(oui: Oui) -> Rule {
     Rule::Oui(oui.to_string())
 }

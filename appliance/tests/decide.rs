@@ -215,3 +215,37 @@ fn decisions_are_deterministic() {
     let client = uboot("52:54:00:00:00:05");
     assert_eq!(decide(&c, &client, Stage::Pxelinux), decide(&c, &client, Stage::Pxelinux));
 }
+
+mod boot_file_by_name {
+    use super::*;
+    use appliance::decide::decide_boot_file;
+
+    fn nothing_overheard(m: &str) -> Client {
+        Client::new(Firmware::Unknown).with_mac(mac(m), Learned::SourceAddress("10.0.0.50".parse().unwrap()))
+    }
+
+    #[test]
+    fn firmware_known_from_overheard_dhcp_decides_as_dhcp() {
+        let d = decide_boot_file(&catalog(), &ovmf_pxe("52:54:00:00:00:03"), BootFile::Undionly);
+        assert_eq!(d.outcome, tftp(BootFile::IpxeEfi));
+    }
+
+    #[test]
+    fn arm64_by_oui_rule_gets_grub_when_nothing_was_overheard() {
+        let d = decide_boot_file(&catalog(), &nothing_overheard("b8:27:eb:00:00:09"), BootFile::Undionly);
+        assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
+        assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
+    }
+
+    #[test]
+    fn x86_with_nothing_overheard_gets_the_name_it_asked_for() {
+        let d = decide_boot_file(&catalog(), &nothing_overheard("52:54:00:00:00:01"), BootFile::IpxeEfi);
+        assert_eq!(d.outcome, tftp(BootFile::IpxeEfi));
+    }
+
+    #[test]
+    fn an_ignored_machine_stays_ignored() {
+        let d = decide_boot_file(&catalog(), &nothing_overheard("52:54:00:00:00:06"), BootFile::Undionly);
+        assert!(matches!(d.outcome, Outcome::Ignore { .. }), "{d:?}");
+    }
+}

@@ -11,7 +11,7 @@ use crate::arch::Firmware;
 use crate::artifacts::{self, Touches};
 use crate::catalog::DhcpMode;
 use crate::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
-use crate::decide::{decide, BootFile, Decision, Outcome, Stage};
+use crate::decide::{decide, decide_boot_file, BootFile, Decision, Outcome, Stage};
 use crate::render::{self, Format};
 use crate::state::Shared;
 use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
@@ -107,13 +107,14 @@ impl TftpRoutes {
     /// every machine the same name, so the name says nothing: decide from what the machine said
     /// in its (overheard) DHCP request and serve the right bytes under that name.
     fn boot_file(&self, req: &ReadRequest, name: &str, named: BootFile) -> Result<Content, TftpError> {
+        // `named` is `name` as a boot program.
         if self.mode() != DhcpMode::Off {
             return self.bootloader(name);
         }
         let now = Instant::now();
         let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
         let catalog = self.shared.catalog();
-        let decision = decide(&catalog, &client, Stage::Dhcp);
+        let decision = decide_boot_file(&catalog, &client, named);
         log(req, &decision, "boot file");
         match &decision.outcome {
             Outcome::BootFile { file, .. } => {
@@ -128,9 +129,6 @@ impl TftpRoutes {
             Outcome::IpxeScript => render::ipxe_entry(&self.shared.server())
                 .map(|s| Content::Bytes(s.into_bytes().into()))
                 .map_err(|e| TftpError::undefined(e.to_string())),
-            // Nothing known about this client (no DHCP overheard, no MAC): serve the file it
-            // named, as a plain TFTP server would.
-            Outcome::Ignore { .. } if client.firmware == Firmware::Unknown => self.bootloader(named.file_name()),
             _ => Err(TftpError::access_violation("not served to this machine")),
         }
     }

@@ -1,0 +1,126 @@
+//! `appliance serve` inside the test's server namespace, bound to the bridge, logging to
+//! `daemon.log`.
+
+use crate::netns::{Lab, BRIDGE, SERVER_IP};
+use crate::procs::{render_cmdline, Proc};
+use anyhow::{bail, Result};
+use appliance::catalog::DhcpMode;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+pub struct DaemonSpec<'a> {
+    pub bin: &'a Path,
+    pub config: &'a Path,
+    pub state: &'a Path,
+    pub bootloaders: &'a Path,
+    pub blobs: &'a Path,
+    pub mode: DhcpMode,
+    /// 67 normally. A test that must keep the daemon from overhearing the site's DHCP (to show
+    /// what it decides without option 93) moves it to a port no client sends to.
+    pub dhcp_port: u16,
+    /// Hard upper bound on the daemon's run time (see `Netns::command`).
+    pub lifetime: Duration,
+}
+
+pub struct Daemon {
+    proc: Proc,
+    log: PathBuf,
+}
+
+/// How long publishing the artifacts (hashing, building the initrd cpios) may take at start.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Daemon {
+    pub fn start(lab: &Lab, spec: &DaemonSpec<'_>, out: &Path) -> Result<Daemon> {
+        let mut cmd = lab.server().command(spec.bin, spec.lifetime);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(spec.config)
+            .arg("--state")
+            .arg(spec.state)
+            .arg("--bootloaders")
+            .arg(spec.bootloaders)
+            .arg("--blobs")
+            .arg(spec.blobs)
+            .args(["--dhcp", &spec.mode.to_string()])
+            .args(["--interface", BRIDGE, "--listen", SERVER_IP, "--advertise", SERVER_IP])
+            .args(["--http-port", "80", "--tftp-port", "69"])
+            .args(["--dhcp-port", &spec.dhcp_port.to_string()]);
+        let filter = std::env::var("BOOT_TESTS_RUST_LOG").unwrap_or_else(|_| "info".into());
+        cmd.env("RUST_LOG", filter).env("NO_COLOR", "1");
+        std::fs::write(out.join("daemon.cmdline"), render_cmdline(&cmd) + "\n")?;
+        let log = out.join("daemon.log");
+        let mut proc = Proc::spawn("appliance serve", &mut cmd, &log)?;
+        proc.grace = Duration::from_secs(12);
+        let mut daemon = Daemon { proc, log };
+        daemon.wait_ready()?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let text = self.log_text();
+            // `serve::run` logs "serving" once the catalog is loaded and published, then the DHCP,
+            // TFTP and HTTP tasks start on already bound sockets.
+            if text.lines().any(|l| l.contains("appliance::serve") && l.contains(" serving")) {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.exited() {
+                bail!("appliance serve exited during start-up ({status}):\n{}", crate::serial::tail(&text, 30));
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "appliance serve did not log `serving` within {READY_TIMEOUT:?}:\n{}",
+                    crate::serial::tail(&text, 30)
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Bytes logged so far (progress, cheaply).
+    pub fn log_len(&self) -> usize {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+    }
+
+    /// An error if the daemon has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.proc.exited() {
+            bail!("appliance serve exited ({status}):\n{}", crate::serial::tail(&self.log_text(), 30));
+        }
+        Ok(())
+    }
+
+    /// Log lines that mention `mac` (any spelling: `52:54:00:…`, `52-54-00-…`, `525400…`).
+    pub fn lines_about(&self, mac: &str) -> Vec<String> {
+        let spellings = mac_spellings(mac);
+        self.log_text()
+            .lines()
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                spellings.iter().any(|s| l.contains(s))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Stops the daemon (SIGTERM, so it logs its shutdown) before the namespaces go.
+    pub fn stop(&mut self) {
+        self.proc.stop();
+    }
+}
+
+pub fn mac_spellings(mac: &str) -> Vec<String> {
+    let mac = mac.to_ascii_lowercase();
+    vec![mac.clone(), mac.replace(':', "-"), mac.replace(':', "")]
+}

@@ -1,0 +1,451 @@
+//! One cell of the boot matrix, end to end: check the host, build the config, set up the
+//! namespaces, start the site DHCP (proxy/off), the daemon and the VM, watch the serial console,
+//! judge, clean up. Everything a cell starts is owned by a guard that stops it by PID and
+//! removes its namespaces on every exit path, panics included.
+
+use crate::config::{ConfigSpec, TestConfig};
+use crate::daemon::{Daemon, DaemonSpec};
+use crate::dnsmasq::{Dnsmasq, SiteDhcp};
+use crate::host;
+use crate::netns::Lab;
+use crate::procs;
+use crate::qemu::{Firmware, Vm, VmSpec};
+use crate::serial::{find_marker, kvm_error, tail, Marker};
+use anyhow::{anyhow, bail, Result};
+use appliance::arch::Arch;
+use appliance::catalog::DhcpMode;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// The file name the site DHCP hands every client in off mode.
+pub const OFF_MODE_BOOT_FILE: &str = "undionly.kpxe";
+
+/// A boot that shows no progress for this long (no new console output, no new daemon log line)
+/// has stalled: fail it now instead of at the timeout. The quiet stretches of a good boot are
+/// the kernel booting with `quiet` (2 s alone, 34 s seen with the machine's two cores under a
+/// load of 7) and GRUB or U-Boot fetching the 33 MB arm64 kernel by TFTP (the daemon logs a
+/// transfer when it ends; 16 s seen).
+pub const DEFAULT_STALL: Duration = Duration::from_secs(90);
+
+/// Default limit from QEMU start to the marker: the slowest reference boot (SeaBIOS →
+/// undionly.kpxe, untuned) took 46 s alone; two TCG VMs share two cores.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(150);
+
+#[derive(Clone, Debug)]
+pub enum Expect {
+    /// The payload's marker naming this profile, the architecture and the catalog's version.
+    Boot { profile: String, arch: Arch },
+    /// Nothing we serve boots within the time; the daemon must have seen the client's DHCP.
+    NoBoot { within: Duration },
+}
+
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub name: String,
+    pub firmware: Firmware,
+    pub mode: DhcpMode,
+    pub mac: String,
+    pub config: ConfigSpec,
+    pub expect: Expect,
+    pub timeout: Duration,
+    pub stall: Duration,
+    /// Port the daemon's DHCP listens on (67; see `DaemonSpec::dhcp_port`).
+    pub daemon_dhcp_port: u16,
+    /// Texts the serial console must show besides the marker: proof the boot took the path the
+    /// cell is about (e.g. OVMF's ">>Start HTTP Boot over IPv4"), not some fallback.
+    pub serial_shows: Vec<String>,
+    /// Texts the daemon's log must show (e.g. which rule decided).
+    pub daemon_log_shows: Vec<String>,
+}
+
+/// What a passing boot cell measured.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub time_to_marker: Option<Duration>,
+    pub marker: Option<Marker>,
+    pub out_dir: PathBuf,
+}
+
+impl Cell {
+    pub fn new(name: &str, firmware: Firmware, mode: DhcpMode) -> Cell {
+        let secs = |var: &str| std::env::var(var).ok().and_then(|s| s.parse().ok()).map(Duration::from_secs);
+        let timeout = secs("BOOT_TESTS_TIMEOUT").unwrap_or(DEFAULT_TIMEOUT);
+        let stall = secs("BOOT_TESTS_STALL").unwrap_or(DEFAULT_STALL);
+        Cell {
+            name: name.to_string(),
+            firmware,
+            mode,
+            mac: String::new(),
+            config: ConfigSpec { mode, ..ConfigSpec::default() },
+            expect: Expect::Boot { profile: "tiny-live".into(), arch: firmware.arch() },
+            timeout,
+            stall,
+            daemon_dhcp_port: 67,
+            serial_shows: firmware.path_texts().iter().map(|t| t.to_string()).collect(),
+            daemon_log_shows: Vec::new(),
+        }
+    }
+
+    /// The VM's MAC, not in the MAC database.
+    pub fn mac(mut self, mac: &str) -> Cell {
+        self.mac = mac.to_string();
+        self
+    }
+
+    /// The VM's MAC, with this `machines.yaml` entry.
+    pub fn machine(mut self, mac: &str, entry: &str) -> Cell {
+        self.mac = mac.to_string();
+        self.config.machines.push((mac.to_string(), entry.to_string()));
+        self
+    }
+
+    pub fn vendor_rule(mut self, rule: &str) -> Cell {
+        self.config.vendors.push(rule.to_string());
+        self
+    }
+
+    pub fn menu_timeout(mut self, secs: u32) -> Cell {
+        self.config.menu_timeout_secs = Some(secs);
+        self
+    }
+
+    pub fn expect_boot(mut self, profile: &str) -> Cell {
+        self.expect = Expect::Boot { profile: profile.to_string(), arch: self.firmware.arch() };
+        self
+    }
+
+    pub fn expect_no_boot(mut self, within: Duration) -> Cell {
+        self.expect = Expect::NoBoot { within };
+        self.serial_shows.clear();
+        self
+    }
+
+    pub fn daemon_dhcp_port(mut self, port: u16) -> Cell {
+        self.daemon_dhcp_port = port;
+        self
+    }
+
+    pub fn serial_shows(mut self, text: &str) -> Cell {
+        self.serial_shows.push(text.to_string());
+        self
+    }
+
+    pub fn daemon_log_shows(mut self, text: &str) -> Cell {
+        self.daemon_log_shows.push(text.to_string());
+        self
+    }
+
+    /// After the run: the path checks (`serial_shows`, `daemon_log_shows`).
+    fn check_path(&self, run: &Running) -> Result<()> {
+        let mut problems = Vec::new();
+        if let Some(vm) = &run.vm {
+            let console = crate::serial::strip_control(&vm.serial_text());
+            for want in &self.serial_shows {
+                if !console.contains(want.as_str()) {
+                    problems.push(format!("the serial console never shows {want:?}"));
+                }
+            }
+        }
+        if let Some(d) = &run.daemon {
+            let log = d.log_text();
+            for want in &self.daemon_log_shows {
+                if !log.contains(want.as_str()) {
+                    problems.push(format!("the daemon log never shows {want:?}"));
+                }
+            }
+        }
+        // In the proxy and off columns the address must come from the site's DHCP server.
+        if let (Some(site), Expect::Boot { .. }) = (&run.site, &self.expect) {
+            if site.acked(&self.mac).is_none() {
+                problems.push(format!("the site dnsmasq never acknowledged a lease for {}", self.mac));
+            }
+        }
+        if !problems.is_empty() {
+            bail!("booted, but not along the expected path: {}", problems.join("; "));
+        }
+        Ok(())
+    }
+
+    fn site(&self) -> Option<SiteDhcp> {
+        match self.mode {
+            DhcpMode::Server => None,
+            DhcpMode::Proxy => Some(SiteDhcp::AddressesOnly),
+            DhcpMode::Off => Some(SiteDhcp::NextServer { boot_file: OFF_MODE_BOOT_FILE.into() }),
+        }
+    }
+
+    /// Runs the cell; panics with the evidence (log tails, file paths) when it fails.
+    pub fn run(self) -> Outcome {
+        let out = match host::fresh_out_dir(&self.name) {
+            Ok(o) => o,
+            Err(e) => panic!("{}: {e:#}", self.name),
+        };
+        let started = Instant::now();
+        let result = self.run_in(&out);
+        let elapsed = started.elapsed();
+        let (status, detail) = match &result {
+            Ok(o) => match (o.time_to_marker, &o.marker) {
+                (Some(t), Some(m)) => ("pass", format!("marker after {:.1} s: {}", t.as_secs_f64(), m.cmdline)),
+                _ => ("pass", "no boot, as expected".to_string()),
+            },
+            Err(e) => ("FAIL", format!("{e:#}").lines().next().unwrap_or("").to_string()),
+        };
+        let when = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let line = format!(
+            "{when}\t{}\t{status}\t{}\t{:.1}\t{detail}\n",
+            self.name,
+            result
+                .as_ref()
+                .ok()
+                .and_then(|o| o.time_to_marker)
+                .map_or("-".into(), |t| format!("{:.1}", t.as_secs_f64())),
+            elapsed.as_secs_f64()
+        );
+        let _ = std::fs::write(out.join("result.txt"), &line);
+        if let Ok(mut f) = std::fs::File::options().create(true).append(true).open(host::summary_file()) {
+            let _ = f.write_all(line.as_bytes());
+        }
+        match result {
+            Ok(o) => {
+                println!("{}: {status}: {detail} (cell total {:.1} s)", self.name, elapsed.as_secs_f64());
+                o
+            }
+            Err(e) => panic!(
+                "{}: FAILED after {:.1} s: {e:#}\n(all logs in {})",
+                self.name,
+                elapsed.as_secs_f64(),
+                out.display()
+            ),
+        }
+    }
+
+    fn run_in(&self, out: &Path) -> Result<Outcome> {
+        crate::netns::remove_stale_namespaces_once();
+        let bootloaders = host::bootloaders_dir();
+        let blobs = host::blobs_dir();
+        let site = self.site();
+        let needs = host::Needs {
+            firmware: self.firmware,
+            site_dhcp: site.is_some(),
+            bootloaders: &bootloaders,
+            blobs: &blobs,
+        };
+        let mut missing = host::missing(&needs);
+        let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
+        let config_dir = scratch.path().join("config");
+        let config = TestConfig::build(&host::profiles_dir(), &config_dir, &self.config)?;
+        missing.extend(config.missing_blobs(&blobs).into_iter().map(|m| format!("{m}: run `cargo xtask fetch`")));
+        if !missing.is_empty() {
+            bail!(host::report(&missing));
+        }
+        crate::config::copy_tree(&config_dir, &out.join("config"))?;
+        let expected = match &self.expect {
+            Expect::Boot { profile, arch } => Some((profile.clone(), *arch, config.version(profile, *arch)?)),
+            Expect::NoBoot { .. } => None,
+        };
+        let bin = host::appliance_bin()?;
+
+        let _slot = procs::acquire_vm_slot();
+        // Safety net only: the guards stop everything long before (see `Netns::command`).
+        let lifetime = self.timeout.max(self.stall) + Duration::from_secs(120);
+        let mut run = Running::default();
+        let lab = run.lab.insert(Lab::new(&self.name, site.is_some())?);
+        let tap = lab.add_tap()?;
+        if let Some(kind) = &site {
+            let ns = lab.site().ok_or_else(|| anyhow!("no site namespace"))?;
+            run.site = Some(Dnsmasq::start(ns, kind, out, scratch.path(), lifetime)?);
+        }
+        let state = scratch.path().join("state");
+        std::fs::create_dir_all(&state)?;
+        let t_daemon = Instant::now();
+        let spec = DaemonSpec {
+            bin: &bin,
+            config: &config_dir,
+            state: &state,
+            bootloaders: &bootloaders,
+            blobs: &blobs,
+            mode: self.mode,
+            dhcp_port: self.daemon_dhcp_port,
+            lifetime,
+        };
+        let lab = run.lab.as_ref().ok_or_else(|| anyhow!("no lab"))?;
+        run.daemon = Some(Daemon::start(lab, &spec, out)?);
+        println!("{}: daemon ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
+        run.vm = Some(Vm::start(lab, &VmSpec { firmware: self.firmware, mac: &self.mac, tap: &tap, lifetime }, out)?);
+
+        let result = match &expected {
+            Some((profile, arch, version)) => self.watch_boot(&mut run, profile, *arch, version),
+            None => self.watch_no_boot(&mut run),
+        };
+        // Stop the VM and the daemon (so its last log lines are written) before showing the logs.
+        run.stop_processes();
+        let result = result.and_then(|o| self.check_path(&run).map(|()| o));
+        let mut outcome = result.map_err(|e| anyhow!("{e:#}\n{}", run.evidence(out)))?;
+        outcome.out_dir = out.to_path_buf();
+        Ok(outcome)
+    }
+
+    fn watch_boot(&self, run: &mut Running, profile: &str, arch: Arch, version: &str) -> Result<Outcome> {
+        let started = run.vm.as_ref().ok_or_else(|| anyhow!("no vm"))?.started;
+        let deadline = started + self.timeout;
+        let mut progress = Progress::default();
+        loop {
+            self.check_fatal(run)?;
+            let daemon_log_len = run.daemon.as_ref().map_or(0, |d| d.log_len());
+            let vm = run.vm.as_mut().ok_or_else(|| anyhow!("no vm"))?;
+            // Read the exit status first: a console read after it holds everything QEMU wrote.
+            let exited = vm.exited();
+            let console = vm.serial_text();
+            if let Some(marker) = find_marker(&console) {
+                let t = started.elapsed();
+                vm.stop();
+                let want =
+                    [("appliance.profile", profile), ("appliance.arch", arch.as_str()), ("appliance.version", version)];
+                let mut wrong = String::new();
+                for (key, value) in want {
+                    if marker.param(key) != Some(value) {
+                        let _ = write!(wrong, " {key}: expected {value}, got {:?};", marker.param(key));
+                    }
+                }
+                if !wrong.is_empty() {
+                    bail!(
+                        "booted the wrong thing after {:.1} s:{wrong}\n  marker: {}",
+                        t.as_secs_f64(),
+                        marker.cmdline
+                    );
+                }
+                println!("{}: time-to-marker {:.1} s ({profile} {arch} {version})", self.name, t.as_secs_f64());
+                return Ok(Outcome { time_to_marker: Some(t), marker: Some(marker), out_dir: PathBuf::new() });
+            }
+            if let Some(status) = exited {
+                bail!("QEMU exited ({status}) after {:.1} s without the marker", started.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                bail!("no {} marker within {:?} (timeout)", crate::serial::MARKER, self.timeout);
+            }
+            if progress.stalled((console.len(), daemon_log_len), self.stall) {
+                bail!(
+                    "stalled: no new console output and no daemon activity for {:?} ({:.1} s after QEMU start)",
+                    self.stall,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn watch_no_boot(&self, run: &mut Running) -> Result<Outcome> {
+        let Expect::NoBoot { within } = self.expect else { bail!("not a no-boot cell") };
+        let vm = run.vm.as_mut().ok_or_else(|| anyhow!("no vm"))?;
+        let deadline = vm.started + within;
+        while Instant::now() < deadline {
+            self.check_fatal(run)?;
+            let vm = run.vm.as_mut().ok_or_else(|| anyhow!("no vm"))?;
+            if let Some(marker) = find_marker(&vm.serial_text()) {
+                bail!("expected no boot, but the payload came up: {}", marker.cmdline);
+            }
+            if vm.exited().is_some() {
+                break;
+            }
+            sleep(Duration::from_millis(200));
+        }
+        let daemon = run.daemon.as_ref().ok_or_else(|| anyhow!("no daemon"))?;
+        let seen: Vec<String> = daemon.lines_about(&self.mac).into_iter().filter(|l| l.contains("dhcp")).collect();
+        if seen.is_empty() {
+            bail!("the daemon logged no DHCP exchange with {} within {within:?}", self.mac);
+        }
+        println!("{}: no boot within {within:?}, as expected; the daemon saw:\n{}", self.name, seen.join("\n"));
+        Ok(Outcome { time_to_marker: None, marker: None, out_dir: PathBuf::new() })
+    }
+
+    /// Errors that end a cell at once: KVM's emulation failure, a dead daemon or dnsmasq.
+    fn check_fatal(&self, run: &mut Running) -> Result<()> {
+        if let Some(vm) = run.vm.as_ref() {
+            if let Some(e) = kvm_error(&vm.stderr_text()).or_else(|| kvm_error(&vm.serial_text())) {
+                bail!(
+                    "QEMU reports \"{e}\": this machine's KVM cannot run the guest; use TCG (unset BOOT_TESTS_ACCEL, \
+                     see FIRMWARE.md)"
+                );
+            }
+        }
+        if let Some(d) = run.daemon.as_mut() {
+            d.check_alive()?;
+        }
+        if let Some(s) = run.site.as_mut() {
+            s.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// When the console and the daemon log last grew.
+#[derive(Default)]
+struct Progress {
+    seen: (usize, usize),
+    since: Option<Instant>,
+}
+
+impl Progress {
+    fn stalled(&mut self, now: (usize, usize), limit: Duration) -> bool {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if now != self.seen {
+            self.seen = now;
+            self.since = Some(Instant::now());
+            return false;
+        }
+        since.elapsed() > limit
+    }
+}
+
+/// Everything one cell started, stopped in field order on drop: VM, daemon, site DHCP, then the
+/// links and namespaces.
+#[derive(Default)]
+struct Running {
+    vm: Option<Vm>,
+    daemon: Option<Daemon>,
+    site: Option<Dnsmasq>,
+    lab: Option<Lab>,
+}
+
+impl Running {
+    fn stop_processes(&mut self) {
+        if let Some(vm) = self.vm.as_mut() {
+            vm.stop();
+        }
+        if let Some(d) = self.daemon.as_mut() {
+            d.stop();
+        }
+    }
+
+    /// Log tails for a failure message.
+    fn evidence(&self, out: &Path) -> String {
+        let mut s = String::new();
+        if let Some(vm) = &self.vm {
+            let _ = write!(
+                s,
+                "--- serial console (last 40 lines of {}):\n{}",
+                vm.serial.display(),
+                tail(&vm.serial_text(), 40)
+            );
+            let stderr = vm.stderr_text();
+            if !stderr.trim().is_empty() {
+                let _ = write!(s, "--- qemu.log:\n{}", tail(&stderr, 10));
+            }
+        }
+        if let Some(d) = &self.daemon {
+            let _ = write!(s, "--- daemon (last 40 lines of {}):\n{}", d.log_path().display(), tail(&d.log_text(), 40));
+        }
+        if let Some(site) = &self.site {
+            let _ = write!(
+                s,
+                "--- site dnsmasq (last 25 lines of {}):\n{}",
+                out.join("dnsmasq.log").display(),
+                tail(&site.log_text(), 25)
+            );
+        }
+        s
+    }
+}
