@@ -42,6 +42,8 @@ const WANTED: &[Wanted] = &[
     Wanted::Package("busybox-static", "arm64"),
     Wanted::KernelOf("linux-image-cloud-amd64", "amd64"),
     Wanted::KernelOf("linux-image-arm64", "arm64"),
+    // The appliance image's own kernel (`cargo xtask image`).
+    Wanted::KernelOf("linux-image-amd64", "amd64"),
 ];
 
 const LOCK_HEADER: &str = "\
@@ -54,8 +56,9 @@ const LOCK_HEADER: &str = "\
 #   <package> <debian-arch> <exact-version> <sha256-of-the-.deb>
 #
 # The linux-image-* entries are the versioned kernel packages that the meta
-# packages linux-image-cloud-amd64 (amd64) and linux-image-arm64 (arm64)
-# depended on when the lock was generated.
+# packages linux-image-cloud-amd64 (amd64), linux-image-arm64 (arm64) and
+# linux-image-amd64 (amd64, the appliance image's own kernel) depended on when
+# the lock was generated.
 ";
 
 /// One pinned package.

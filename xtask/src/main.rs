@@ -3,10 +3,13 @@
 //! This file only parses arguments and dispatches; each subcommand lives in
 //! its own module.
 
+mod bench;
 mod blobs;
 mod debian;
 mod fetch;
+mod image;
 mod test;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,6 +57,32 @@ enum Command {
     /// --workspace` with APPLIANCE_BOOTLOADERS pointing at the bootloader
     /// directory. Stops at the first failing step and names it.
     Test(test::Args),
+    /// Build the bootable appliance disk image (raw + qcow2) from a recipe.
+    ///
+    /// Reads images/<name>.yaml (default images/default.yaml) and the config
+    /// directory it names, fetches the pinned inputs (bootloaders, the
+    /// appliance's own kernel, busybox, GRUB), builds the daemon in release
+    /// mode and writes target/images/<name>.img (for dd), <name>.qcow2 and
+    /// <name>.toc. Needs no root; as root on Debian, missing host tools are
+    /// installed with apt-get. The same inputs give the same bytes.
+    Image(image::Args),
+    /// Boot the appliance image in QEMU (TCG) on a private network.
+    ///
+    /// Builds the image (unless --no-build), then runs it with SeaBIOS (or
+    /// --firmware uefi) and its serial console in this terminal. The private
+    /// network is a point-to-point link over UDP on 127.0.0.1; the command
+    /// prints how to attach a client, e.g. `cargo xtask vm --client bios` in
+    /// another terminal. State (leases) survives between runs.
+    Vm(vm::Args),
+    /// Benchmark the daemon against tftpd-hpa, dnsmasq and nginx (not run by `test`).
+    ///
+    /// Needs root (network namespaces; dnsmasq's TFTP on 127.0.0.2:69). Builds the
+    /// daemon in release mode, fetches the peers with `apt-get download` into
+    /// target/bench/peers/, then measures TFTP (one and many clients), HTTP, DHCP
+    /// (proxy and full DORA, over a veth pair between two namespaces) and a boot
+    /// storm, alternating servers round by round. Prints Markdown tables with
+    /// medians, ratios and the targets; writes target/bench/results.json.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +90,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Fetch(args) => fetch::run(&args),
         Command::Test(args) => test::run(&args),
+        Command::Image(args) => image::run(&args),
+        Command::Vm(args) => vm::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,201 @@
+//! Statistics, the printed tables (Markdown, so a run can be pasted into the README) and
+//! `results.json`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::peers::LoadSummary;
+
+/// Median of `v` (NaN if empty).
+pub fn median(v: &[f64]) -> f64 {
+    percentile(v, 50.0)
+}
+
+/// Nearest-rank percentile of `v` (NaN if empty).
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * s.len() as f64).ceil().max(1.0) as usize;
+    s[rank.min(s.len()) - 1]
+}
+
+pub struct Table {
+    pub title: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    pub notes: Vec<String>,
+}
+
+impl Table {
+    pub fn new(title: impl Into<String>, header: &[&str]) -> Table {
+        Table {
+            title: title.into(),
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn markdown(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![3usize; cols];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let line = |cells: &[String]| {
+            let mut s = String::from("|");
+            for (i, w) in width.iter().enumerate() {
+                let c = cells.get(i).map_or("", String::as_str);
+                let _ = write!(s, " {c:<w$} |");
+            }
+            s
+        };
+        let mut out = format!("### {}\n\n{}\n|", self.title, line(&self.header));
+        for w in &width {
+            let _ = write!(out, "{}|", "-".repeat(w + 2));
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&line(r));
+            out.push('\n');
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "\n{n}");
+        }
+        out
+    }
+}
+
+/// A target from the issue: met, missed, or not measured in this run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub tables: Vec<Table>,
+    pub targets: Vec<Target>,
+    pub sections: BTreeMap<String, Value>,
+}
+
+pub struct RunInfo {
+    pub date: String,
+    pub command: String,
+    pub cpus: usize,
+    pub kernel: String,
+    pub load: LoadSummary,
+    pub duration: Duration,
+    pub rounds: usize,
+    pub quick: bool,
+    pub peers: BTreeMap<String, String>,
+}
+
+impl Report {
+    pub fn target(&mut self, name: impl Into<String>, met: Option<bool>, detail: impl Into<String>) {
+        self.targets.push(Target { name: name.into(), met, detail: detail.into() });
+    }
+
+    pub fn render(&self, info: &RunInfo) -> String {
+        let l = &info.load;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Run {} on {} CPUs (Linux {}), loopback and a veth pair between two network namespaces; \
+             `{}`; {} round(s), {:.0} s. Load average (1/5/15 min) before: {:.2} {:.2} {:.2}; \
+             1-min load during the run (every 5 s, includes the bench itself): min {:.2}, median {:.2}, \
+             max {:.2}; after: {:.2} {:.2} {:.2}. Peers: {}.\n",
+            info.date,
+            info.cpus,
+            info.kernel,
+            info.command,
+            info.rounds,
+            info.duration.as_secs_f64(),
+            l.before[0],
+            l.before[1],
+            l.before[2],
+            l.min,
+            l.median,
+            l.max,
+            l.after[0],
+            l.after[1],
+            l.after[2],
+            info.peers.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        );
+        for t in &self.tables {
+            out.push_str(&t.markdown());
+            out.push('\n');
+        }
+        let mut targets = Table::new("Targets", &["target", "result", "measured"]);
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => "met",
+                Some(false) => "**MISSED**",
+                None => "not measured",
+            };
+            targets.row(vec![t.name.clone(), verdict.to_string(), t.detail.clone()]);
+        }
+        out.push_str(&targets.markdown());
+        out
+    }
+
+    pub fn json(&self, info: &RunInfo) -> Value {
+        let l = &info.load;
+        json!({
+            "date": info.date,
+            "command": info.command,
+            "machine": { "cpus": info.cpus, "kernel": info.kernel },
+            "load_average": {
+                "before": l.before, "after": l.after,
+                "during_1min": { "min": l.min, "median": l.median, "max": l.max },
+            },
+            "duration_s": info.duration.as_secs_f64(),
+            "rounds": info.rounds,
+            "quick": info.quick,
+            "peers": info.peers,
+            "sections": self.sections,
+            "targets": self.targets.iter().map(|t| json!({
+                "target": t.name, "met": t.met, "detail": t.detail,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `x` with 3 significant-ish digits.
+pub fn num(x: f64) -> String {
+    if !x.is_finite() {
+        "-".to_string()
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+pub fn ratio(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}x")
+    } else {
+        "-".to_string()
+    }
+}
+
+pub fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}

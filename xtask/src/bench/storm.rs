@@ -1,0 +1,407 @@
+//! Boot storm: many simulated machines booting at once against our daemon (server mode, in
+//! the server namespace), each doing what a BIOS machine chaining iPXE does: DHCP as the PXE
+//! ROM (DORA, told undionly.kpxe), TFTP of undionly.kpxe, DHCP again as iPXE (DORA, told the
+//! script URL), HTTP GET of the entry script, of its per-machine script (the `chain` URL with
+//! iPXE's variables filled in), then of the kernel and initrd the script names. All must
+//! finish; we report completion times and the daemon's peak RSS, and a second storm with
+//! bigger files shows whether peak RSS follows file size (it must not).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use appliance::tftp::client::{get, ClientOptions};
+use serde_json::{json, Value};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::dhcp::BROADCAST;
+use super::httpc::Conn;
+use super::netns::{NsPair, CLIENT_IF, SERVER_IP};
+use super::ours;
+use super::packets::{self, Firmware, Reply};
+use super::peers::{self, MemSampler};
+use super::report::{median, mib, num, percentile, Report, Table};
+use super::Ctx;
+
+struct Storm {
+    label: String,
+    kernel: u64,
+    initrd: u64,
+    out: Value,
+    hwm_kib: u64,
+    idle_kib: u64,
+    pss_kib: u64,
+    cpu_secs: f64,
+}
+
+fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64) -> Result<Storm> {
+    let plan = &ctx.plan;
+    let config = ctx.scratch(&format!("storm-config-{n}"))?;
+    let k = ours::data_file(ctx, "storm-kernel", kernel)?;
+    let i = ours::data_file(ctx, "storm-initrd", initrd)?;
+    ours::write_config(&config, &k, &i)?;
+    let boot = ours::bootloaders(ctx)?;
+    let ours = ours::start_in_ns(ctx, &format!("storm-ours-{n}"), &ns.server, &config, "server", Some(&boot))?;
+    let pid = ours.proc.pid();
+    let idle_kib = peers::vm_hwm_kib(pid).unwrap_or(0);
+    let cpu_before = ours.proc.cpu_secs();
+    let sampler = MemSampler::start(pid, Duration::from_millis(100));
+    let spec = json!({
+        "role": "storm", "iface": CLIENT_IF, "clients": plan.storm_clients, "run": (200 + n) as u8,
+        "kernel": kernel, "initrd": initrd,
+        "undionly": std::fs::metadata(boot.join("undionly.kpxe"))?.len(),
+    });
+    let out =
+        super::run_internal(&ns.client, &spec, &ctx.work.join(format!("storm-gen-{n}.log")), Duration::from_secs(600));
+    let mem = sampler.stop();
+    let hwm_kib = peers::vm_hwm_kib(pid).unwrap_or(0);
+    let cpu_secs = ours.proc.cpu_secs() - cpu_before;
+    drop(ours);
+    let out = out?;
+    Ok(Storm {
+        label: format!("{} MB kernel + {} MB initrd", kernel / 1_000_000, initrd / 1_000_000),
+        kernel,
+        initrd,
+        out,
+        hwm_kib,
+        idle_kib,
+        pss_kib: mem.pss_kib,
+        cpu_secs,
+    })
+}
+
+pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let plan = &ctx.plan;
+    let ns = NsPair::create().context("creating the network namespaces")?;
+    eprintln!(
+        "bench: storm: {} clients (DHCP -> TFTP undionly.kpxe -> DHCP -> HTTP scripts -> kernel + initrd), {} round(s)",
+        plan.storm_clients, plan.rounds
+    );
+    let mut storms = Vec::new();
+    let mut n = 0;
+    let mut sizes = vec![(plan.storm_kernel, plan.storm_initrd); plan.rounds];
+    if let Some(k) = plan.storm_scale {
+        sizes.push((plan.storm_kernel * k, plan.storm_initrd * k));
+    }
+    for (kernel, initrd) in sizes {
+        n += 1;
+        let s = one_storm(ctx, &ns, n, kernel, initrd)?;
+        eprintln!(
+            "bench: storm {n}: {}: wall {:.2} s, p50 {:.2} s, p99 {:.2} s, {} failed, peak RSS {} (idle {})",
+            s.label,
+            s.out["wall_s"].as_f64().unwrap_or(f64::NAN),
+            s.out["total_p50_s"].as_f64().unwrap_or(f64::NAN),
+            s.out["total_p99_s"].as_f64().unwrap_or(f64::NAN),
+            s.out["failed"].as_u64().unwrap_or(0),
+            mib(s.hwm_kib),
+            mib(s.idle_kib),
+        );
+        storms.push(s);
+    }
+    drop(ns);
+
+    let mut t = Table::new(
+        format!(
+            "Boot storm: {} machines at once against our daemon (veth pair; one row per storm)",
+            plan.storm_clients
+        ),
+        &[
+            "files",
+            "wall",
+            "per machine p50 / p99",
+            "DHCP+DHCP p50",
+            "TFTP p50",
+            "HTTP scripts p50",
+            "HTTP kernel+initrd p50",
+            "failed",
+            "aggregate",
+            "server CPU",
+            "peak RSS (idle)",
+        ],
+    );
+    let f = |s: &Storm, k: &str| s.out[k].as_f64().unwrap_or(f64::NAN);
+    for s in &storms {
+        let bytes = (s.kernel + s.initrd) as f64 * plan.storm_clients as f64;
+        t.row(vec![
+            s.label.clone(),
+            format!("{} s", num(f(s, "wall_s"))),
+            format!("{} / {} s", num(f(s, "total_p50_s")), num(f(s, "total_p99_s"))),
+            format!("{} ms", num(f(s, "dhcp_p50_ms"))),
+            format!("{} ms", num(f(s, "tftp_p50_ms"))),
+            format!("{} ms", num(f(s, "scripts_p50_ms"))),
+            format!("{} s", num(f(s, "files_p50_ms") / 1000.0)),
+            s.out["failed"].as_u64().unwrap_or(0).to_string(),
+            format!("{} MB/s", num(bytes / 1e6 / f(s, "wall_s"))),
+            format!("{} s", num(s.cpu_secs)),
+            format!("{} ({})", mib(s.hwm_kib), mib(s.idle_kib)),
+        ]);
+    }
+    t.notes.push(
+        "Each machine: DORA as a BIOS PXE ROM, TFTP undionly.kpxe (blksize 1468), DORA as iPXE, GET /boot.ipxe, \
+         GET the /ipxe/script URL it chains to, GET kernel and initrd on one keep-alive connection. Peak RSS is \
+         the daemon's VmHWM (a fresh process per storm); idle is its VmHWM just after start."
+            .to_string(),
+    );
+    report.tables.push(t);
+    let failed: u64 = storms.iter().map(|s| s.out["failed"].as_u64().unwrap_or(0)).sum();
+    let base: Vec<&Storm> = storms.iter().filter(|s| s.kernel == plan.storm_kernel).collect();
+    let walls: Vec<f64> = base.iter().map(|s| f(s, "wall_s")).collect();
+    report.target(
+        format!("Boot storm, {} machines: all finish", plan.storm_clients),
+        Some(failed == 0),
+        format!(
+            "{failed} failed over {} storms; median wall {} s, p99 per machine {} s",
+            storms.len(),
+            num(median(&walls)),
+            num(median(&base.iter().map(|s| f(s, "total_p99_s")).collect::<Vec<_>>()))
+        ),
+    );
+    let base_hwm = base.iter().map(|s| s.hwm_kib).max().unwrap_or(0);
+    let scaled = storms.iter().find(|s| s.kernel != plan.storm_kernel);
+    match scaled {
+        Some(s) => {
+            // Bounded: a bigger file may not cost more than noise (25% or 8 MiB).
+            let limit = base_hwm + (base_hwm / 4).max(8 * 1024);
+            report.target(
+                "Boot storm: peak RSS bounded (does not grow with file size)",
+                Some(s.hwm_kib <= limit),
+                format!(
+                    "{} with {} vs {} with {} (files {:.1}x bigger)",
+                    mib(s.hwm_kib),
+                    s.label,
+                    mib(base_hwm),
+                    base.first().map_or("", |b| b.label.as_str()),
+                    (s.kernel + s.initrd) as f64 / (plan.storm_kernel + plan.storm_initrd) as f64
+                ),
+            );
+        }
+        None => report.target(
+            "Boot storm: peak RSS bounded (does not grow with file size)",
+            None,
+            format!("peak RSS {} (no bigger-file storm in a quick run)", mib(base_hwm)),
+        ),
+    }
+    report.sections.insert(
+        "storm".into(),
+        json!({
+            "clients": plan.storm_clients,
+            "storms": storms.iter().map(|s| json!({
+                "kernel_bytes": s.kernel, "initrd_bytes": s.initrd, "vm_hwm_kib": s.hwm_kib,
+                "idle_vm_hwm_kib": s.idle_kib, "peak_pss_kib": s.pss_kib, "server_cpu_s": s.cpu_secs,
+                "clients": s.out,
+            })).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients (run inside the client namespace).
+
+/// One socket on port 68 for every simulated machine; replies are routed by xid.
+struct Hub {
+    sock: Arc<UdpSocket>,
+    waiters: Mutex<HashMap<u32, mpsc::UnboundedSender<Reply>>>,
+}
+
+impl Hub {
+    async fn new(iface: &str) -> Result<Arc<Hub>> {
+        let s = UdpSocket::bind("0.0.0.0:68").await?;
+        s.set_broadcast(true)?;
+        s.bind_device(Some(iface.as_bytes()))?;
+        let hub = Arc::new(Hub { sock: Arc::new(s), waiters: Mutex::new(HashMap::new()) });
+        let h = hub.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            loop {
+                let Ok((n, _)) = h.sock.recv_from(&mut buf).await else { continue };
+                let Some(r) = packets::parse(&buf[..n]) else { continue };
+                let tx = h.waiters.lock().ok().and_then(|w| w.get(&r.xid).cloned());
+                if let Some(tx) = tx {
+                    let _ = tx.send(r);
+                }
+            }
+        });
+        Ok(hub)
+    }
+
+    /// Sends `packet` until a reply of `kind` to `xid` comes (1, 1, 2, 4 s, like firmware
+    /// backing off). A NAK is an error.
+    async fn exchange(&self, packet: &[u8], xid: u32, kind: u8) -> Result<Reply> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.waiters.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.insert(xid, tx);
+        let result = async {
+            for wait in [1u64, 1, 2, 4] {
+                self.sock.send_to(packet, BROADCAST).await?;
+                let until = tokio::time::Instant::now() + Duration::from_secs(wait);
+                loop {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(r)) if r.kind == kind => return Ok(r),
+                        Ok(Some(r)) if r.kind == packets::NAK => bail!("NAK"),
+                        Ok(Some(_)) => continue,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+            bail!("no reply of type {kind} after 4 tries")
+        }
+        .await;
+        if let Ok(mut w) = self.waiters.lock() {
+            w.remove(&xid);
+        }
+        result
+    }
+
+    /// DISCOVER, OFFER, REQUEST, ACK; returns the ACK.
+    async fn dora(&self, fw: Firmware, xid: u32, mac: [u8; 6]) -> Result<Reply> {
+        let offer = self.exchange(&packets::discover(fw, xid, mac), xid, packets::OFFER).await.context("DISCOVER")?;
+        let server = offer.server_id.unwrap_or(offer.siaddr);
+        let req = packets::request(fw, xid, mac, offer.yiaddr, server);
+        self.exchange(&req, xid, packets::ACK).await.context("REQUEST")
+    }
+}
+
+fn split_url(url: &str) -> Result<(SocketAddr, String)> {
+    let rest = url.strip_prefix("http://").with_context(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let addr: SocketAddr =
+        if host.contains(':') { host.parse()? } else { SocketAddr::new(host.parse::<Ipv4Addr>()?.into(), 80) };
+    Ok((addr, if path.is_empty() { "/".to_string() } else { path.to_string() }))
+}
+
+#[derive(Default)]
+struct Phases {
+    dhcp: f64,
+    tftp: f64,
+    scripts: f64,
+    files: f64,
+    total: f64,
+}
+
+async fn boot_one(hub: Arc<Hub>, run: u8, i: u32, spec: Arc<Value>, start: Instant) -> Result<Phases> {
+    let mac = packets::mac(run, i);
+    let hyphen = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("-");
+    let mut p = Phases::default();
+    // 1. The PXE ROM.
+    let t = Instant::now();
+    let ack = hub.dora(Firmware::BiosPxe, i * 4, mac).await.context("PXE ROM DHCP")?;
+    if ack.file != "undionly.kpxe" {
+        bail!("PXE ROM was told {:?}, expected undionly.kpxe", ack.file);
+    }
+    p.dhcp += t.elapsed().as_secs_f64();
+    // 2. TFTP the boot file from next-server.
+    let t = Instant::now();
+    let next = if ack.siaddr.is_unspecified() { SERVER_IP } else { ack.siaddr };
+    let opts = ClientOptions { blksize: Some(1468), tsize: true, ..Default::default() };
+    let dl = get((next, 69).into(), &ack.file, &opts).await.map_err(|e| anyhow::anyhow!("TFTP {}: {e}", ack.file))?;
+    if dl.data.len() as u64 != spec["undionly"].as_u64().unwrap_or(0) {
+        bail!("TFTP {} gave {} bytes", ack.file, dl.data.len());
+    }
+    p.tftp = t.elapsed().as_secs_f64();
+    // 3. iPXE's own DHCP.
+    let t = Instant::now();
+    let ack = hub.dora(Firmware::Ipxe, i * 4 + 1, mac).await.context("iPXE DHCP")?;
+    p.dhcp += t.elapsed().as_secs_f64();
+    // 4. The entry script, then the per-machine script it chains to.
+    let t = Instant::now();
+    let (addr, path) = split_url(&ack.file)?;
+    let mut conn = Conn::connect(addr).await?;
+    let entry = String::from_utf8_lossy(&conn.get_body(&path).await?).into_owned();
+    let chain = entry
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("chain --autofree "))
+        .and_then(|l| l.split_whitespace().next())
+        .with_context(|| format!("no chain line in the entry script:\n{entry}"))?
+        .replace("${net0/mac:hexhyp}", &hyphen)
+        .replace("${buildarch}", "i386")
+        .replace("${platform}", "pcbios");
+    let (addr2, path2) = split_url(&chain)?;
+    if addr2 != addr {
+        conn = Conn::connect(addr2).await?;
+    }
+    let script = String::from_utf8_lossy(&conn.get_body(&path2).await?).into_owned();
+    p.scripts = t.elapsed().as_secs_f64();
+    // 5. Kernel and initrd.
+    let t = Instant::now();
+    let urls: Vec<String> = script
+        .lines()
+        .filter(|l| l.starts_with("kernel ") || l.starts_with("initrd "))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("http://")).map(str::to_string))
+        .collect();
+    if urls.len() != 2 {
+        bail!("expected a kernel and an initrd in the script:\n{script}");
+    }
+    for (url, want) in urls.iter().zip([spec["kernel"].as_u64(), spec["initrd"].as_u64()]) {
+        let (a, path) = split_url(url)?;
+        if a != addr2 {
+            conn = Conn::connect(a).await?;
+        }
+        let (status, len) = conn.get(&path, |_| {}).await?;
+        if status != 200 || Some(len) != want {
+            bail!("GET {url}: status {status}, {len} bytes, expected {want:?}");
+        }
+    }
+    p.files = t.elapsed().as_secs_f64();
+    p.total = start.elapsed().as_secs_f64();
+    Ok(p)
+}
+
+pub fn clients(spec: &Value) -> Result<Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let spec = Arc::new(spec.clone());
+    rt.block_on(async move {
+        let iface = spec["iface"].as_str().context("iface")?.to_string();
+        let n = spec["clients"].as_u64().unwrap_or(10) as u32;
+        let run = spec["run"].as_u64().unwrap_or(0) as u8;
+        let hub = Hub::new(&iface).await?;
+        // Wait for the daemon to answer at all.
+        let probe_mac = packets::mac(run, 0xff_ffff);
+        let ready = tokio::time::timeout(
+            Duration::from_secs(20),
+            hub.exchange(&packets::discover(Firmware::BiosPxe, 0xfff0_0000, probe_mac), 0xfff0_0000, packets::OFFER),
+        )
+        .await;
+        if !matches!(ready, Ok(Ok(_))) {
+            bail!("the daemon does not answer DHCP");
+        }
+        let start = Instant::now();
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            set.spawn(boot_one(hub.clone(), run, i, spec.clone(), start));
+        }
+        let mut done = Vec::new();
+        let mut errors = Vec::new();
+        while let Some(j) = set.join_next().await {
+            match j {
+                Ok(Ok(p)) => done.push(p),
+                Ok(Err(e)) => errors.push(format!("{e:#}")),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        let wall = start.elapsed().as_secs_f64();
+        let col = |f: fn(&Phases) -> f64| done.iter().map(f).collect::<Vec<f64>>();
+        let total = col(|p| p.total);
+        errors.truncate(10);
+        Ok(json!({
+            "clients": n,
+            "completed": done.len(),
+            "failed": n as usize - done.len(),
+            "errors": errors,
+            "wall_s": wall,
+            "total_p50_s": percentile(&total, 50.0),
+            "total_p99_s": percentile(&total, 99.0),
+            "total_max_s": percentile(&total, 100.0),
+            "dhcp_p50_ms": percentile(&col(|p| p.dhcp), 50.0) * 1000.0,
+            "dhcp_p99_ms": percentile(&col(|p| p.dhcp), 99.0) * 1000.0,
+            "tftp_p50_ms": percentile(&col(|p| p.tftp), 50.0) * 1000.0,
+            "tftp_p99_ms": percentile(&col(|p| p.tftp), 99.0) * 1000.0,
+            "scripts_p50_ms": percentile(&col(|p| p.scripts), 50.0) * 1000.0,
+            "scripts_p99_ms": percentile(&col(|p| p.scripts), 99.0) * 1000.0,
+            "files_p50_ms": percentile(&col(|p| p.files), 50.0) * 1000.0,
+            "files_p99_ms": percentile(&col(|p| p.files), 99.0) * 1000.0,
+        }))
+    })
+}

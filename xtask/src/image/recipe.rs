@@ -1,0 +1,599 @@
+//! Image recipes, `images/<name>.yaml`: what goes into an appliance disk image and how the
+//! appliance comes up. Validated like the profiles: unknown fields are refused, and every
+//! mistake is reported at once as `FILE:LINE:COL: field.path: message`.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use appliance::catalog::{Catalog, DhcpMode};
+use appliance::config::position::PosIndex;
+use appliance::config::{ConfigError, ConfigErrors};
+use serde::Deserialize;
+
+/// Every bootloader `cargo xtask fetch` builds.
+pub const ALL_BOOTLOADERS: [&str; 5] =
+    ["grubnetaa64.efi", "grubnetx64.efi", "ipxe.efi", "snponly.efi", "undionly.kpxe"];
+
+/// NIC drivers a lab machine needs; always in the image.
+pub const NIC_MODULES: [&str; 6] = ["e1000", "e1000e", "igb", "ixgbe", "r8169", "virtio_net"];
+
+const SERIAL_SPEEDS: [u32; 8] = [9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600];
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    #[serde(default)]
+    description: Option<String>,
+    config: String,
+    #[serde(default)]
+    overlay: Option<String>,
+    network: WireNetwork,
+    #[serde(default)]
+    dhcp: WireDhcp,
+    #[serde(default)]
+    bootloaders: Option<Vec<String>>,
+    #[serde(default)]
+    console: WireConsole,
+    #[serde(default)]
+    kernel: WireKernel,
+    #[serde(default)]
+    disk: WireDisk,
+    #[serde(default)]
+    boot_menu_timeout: Option<u32>,
+    #[serde(default)]
+    log: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireNetwork {
+    #[serde(default)]
+    interface: Option<String>,
+    address: String,
+    #[serde(default)]
+    gateway: Option<String>,
+    #[serde(default)]
+    hostname: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireDhcp {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    pool: Option<WirePool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePool {
+    start: String,
+    end: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireConsole {
+    #[serde(default = "default_serial")]
+    serial: Option<String>,
+    #[serde(default)]
+    baud: Option<u32>,
+    #[serde(default = "yes")]
+    vga: bool,
+}
+
+impl Default for WireConsole {
+    fn default() -> Self {
+        WireConsole { serial: default_serial(), baud: None, vga: true }
+    }
+}
+
+fn default_serial() -> Option<String> {
+    Some("ttyS0".into())
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireKernel {
+    #[serde(default)]
+    modules: Vec<String>,
+    #[serde(default)]
+    cmdline: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireDisk {
+    #[serde(default)]
+    state_mib: Option<u32>,
+}
+
+/// Which NIC the appliance serves on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interface {
+    /// The first NIC (by name) that has link.
+    Auto,
+    Name(String),
+    Mac(String),
+}
+
+impl std::fmt::Display for Interface {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interface::Auto => f.write_str("auto (the first with link)"),
+            Interface::Name(n) => f.write_str(n),
+            Interface::Mac(m) => write!(f, "with MAC {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv4 {
+    Static {
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Option<Ipv4Addr>,
+    },
+    /// busybox udhcpc; the leased address is what the daemon advertises.
+    Dhcp,
+}
+
+/// A validated recipe.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// File stem: the output is `<name>.img`.
+    pub name: String,
+    pub path: PathBuf,
+    pub description: String,
+    /// Config directory (absolute or relative to the current directory).
+    pub config: PathBuf,
+    pub overlay: Option<PathBuf>,
+    pub interface: Interface,
+    pub ipv4: Ipv4,
+    pub hostname: String,
+    pub dhcp_mode: Option<DhcpMode>,
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub bootloaders: Vec<String>,
+    pub serial: Option<String>,
+    pub baud: u32,
+    pub vga: bool,
+    /// Extra modules beyond the built-in NIC and storage sets.
+    pub modules: Vec<String>,
+    pub cmdline: String,
+    pub state_mib: u32,
+    pub boot_menu_timeout: u32,
+    pub log: String,
+    text: String,
+}
+
+struct Errors<'a> {
+    file: &'a Path,
+    index: PosIndex,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, field: &str, message: impl std::fmt::Display) {
+        let (line, col) = self.index.at(field);
+        self.list.push(ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            field: field.to_owned(),
+            message: message.to_string(),
+        });
+    }
+}
+
+/// Reads and validates a recipe file. Paths in it are relative to the file's directory.
+pub fn load(path: &Path) -> Result<Recipe, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            field: String::new(),
+            message: format!("cannot read the recipe: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Validates recipe text; `path` names it in errors and anchors relative paths.
+pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
+    let mut errs = Errors { file: path, index: PosIndex::build(text), list: Vec::new() };
+    let wire: Wire = match serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)) {
+        Ok(w) => w,
+        Err(e) => {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            let inner = e.into_inner();
+            let (line, col) = match inner.location() {
+                Some(l) => (l.line(), l.column()),
+                None => errs.index.at(&field),
+            };
+            let message = inner.to_string();
+            let mut message = message.rfind(" at line ").map_or(message.clone(), |i| message[..i].to_owned());
+            // serde_yaml names the path itself (`network: unknown field ...`); we print it once.
+            if let Some((head, rest)) = message.split_once(": ") {
+                if !head.contains(' ') && field.starts_with(head) {
+                    message = rest.to_owned();
+                }
+            }
+            return Err(ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line, col, field, message }]));
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+    if !valid_name(&name) {
+        errs.at(
+            "",
+            format!("the file name {name:?} must be a plain name (letters, digits, - _ .): it names the image"),
+        );
+    }
+
+    let config = base.join(&wire.config);
+    if !config.is_dir() {
+        errs.at("config", format!("{} is not a directory", config.display()));
+    }
+    let overlay = wire.overlay.as_ref().map(|o| base.join(o));
+    if let Some(o) = &overlay {
+        if !o.is_file() {
+            errs.at("overlay", format!("{} is not a file", o.display()));
+        }
+    }
+
+    let interface = match wire.network.interface.as_deref() {
+        None | Some("auto") => Interface::Auto,
+        Some(s) if looks_like_mac(s) => match appliance::mac::MacAddr::parse(s) {
+            Ok(mac) => Interface::Mac(mac.to_string()),
+            Err(_) => {
+                errs.at("network.interface", format!("{s:?} is not a MAC address"));
+                Interface::Auto
+            }
+        },
+        Some(s) if valid_ifname(s) => Interface::Name(s.to_owned()),
+        Some(s) => {
+            errs.at(
+                "network.interface",
+                format!("{s:?} is neither `auto`, a kernel interface name (like eth0) nor a MAC address"),
+            );
+            Interface::Auto
+        }
+    };
+    let ipv4 = match wire.network.address.trim() {
+        "dhcp" => {
+            if wire.network.gateway.is_some() {
+                errs.at("network.gateway", "a gateway only goes with a static address (the DHCP server names one)");
+            }
+            Ipv4::Dhcp
+        }
+        a => match parse_cidr(a) {
+            Ok((address, prefix)) => {
+                let gateway = match wire.network.gateway.as_deref().map(parse_ip) {
+                    None => None,
+                    Some(Ok(g)) => {
+                        if !same_subnet(address, g, prefix) {
+                            errs.at("network.gateway", format!("{g} is not in {address}/{prefix}"));
+                        }
+                        Some(g)
+                    }
+                    Some(Err(e)) => {
+                        errs.at("network.gateway", e);
+                        None
+                    }
+                };
+                Ipv4::Static { address, prefix, gateway }
+            }
+            Err(e) => {
+                errs.at("network.address", format!("{e} (expected ADDRESS/PREFIX like 10.77.0.1/24, or `dhcp`)"));
+                Ipv4::Dhcp
+            }
+        },
+    };
+    let hostname = wire.network.hostname.clone().unwrap_or_else(|| "appliance".into());
+    if !valid_hostname(&hostname) {
+        errs.at("network.hostname", format!("{hostname:?} is not a valid host name"));
+    }
+
+    let dhcp_mode = match wire.dhcp.mode.as_deref() {
+        None => None,
+        Some("server") => Some(DhcpMode::Server),
+        Some("proxy") => Some(DhcpMode::Proxy),
+        Some("off") => Some(DhcpMode::Off),
+        Some(m) => {
+            errs.at("dhcp.mode", format!("unknown DHCP mode {m:?} (expected server, proxy or off)"));
+            None
+        }
+    };
+    let pool = match &wire.dhcp.pool {
+        None => None,
+        Some(p) => match (parse_ip(&p.start), parse_ip(&p.end)) {
+            (Ok(s), Ok(e)) if u32::from(s) <= u32::from(e) => Some((s, e)),
+            (Ok(s), Ok(e)) => {
+                errs.at("dhcp.pool.end", format!("the pool ends ({e}) before it starts ({s})"));
+                None
+            }
+            (s, e) => {
+                if let Err(m) = s {
+                    errs.at("dhcp.pool.start", m);
+                }
+                if let Err(m) = e {
+                    errs.at("dhcp.pool.end", m);
+                }
+                None
+            }
+        },
+    };
+
+    let bootloaders = match &wire.bootloaders {
+        None => ALL_BOOTLOADERS.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            let mut seen = BTreeSet::new();
+            for (i, b) in list.iter().enumerate() {
+                let field = format!("bootloaders[{i}]");
+                if !ALL_BOOTLOADERS.contains(&b.as_str()) {
+                    errs.at(&field, format!("unknown bootloader {b:?} (known: {})", ALL_BOOTLOADERS.join(", ")));
+                } else if !seen.insert(b.clone()) {
+                    errs.at(&field, format!("{b} is listed twice"));
+                }
+            }
+            list.clone()
+        }
+    };
+
+    let serial = wire.console.serial.clone().filter(|s| !s.is_empty() && s != "none");
+    if let Some(s) = &serial {
+        let ok = ["ttyS", "ttyUSB", "ttyAMA"]
+            .iter()
+            .any(|p| s.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())));
+        if !ok {
+            errs.at("console.serial", format!("{s:?} is not a serial port (expected ttyS0, ttyS1, ..., or none)"));
+        }
+    }
+    let baud = wire.console.baud.unwrap_or(115200);
+    if !SERIAL_SPEEDS.contains(&baud) {
+        errs.at("console.baud", format!("unsupported speed {baud} (expected one of {SERIAL_SPEEDS:?})"));
+    }
+    if serial.is_none() && !wire.console.vga {
+        errs.at("console", "no console at all: keep the serial port, VGA, or both");
+    }
+
+    for (i, m) in wire.kernel.modules.iter().enumerate() {
+        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            errs.at(&format!("kernel.modules[{i}]"), format!("{m:?} is not a module name"));
+        }
+    }
+    let cmdline = wire.kernel.cmdline.clone().unwrap_or_default();
+    if cmdline.contains(['\n', '"', '\'', '\\', '$', '`']) {
+        errs.at("kernel.cmdline", "quotes, backslashes, $, ` and newlines are not allowed in the command line");
+    }
+    let state_mib = wire.disk.state_mib.unwrap_or(8);
+    if !(1..=65536).contains(&state_mib) {
+        errs.at("disk.state_mib", format!("{state_mib} MiB is out of range (1 to 65536)"));
+    }
+    let boot_menu_timeout = wire.boot_menu_timeout.unwrap_or(1);
+    if boot_menu_timeout > 600 {
+        errs.at("boot_menu_timeout", "at most 600 seconds");
+    }
+    let log = wire.log.clone().unwrap_or_else(|| "info".into());
+    if log.is_empty() || !log.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | ',' | '=' | '.')) {
+        errs.at("log", format!("{log:?} is not a log filter (like info, or info,appliance::dhcp=debug)"));
+    }
+
+    if !errs.list.is_empty() {
+        return Err(ConfigErrors(errs.list));
+    }
+    Ok(Recipe {
+        name,
+        path: path.to_path_buf(),
+        description: wire.description.unwrap_or_default(),
+        config,
+        overlay,
+        interface,
+        ipv4,
+        hostname,
+        dhcp_mode,
+        pool,
+        bootloaders,
+        serial,
+        baud,
+        vga: wire.console.vga,
+        modules: wire.kernel.modules,
+        cmdline,
+        state_mib,
+        boot_menu_timeout,
+        log,
+        text: text.to_owned(),
+    })
+}
+
+impl Recipe {
+    /// Checks the recipe against the config it serves (loaded with the recipe's DHCP
+    /// overrides applied): a DHCP server needs a static address inside its subnet, and the
+    /// iPXE binary the config hands to UEFI clients must be in the image.
+    pub fn check_against(&self, catalog: &Catalog) -> Result<(), ConfigErrors> {
+        let mut errs = Errors { file: &self.path, index: PosIndex::build(&self.text), list: Vec::new() };
+        let mode = catalog.settings.dhcp.mode;
+        match (&self.ipv4, mode) {
+            (Ipv4::Dhcp, DhcpMode::Server) => errs.at(
+                "network.address",
+                "a DHCP server needs a static address: set ADDRESS/PREFIX, or dhcp.mode proxy or off",
+            ),
+            (Ipv4::Static { address, .. }, DhcpMode::Server) => {
+                if let Some(subnet) = catalog.settings.dhcp.subnet {
+                    if !subnet.contains(*address) {
+                        errs.at(
+                            "network.address",
+                            format!(
+                                "{address} is outside the DHCP subnet {}/{} the config serves",
+                                subnet.network, subnet.prefix
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+        let efi = &catalog.settings.ipxe_efi;
+        if !self.bootloaders.iter().any(|b| b == efi) {
+            errs.at(
+                "bootloaders",
+                format!("the config hands {efi} to x86-64 UEFI clients (ipxe.efi_binary), but the image leaves it out"),
+            );
+        }
+        if errs.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errs.list))
+        }
+    }
+
+    /// The kernel command line's console words; the last one is /dev/console.
+    pub fn console_args(&self) -> String {
+        let mut words = Vec::new();
+        if self.vga {
+            words.push("console=tty0".to_owned());
+        }
+        if let Some(s) = &self.serial {
+            words.push(format!("console={s},{}n8", self.baud));
+        }
+        words.join(" ")
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "lo"
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn looks_like_mac(s: &str) -> bool {
+    s.len() == 17 && s.chars().filter(|c| *c == ':' || *c == '-').count() == 5
+}
+
+fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address"))
+}
+
+fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} has no /PREFIX"))?;
+    let ip = parse_ip(ip)?;
+    let prefix: u8 =
+        prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| format!("bad prefix in {s:?}"))?;
+    Ok((ip, prefix))
+}
+
+fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        let path = dir.path().join("lab.yaml");
+        match parse(&path, text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(|e| format!("{}:{}: {}: {}", e.line, e.col, e.field, e.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_recipe_gets_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        let r = parse(&dir.path().join("lab.yaml"), "config: profiles\nnetwork: { address: 10.77.0.1/24 }\n").unwrap();
+        assert_eq!(r.name, "lab");
+        assert_eq!(r.interface, Interface::Auto);
+        assert_eq!(r.ipv4, Ipv4::Static { address: Ipv4Addr::new(10, 77, 0, 1), prefix: 24, gateway: None });
+        assert_eq!(r.bootloaders.len(), ALL_BOOTLOADERS.len());
+        assert_eq!(r.console_args(), "console=tty0 console=ttyS0,115200n8");
+        assert_eq!(r.state_mib, 8);
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_position() {
+        let errs = errors("config: profiles\nnetwork:\n  address: 10.77.0.1/24\n  adress: 1.2.3.4\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("4:3: network.adress: unknown field `adress`, expected one of"), "{errs:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_at_once_with_line_and_field() {
+        let text = "\
+config: nowhere
+network:
+  interface: 52:54:00:zz:00:01
+  address: 10.77.0.1/33
+dhcp:
+  mode: relay
+  pool: { start: 10.77.0.200, end: 10.77.0.100 }
+bootloaders: [ipxe.efi, pxelinux.0, ipxe.efi]
+console: { serial: com1, vga: false }
+kernel: { modules: [\"bad name\"] }
+disk: { state_mib: 0 }
+";
+        let errs = errors(text);
+        let expect = [
+            "1:1: config: ",
+            "3:3: network.interface: \"52:54:00:zz:00:01\" is not a MAC address",
+            "4:3: network.address: bad prefix",
+            "6:3: dhcp.mode: unknown DHCP mode \"relay\"",
+            "7:31: dhcp.pool.end: the pool ends (10.77.0.100) before it starts (10.77.0.200)",
+            "8:25: bootloaders[1]: unknown bootloader \"pxelinux.0\"",
+            "8:37: bootloaders[2]: ipxe.efi is listed twice",
+            "9:12: console.serial: \"com1\" is not a serial port",
+            "10:21: kernel.modules[0]: \"bad name\" is not a module name",
+            "11:9: disk.state_mib: 0 MiB is out of range",
+        ];
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        for (e, want) in errs.iter().zip(expect) {
+            assert!(e.starts_with(want), "{e:?} should start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn dhcp_server_needs_a_static_address_in_its_subnet() {
+        let profiles = crate::project_root().join("profiles");
+        let catalog = appliance::config::load(&profiles, None).unwrap();
+        let path = crate::project_root().join("images/x.yaml");
+        let dhcp = parse(&path, "config: ../profiles\nnetwork: { address: dhcp }\n").unwrap();
+        let err = dhcp.check_against(&catalog).unwrap_err().to_string();
+        assert!(err.contains("x.yaml:2:12: network.address: a DHCP server needs a static address"), "{err}");
+        let outside = parse(&path, "config: ../profiles\nnetwork: { address: 10.9.0.1/24 }\n").unwrap();
+        let err = outside.check_against(&catalog).unwrap_err().to_string();
+        assert!(err.contains("10.9.0.1 is outside the DHCP subnet 10.77.0.0/24"), "{err}");
+        let no_efi =
+            parse(&path, "config: ../profiles\nnetwork: { address: 10.77.0.1/24 }\nbootloaders: [undionly.kpxe]\n")
+                .unwrap();
+        let err = no_efi.check_against(&catalog).unwrap_err().to_string();
+        assert!(err.contains("x.yaml:3:1: bootloaders: the config hands ipxe.efi"), "{err}");
+    }
+}
