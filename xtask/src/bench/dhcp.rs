@@ -345,7 +345,7 @@ fn closed_loop(sock: UdpSocket, run: u8, inflight: usize, secs: f64, dora_count:
         receivers.push(rx);
     }
     let receiver = {
-        let (sock, stop) = (sock.clone(), stop.clone());
+        let stop = stop.clone();
         let rx_sock = sock.try_clone()?;
         rx_sock.set_read_timeout(Some(Duration::from_millis(20)))?;
         std::thread::spawn(move || {
@@ -354,11 +354,11 @@ fn closed_loop(sock: UdpSocket, run: u8, inflight: usize, secs: f64, dora_count:
                 let Ok((len, _)) = rx_sock.recv_from(&mut buf) else { continue };
                 let at = Instant::now();
                 let Some(r) = packets::parse(&buf[..len]) else { continue };
+                // Probe xids (wait_for_server) are 0xfff0_0000 and up; exchanges count from 0.
                 if r.xid < 0xfff0_0000 {
                     let _ = senders[r.xid as usize % inflight].send((r, at));
                 }
             }
-            drop(sock);
         })
     };
     let t0 = Instant::now();

@@ -166,7 +166,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
 
     let mut walls: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut completions: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
-    let mut mem: BTreeMap<&str, (u64, Option<u64>)> = BTreeMap::new();
+    let mut mem: BTreeMap<(usize, &str), (u64, Option<u64>)> = BTreeMap::new();
     let mut rps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut client_cpu: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
@@ -176,9 +176,6 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             let repeats = if clients == 1 { plan.http_big_single_repeats } else { 1 };
             for t in &targets {
                 let pid = t.proc.pid();
-                if t.label == "ours" {
-                    peers::reset_hwm(pid);
-                }
                 let cpu_before = t.proc.cpu_secs();
                 let client_before = peers::self_cpu_secs();
                 let sampler = MemSampler::start(pid, Duration::from_millis(100));
@@ -188,9 +185,12 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 cpu.entry((clients, t.label)).or_default().push(t.proc.cpu_secs() - cpu_before);
                 client_cpu.entry((clients, t.label)).or_default().push(peers::self_cpu_secs() - client_before);
                 let hwm = (t.label == "ours").then(|| peers::vm_hwm_kib(pid)).flatten();
-                let e = mem.entry(t.label).or_default();
-                e.0 = e.0.max(peak.pss_kib);
-                e.1 = e.1.max(hwm);
+                // Memory only from the first round: the servers start fresh and the cases go from
+                // fewest to most clients, so each peak is that case's (freed memory is not always
+                // returned to the system, which would carry a bigger case's peak into later rounds).
+                if round == 0 {
+                    mem.insert((clients, t.label), (peak.pss_kib, hwm));
+                }
                 let bytes = (clients * repeats) as f64 * mb;
                 eprintln!(
                     "bench: http: round {}/{} {clients:>3} client(s) x {repeats} x {mb:.0} MB {:<6} {:>6.2} s {:>7.0} MB/s",
@@ -239,7 +239,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             } else {
                 format!("{mb:.0} MB, {clients} clients at once")
             };
-            let (pss, hwm) = mem[t.label];
+            let (pss, hwm) = mem[&(clients, t.label)];
             table.row(vec![
                 case,
                 t.label.to_string(),
@@ -267,6 +267,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 "throughput_vs_nginx": reference / w,
                 "completion_p50_s": percentile(c, 50.0), "completion_p99_s": percentile(c, 99.0),
                 "server_cpu_s": cpu[&(clients, t.label)], "client_cpu_s": client_cpu[&(clients, t.label)],
+                "peak_pss_kib": pss, "vm_hwm_kib": hwm,
             }));
         }
     }
@@ -294,14 +295,14 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     table.notes.push(format!(
         "nginx {}: `worker_processes auto` (2), `sendfile on`, `tcp_nopush on`, access log on (ours logs every \
-         request too). Memory: ours VmHWM (reset per measurement) and peak PSS; nginx peak PSS summed over \
-         master and workers. The script responses are {} bytes; both servers use keep-alive. Server CPU: user + \
+         request too). Memory (first round; the servers start fresh and the cases run from fewest to most \
+         clients): ours VmHWM and peak PSS; nginx peak PSS summed over master and workers. The script responses are {} bytes; both servers use keep-alive. Server CPU: user + \
          system time of the server's processes (cpuacct cgroup), median per measurement.",
         ctx.peers.versions.get("nginx").map_or("", String::as_str),
         sample.len()
     ));
     report.tables.push(table);
-    report.sections.insert("http".into(), json!({ "file_bytes": size, "rows": rows, "memory_kib": mem }));
+    report.sections.insert("http".into(), json!({ "file_bytes": size, "rows": rows }));
     for &clients in &plan.http_clients {
         let r = median(&walls[&(clients, "nginx")]) / median(&walls[&(clients, "ours")]);
         report.target(

@@ -49,6 +49,11 @@ pub struct Args {
     /// Rounds per case; each round measures every server once, alternating [default: 3, quick: 1].
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Let idle CPUs halt. By default the bench holds /dev/cpu_dma_latency at 0 (idle CPUs
+    /// poll) so that wake-up latency, which depends on what else the machine is doing, does
+    /// not dominate lockstep round trips.
+    #[arg(long)]
+    pub no_idle_poll: bool,
     /// Internal: run a load generator role (JSON spec) and print its result as JSON.
     #[arg(long, hide = true, value_name = "JSON")]
     pub internal: Option<String>,
@@ -114,7 +119,7 @@ impl Plan {
                 storm_clients: 20,
                 storm_kernel: 2 * MB,
                 storm_initrd: MB,
-                storm_scale: None,
+                storm_scale: Some(3),
             }
         } else {
             let rounds = args.rounds.unwrap_or(3).max(1);
@@ -198,13 +203,15 @@ pub fn run(args: &Args) -> Result<()> {
     eprintln!("bench: peers (Debian packages, unpacked into {})", dir.join("peers").display());
     let peers = peers::Peers::ensure(&dir.join("peers"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let idle_poll = if args.no_idle_poll { None } else { peers::IdlePoll::request() };
     let load = peers::LoadMonitor::start();
     let ctx = Ctx { plan, dir, work, data, appliance: root.join("target/release/appliance"), peers, rt, load };
     let started = Instant::now();
     eprintln!(
-        "bench: {} run, {} round(s), load average before: {}",
+        "bench: {} run, {} round(s), idle CPUs {}, load average before: {}",
         if ctx.plan.quick { "quick" } else { "full" },
         ctx.plan.rounds,
+        if idle_poll.is_some() { "poll (cpu_dma_latency 0)" } else { "may halt" },
         peers::loadavg_text()
     );
 
@@ -237,7 +244,9 @@ pub fn run(args: &Args) -> Result<()> {
         rounds: ctx.plan.rounds,
         quick: ctx.plan.quick,
         peers: ctx.peers.versions.clone(),
+        idle_poll: idle_poll.is_some(),
     };
+    drop(idle_poll);
     let text = report.render(&header);
     println!("{text}");
     let json_path = ctx.dir.join("results.json");
@@ -284,7 +293,7 @@ fn reexec_release(root: &Path) -> Result<()> {
     Err(err).with_context(|| format!("executing {}", exe.display()))
 }
 
-/// Root (namespaces, port 69 on 127.0.0.2, clear_refs) and the host tools we call.
+/// Root (namespaces, port 69 on 127.0.0.2, cpuacct cgroups) and the host tools we call.
 fn preflight() -> Result<()> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()

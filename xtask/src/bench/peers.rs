@@ -84,11 +84,7 @@ impl Peers {
 
     /// LD_LIBRARY_PATH for the unpacked binaries.
     pub fn library_path(&self) -> String {
-        ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib", "lib"]
-            .iter()
-            .map(|d| self.root.join(d).display().to_string())
-            .collect::<Vec<_>>()
-            .join(":")
+        library_path(&self.root)
     }
 
     pub fn command(&self, binary: &Path) -> Command {
@@ -144,17 +140,19 @@ fn find_deb(debs: &Path, package: &str) -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The library directories of an unpacked tree, for LD_LIBRARY_PATH.
+fn library_path(root: &Path) -> String {
+    ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib", "lib"]
+        .iter()
+        .map(|d| root.join(d).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// Fails, naming the package, when the unpacked binary misses a shared library.
 fn check_libs(root: &Path, binary: &Path, package: &str) -> Result<()> {
-    let peers = Peers {
-        root: root.to_path_buf(),
-        tftpd: PathBuf::new(),
-        dnsmasq: PathBuf::new(),
-        nginx: PathBuf::new(),
-        versions: BTreeMap::new(),
-    };
     let out =
-        Command::new("ldd").arg(binary).env("LD_LIBRARY_PATH", peers.library_path()).output().context("running ldd")?;
+        Command::new("ldd").arg(binary).env("LD_LIBRARY_PATH", library_path(root)).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let missing: Vec<&str> =
         text.lines().filter(|l| l.contains("not found")).map(|l| l.split_whitespace().next().unwrap_or("")).collect();
@@ -355,11 +353,6 @@ pub fn vm_hwm_kib(pid: u32) -> Option<u64> {
     status_field_kib(pid, "VmHWM:")
 }
 
-/// Resets VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`).
-pub fn reset_hwm(pid: u32) {
-    let _ = fs::write(format!("/proc/{pid}/clear_refs"), "5");
-}
-
 fn pss_kib(pid: u32) -> Option<u64> {
     let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
     let line = text.lines().find(|l| l.starts_with("Pss:"))?;
@@ -553,4 +546,23 @@ pub fn utc_now() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// Holds a PM QoS request for zero CPU wake-up latency (`/dev/cpu_dma_latency` = 0) while
+/// alive: idle CPUs poll instead of halting. On this kind of VM a halted vCPU takes tens of
+/// microseconds to wake, which made a lockstep TFTP round trip on loopback 4-5x slower on an
+/// idle machine than on a busy one; with polling, results no longer depend on how busy the
+/// other tenants keep the CPUs. The kernel drops the request when the file is closed (also
+/// when the bench dies).
+pub struct IdlePoll {
+    _request: fs::File,
+}
+
+impl IdlePoll {
+    pub fn request() -> Option<IdlePoll> {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().write(true).open("/dev/cpu_dma_latency").ok()?;
+        f.write_all(&0i32.to_ne_bytes()).ok()?;
+        Some(IdlePoll { _request: f })
+    }
 }

@@ -103,6 +103,7 @@ pub struct RunInfo {
     pub rounds: usize,
     pub quick: bool,
     pub peers: BTreeMap<String, String>,
+    pub idle_poll: bool,
 }
 
 impl Report {
@@ -118,7 +119,7 @@ impl Report {
             "Run {} on {} CPUs (Linux {}), loopback and a veth pair between two network namespaces; \
              `{}`; {} round(s), {:.0} s. Load average (1/5/15 min) before: {:.2} {:.2} {:.2}; \
              1-min load during the run (every 5 s, includes the bench itself): min {:.2}, median {:.2}, \
-             max {:.2}; after: {:.2} {:.2} {:.2}. Peers: {}.\n",
+             max {:.2}; after: {:.2} {:.2} {:.2}. Idle CPUs {}. Peers: {}.\n",
             info.date,
             info.cpus,
             info.kernel,
@@ -134,6 +135,7 @@ impl Report {
             l.after[0],
             l.after[1],
             l.after[2],
+            if info.idle_poll { "poll (/dev/cpu_dma_latency held at 0)" } else { "may halt (--no-idle-poll)" },
             info.peers.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         );
         for t in &self.tables {
@@ -166,6 +168,7 @@ impl Report {
             "duration_s": info.duration.as_secs_f64(),
             "rounds": info.rounds,
             "quick": info.quick,
+            "idle_poll": info.idle_poll,
             "peers": info.peers,
             "sections": self.sections,
             "targets": self.targets.iter().map(|t| json!({

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use appliance::tftp::client::{get, ClientOptions};
 use serde_json::{json, Value};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Barrier};
 
 use super::dhcp::BROADCAST;
 use super::httpc::Conn;
@@ -28,6 +29,8 @@ use super::Ctx;
 
 struct Storm {
     label: String,
+    /// Every machine waits for all others before downloading kernel and initrd.
+    sync: bool,
     kernel: u64,
     initrd: u64,
     out: Value,
@@ -37,7 +40,7 @@ struct Storm {
     cpu_secs: f64,
 }
 
-fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64) -> Result<Storm> {
+fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64, sync: bool) -> Result<Storm> {
     let plan = &ctx.plan;
     let config = ctx.scratch(&format!("storm-config-{n}"))?;
     let k = ours::data_file(ctx, "storm-kernel", kernel)?;
@@ -51,7 +54,7 @@ fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64) -> Resu
     let sampler = MemSampler::start(pid, Duration::from_millis(100));
     let spec = json!({
         "role": "storm", "iface": CLIENT_IF, "clients": plan.storm_clients, "run": (200 + n) as u8,
-        "kernel": kernel, "initrd": initrd,
+        "kernel": kernel, "initrd": initrd, "sync": sync,
         "undionly": std::fs::metadata(boot.join("undionly.kpxe"))?.len(),
     });
     let out =
@@ -62,7 +65,13 @@ fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64) -> Resu
     drop(ours);
     let out = out?;
     Ok(Storm {
-        label: format!("{} MB kernel + {} MB initrd", kernel / 1_000_000, initrd / 1_000_000),
+        label: format!(
+            "{} MB kernel + {} MB initrd{}",
+            kernel / 1_000_000,
+            initrd / 1_000_000,
+            if sync { ", downloads synchronized" } else { "" }
+        ),
+        sync,
         kernel,
         initrd,
         out,
@@ -82,20 +91,25 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     );
     let mut storms = Vec::new();
     let mut n = 0;
-    let mut sizes = vec![(plan.storm_kernel, plan.storm_initrd); plan.rounds];
+    // The storms as they come, for times; then two with every machine's downloads started
+    // together (same concurrency) at two file sizes, for whether peak RSS follows file size.
+    let mut sizes = vec![(plan.storm_kernel, plan.storm_initrd, false); plan.rounds];
     if let Some(k) = plan.storm_scale {
-        sizes.push((plan.storm_kernel * k, plan.storm_initrd * k));
+        sizes.push((plan.storm_kernel, plan.storm_initrd, true));
+        sizes.push((plan.storm_kernel * k, plan.storm_initrd * k, true));
     }
-    for (kernel, initrd) in sizes {
+    for (kernel, initrd, sync) in sizes {
         n += 1;
-        let s = one_storm(ctx, &ns, n, kernel, initrd)?;
+        let s = one_storm(ctx, &ns, n, kernel, initrd, sync)?;
         eprintln!(
-            "bench: storm {n}: {}: wall {:.2} s, p50 {:.2} s, p99 {:.2} s, {} failed, peak RSS {} (idle {})",
+            "bench: storm {n}: {}: wall {:.2} s, p50 {:.2} s, p99 {:.2} s, {} failed, {} parallel downloads, \
+             peak RSS {} (idle {})",
             s.label,
             s.out["wall_s"].as_f64().unwrap_or(f64::NAN),
             s.out["total_p50_s"].as_f64().unwrap_or(f64::NAN),
             s.out["total_p99_s"].as_f64().unwrap_or(f64::NAN),
             s.out["failed"].as_u64().unwrap_or(0),
+            s.out["peak_downloads"].as_u64().unwrap_or(0),
             mib(s.hwm_kib),
             mib(s.idle_kib),
         );
@@ -119,6 +133,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             "failed",
             "aggregate",
             "server CPU",
+            "peak parallel downloads",
             "peak RSS (idle)",
         ],
     );
@@ -136,18 +151,21 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             s.out["failed"].as_u64().unwrap_or(0).to_string(),
             format!("{} MB/s", num(bytes / 1e6 / f(s, "wall_s"))),
             format!("{} s", num(s.cpu_secs)),
+            s.out["peak_downloads"].as_u64().unwrap_or(0).to_string(),
             format!("{} ({})", mib(s.hwm_kib), mib(s.idle_kib)),
         ]);
     }
     t.notes.push(
         "Each machine: DORA as a BIOS PXE ROM, TFTP undionly.kpxe (blksize 1468), DORA as iPXE, GET /boot.ipxe, \
          GET the /ipxe/script URL it chains to, GET kernel and initrd on one keep-alive connection. Peak RSS is \
-         the daemon's VmHWM (a fresh process per storm); idle is its VmHWM just after start."
+         the daemon's VmHWM (a fresh process per storm); idle is its VmHWM just after start. \
+         \"downloads synchronized\": every machine waits for all the others before its kernel download, so \
+         two storms with different file sizes have the same number of downloads in flight."
             .to_string(),
     );
     report.tables.push(t);
     let failed: u64 = storms.iter().map(|s| s.out["failed"].as_u64().unwrap_or(0)).sum();
-    let base: Vec<&Storm> = storms.iter().filter(|s| s.kernel == plan.storm_kernel).collect();
+    let base: Vec<&Storm> = storms.iter().filter(|s| !s.sync).collect();
     let walls: Vec<f64> = base.iter().map(|s| f(s, "wall_s")).collect();
     report.target(
         format!("Boot storm, {} machines: all finish", plan.storm_clients),
@@ -160,28 +178,31 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ),
     );
     let base_hwm = base.iter().map(|s| s.hwm_kib).max().unwrap_or(0);
-    let scaled = storms.iter().find(|s| s.kernel != plan.storm_kernel);
-    match scaled {
-        Some(s) => {
-            // Bounded: a bigger file may not cost more than noise (25% or 8 MiB).
-            let limit = base_hwm + (base_hwm / 4).max(8 * 1024);
+    let small = storms.iter().find(|s| s.sync && s.kernel == plan.storm_kernel);
+    let big = storms.iter().find(|s| s.sync && s.kernel != plan.storm_kernel);
+    match (small, big) {
+        (Some(a), Some(b)) => {
+            // Bounded: at the same concurrency, bigger files may not cost more than noise.
+            let limit = a.hwm_kib + (a.hwm_kib / 4).max(8 * 1024);
             report.target(
                 "Boot storm: peak RSS bounded (does not grow with file size)",
-                Some(s.hwm_kib <= limit),
+                Some(b.hwm_kib <= limit),
                 format!(
-                    "{} with {} vs {} with {} (files {:.1}x bigger)",
-                    mib(s.hwm_kib),
-                    s.label,
+                    "{} with files {:.0}x bigger vs {}, both with {} / {} downloads in flight at once \
+                     (unsynchronized storms: up to {})",
+                    mib(b.hwm_kib),
+                    (b.kernel + b.initrd) as f64 / (a.kernel + a.initrd) as f64,
+                    mib(a.hwm_kib),
+                    b.out["peak_downloads"].as_u64().unwrap_or(0),
+                    a.out["peak_downloads"].as_u64().unwrap_or(0),
                     mib(base_hwm),
-                    base.first().map_or("", |b| b.label.as_str()),
-                    (s.kernel + s.initrd) as f64 / (plan.storm_kernel + plan.storm_initrd) as f64
                 ),
             );
         }
-        None => report.target(
+        _ => report.target(
             "Boot storm: peak RSS bounded (does not grow with file size)",
             None,
-            format!("peak RSS {} (no bigger-file storm in a quick run)", mib(base_hwm)),
+            format!("peak RSS {} (no synchronized storms in this run)", mib(base_hwm)),
         ),
     }
     report.sections.insert(
@@ -189,7 +210,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         json!({
             "clients": plan.storm_clients,
             "storms": storms.iter().map(|s| json!({
-                "kernel_bytes": s.kernel, "initrd_bytes": s.initrd, "vm_hwm_kib": s.hwm_kib,
+                "kernel_bytes": s.kernel, "initrd_bytes": s.initrd, "synchronized": s.sync, "vm_hwm_kib": s.hwm_kib,
                 "idle_vm_hwm_kib": s.idle_kib, "peak_pss_kib": s.pss_kib, "server_cpu_s": s.cpu_secs,
                 "clients": s.out,
             })).collect::<Vec<_>>(),
@@ -281,7 +302,36 @@ struct Phases {
     total: f64,
 }
 
-async fn boot_one(hub: Arc<Hub>, run: u8, i: u32, spec: Arc<Value>, start: Instant) -> Result<Phases> {
+/// In-flight kernel+initrd downloads: (now, peak).
+type Streams = Arc<(AtomicUsize, AtomicUsize)>;
+
+async fn boot_one(
+    hub: Arc<Hub>,
+    run: u8,
+    i: u32,
+    spec: Arc<Value>,
+    start: Instant,
+    barrier: Option<Arc<Barrier>>,
+    streams: Streams,
+) -> Result<Phases> {
+    let pre = until_script(&hub, run, i, &spec).await;
+    if let Some(b) = barrier {
+        // Also when this machine failed: the others must not wait for it forever.
+        b.wait().await;
+    }
+    let (mut p, mut conn, addr, script) = pre?;
+    let now = streams.0.fetch_add(1, Ordering::Relaxed) + 1;
+    streams.1.fetch_max(now, Ordering::Relaxed);
+    let files = fetch_files(&mut conn, addr, &script, &spec).await;
+    streams.0.fetch_sub(1, Ordering::Relaxed);
+    p.files = files?;
+    p.total = start.elapsed().as_secs_f64();
+    Ok(p)
+}
+
+/// Steps 1 to 4: DHCP, TFTP, DHCP, the scripts. Returns the phases so far, the connection,
+/// its server and the per-machine script.
+async fn until_script(hub: &Hub, run: u8, i: u32, spec: &Value) -> Result<(Phases, Conn, SocketAddr, String)> {
     let mac = packets::mac(run, i);
     let hyphen = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join("-");
     let mut p = Phases::default();
@@ -324,7 +374,11 @@ async fn boot_one(hub: Arc<Hub>, run: u8, i: u32, spec: Arc<Value>, start: Insta
     }
     let script = String::from_utf8_lossy(&conn.get_body(&path2).await?).into_owned();
     p.scripts = t.elapsed().as_secs_f64();
-    // 5. Kernel and initrd.
+    Ok((p, conn, addr2, script))
+}
+
+/// Step 5: kernel and initrd on the script's connection. Returns the time it took.
+async fn fetch_files(conn: &mut Conn, addr2: SocketAddr, script: &str, spec: &Value) -> Result<f64> {
     let t = Instant::now();
     let urls: Vec<String> = script
         .lines()
@@ -337,16 +391,14 @@ async fn boot_one(hub: Arc<Hub>, run: u8, i: u32, spec: Arc<Value>, start: Insta
     for (url, want) in urls.iter().zip([spec["kernel"].as_u64(), spec["initrd"].as_u64()]) {
         let (a, path) = split_url(url)?;
         if a != addr2 {
-            conn = Conn::connect(a).await?;
+            *conn = Conn::connect(a).await?;
         }
         let (status, len) = conn.get(&path, |_| {}).await?;
         if status != 200 || Some(len) != want {
             bail!("GET {url}: status {status}, {len} bytes, expected {want:?}");
         }
     }
-    p.files = t.elapsed().as_secs_f64();
-    p.total = start.elapsed().as_secs_f64();
-    Ok(p)
+    Ok(t.elapsed().as_secs_f64())
 }
 
 pub fn clients(spec: &Value) -> Result<Value> {
@@ -367,10 +419,12 @@ pub fn clients(spec: &Value) -> Result<Value> {
         if !matches!(ready, Ok(Ok(_))) {
             bail!("the daemon does not answer DHCP");
         }
+        let barrier = spec["sync"].as_bool().unwrap_or(false).then(|| Arc::new(Barrier::new(n as usize)));
+        let streams: Streams = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let start = Instant::now();
         let mut set = tokio::task::JoinSet::new();
         for i in 0..n {
-            set.spawn(boot_one(hub.clone(), run, i, spec.clone(), start));
+            set.spawn(boot_one(hub.clone(), run, i, spec.clone(), start, barrier.clone(), streams.clone()));
         }
         let mut done = Vec::new();
         let mut errors = Vec::new();
@@ -388,6 +442,7 @@ pub fn clients(spec: &Value) -> Result<Value> {
         Ok(json!({
             "clients": n,
             "completed": done.len(),
+            "peak_downloads": streams.1.load(Ordering::Relaxed),
             "failed": n as usize - done.len(),
             "errors": errors,
             "wall_s": wall,
