@@ -1,6 +1,7 @@
 //! `cargo xtask test`: the full check suite, as CI runs it.
 
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -49,11 +50,34 @@ pub fn run(args: &Args) -> Result<()> {
                 extra.iter().map(|arg| format!(" {}", arg.to_string_lossy())).collect::<String>()
             ),
             Box::new(|| {
-                Ok(cmd!(sh, "{cargo} test --workspace {extra...}")
+                let mut child = std::process::Command::new(&cargo)
+                    .args(["test", "--workspace"])
+                    .args(extra)
+                    .current_dir(project_root())
                     .env(BOOTLOADERS_ENV, &bootloaders)
                     .env(BLOBS_ENV, &blobs)
-                    .quiet()
-                    .run()?)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .context("failed to start cargo test")?;
+                // Pass the output through, adding up every binary's "test result:" line.
+                let mut totals = Totals::default();
+                let stdout = child.stdout.take().context("cargo test has no stdout")?;
+                for line in BufReader::new(stdout).lines() {
+                    let line = line.context("reading cargo test's output")?;
+                    println!("{line}");
+                    totals.add(&line);
+                }
+                let status = child.wait().context("waiting for cargo test")?;
+                // One closing line for the whole workspace, after the per-binary ones.
+                let closing = format!(
+                    "workspace: {} passed, {} failed, {} skipped",
+                    totals.passed, totals.failed, totals.ignored
+                );
+                println!("{closing}");
+                // .ci/run repeats it as the very last line of the run.
+                let _ = std::fs::write(project_root().join("target/test-totals.txt"), format!("{closing}\n"));
+                anyhow::ensure!(status.success(), "cargo test failed ({status})");
+                Ok(())
             }),
         ),
     ];
@@ -90,4 +114,43 @@ fn print_summary(timings: &[(String, Duration)], total: Duration) {
 
 fn secs(duration: Duration) -> String {
     format!("{:.1}s", duration.as_secs_f64())
+}
+
+/// Sums of cargo test's `test result: ok. N passed; M failed; K ignored; ...` lines.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else { return };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn adds_up_test_result_lines() {
+        let mut t = Totals::default();
+        t.add("test result: ok. 137 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 6.40s");
+        t.add("test result: FAILED. 8 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.26s");
+        t.add("running 3 tests");
+        assert_eq!(t, Totals { passed: 145, failed: 1, ignored: 1 });
+    }
 }
