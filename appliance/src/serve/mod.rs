@@ -113,6 +113,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let opts = Arc::new(opts);
+    // Taken before the config is read, so an edit made while it loads still triggers a reload.
+    let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
     let (catalog, report) = {
         let o = opts.clone();
         tokio::task::spawn_blocking(move || load_and_publish(&o)).await??
@@ -177,12 +179,12 @@ pub async fn run(
         });
     }
 
-    if let Some(interval) = opts.watch {
+    if let (Some(interval), Some(applied)) = (opts.watch, before_load) {
         let (dir, overlay, r) = (opts.config_dir.clone(), opts.overlay.clone(), reload.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
             tokio::select! {
-                _ = watcher::run(dir, overlay, interval, move || {
+                _ = watcher::run(dir, overlay, interval, applied, move || {
                     info!("config directory changed: reloading");
                     r.notify_one();
                 }) => {}

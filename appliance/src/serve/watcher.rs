@@ -38,12 +38,19 @@ fn walk(dir: &Path, out: &mut Fingerprint, depth: usize) {
     }
 }
 
-/// Calls `on_change` whenever the tree changed and then stayed the same for one interval.
-pub async fn run(dir: PathBuf, overlay: Option<PathBuf>, interval: Duration, on_change: impl Fn()) {
+/// Calls `on_change` whenever the tree differs from `applied` (the fingerprint taken before the
+/// config in force was read, so no edit made while it loaded is missed) and then stayed the
+/// same for one interval.
+pub async fn run(
+    dir: PathBuf,
+    overlay: Option<PathBuf>,
+    interval: Duration,
+    mut applied: Fingerprint,
+    on_change: impl Fn(),
+) {
     let snap = |d: PathBuf, o: Option<PathBuf>| async move {
         tokio::task::spawn_blocking(move || fingerprint(&d, o.as_deref())).await.unwrap_or_default()
     };
-    let mut applied = snap(dir.clone(), overlay.clone()).await;
     let mut pending: Option<Fingerprint> = None;
     loop {
         tokio::time::sleep(interval).await;

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use super::handler::Content;
 
 /// Bounds of a file chunk (each file transfer holds up to two).
-const MIN_CHUNK: usize = 128 * 1024;
+const MIN_CHUNK: usize = 32 * 1024;
 const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Bytes a read-ahead chunk repeats from the end of the resident one, so a
 /// run of blocks sent in one go (at most one 64 KiB GSO send) that crosses
@@ -58,7 +58,10 @@ impl Source {
             Content::File { file, len } => {
                 let blksize = usize::from(blksize);
                 let window_bytes = blksize * usize::from(window);
-                let overlap = MIN_OVERLAP.max(blksize).max(window_bytes.min(MAX_CHUNK / 2));
+                // Only a GSO send (window >= 2, at most 64 KiB) needs a contiguous run longer
+                // than one block.
+                let overlap =
+                    if window > 1 { MIN_OVERLAP.max(blksize).max(window_bytes.min(MAX_CHUNK / 2)) } else { blksize };
                 let chunk = (4 * window_bytes).clamp(MIN_CHUNK, MAX_CHUNK).max(2 * overlap);
                 let chunk = chunk.min(usize::try_from(len).unwrap_or(usize::MAX));
                 Source::File(FileChunks {

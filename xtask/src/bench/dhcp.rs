@@ -111,19 +111,24 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 } else {
                     start_dnsmasq(ctx, &ns.server, case, n)?
                 };
+                let secs = if case == Case::ProxyRate { plan.dhcp_rate_secs } else { plan.dhcp_max_secs };
                 let spec = json!({
                     "role": "dhcp", "mode": case.name(), "iface": CLIENT_IF, "run": (n % 250) as u8,
-                    "rate": plan.dhcp_rate, "secs": if case == Case::ProxyRate { plan.dhcp_rate_secs } else { plan.dhcp_max_secs },
+                    "rate": plan.dhcp_rate, "secs": secs,
                     "inflight": if case == Case::Dora { DORA_INFLIGHT } else { PROXY_MAX_INFLIGHT },
                     "count": plan.dhcp_dora_clients,
                 });
                 let log = ctx.work.join(format!("dhcp-gen-{n}.log"));
                 let cpu_before = proc.cpu_secs();
+                let drops_before = (udp_drops(&ns.server), udp_drops(&ns.client));
                 let out = super::run_internal(&ns.client, &spec, &log, Duration::from_secs(300));
                 let cpu = proc.cpu_secs() - cpu_before;
+                let drops = (udp_drops(&ns.server) - drops_before.0, udp_drops(&ns.client) - drops_before.1);
                 drop(proc);
                 let mut out = out.with_context(|| format!("{server} {}", case.name()))?;
                 out["server_cpu_s"] = json!(cpu);
+                out["udp_drops_server_ns"] = json!(drops.0);
+                out["udp_drops_client_ns"] = json!(drops.1);
                 out["server_cpu_us_per_answer"] = json!(cpu * 1e6 / out["answered"].as_f64().unwrap_or(f64::NAN));
                 eprintln!(
                     "bench: dhcp: round {}/{} {:<10} {:<7} {:>8.0}/s answered, p50 {:.3} ms, p99 {:.3} ms, {} lost",
@@ -157,6 +162,8 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             let v = &results[&(case, server)];
             let rate = median(&get(v, "answered_per_s"));
             let lost: u64 = v.iter().map(|x| x["lost"].as_u64().unwrap_or(0)).sum();
+            let drops = |k: &str| v.iter().map(|x| x[k].as_i64().unwrap_or(0)).sum::<i64>();
+            let (drops_server, drops_client) = (drops("udp_drops_server_ns"), drops("udp_drops_client_ns"));
             let sent: u64 = v.iter().map(|x| x["sent"].as_u64().unwrap_or(0)).sum();
             let (label, offered) = match case {
                 Case::ProxyRate => ("proxy DISCOVER->OFFER, fixed rate", format!("{}/s", plan.dhcp_rate)),
@@ -171,7 +178,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 ratio(rate / reference),
                 format!("{} ms", num(median(&get(v, "p50_ms")))),
                 format!("{} ms", num(median(&get(v, "p99_ms")))),
-                format!("{lost} of {sent}"),
+                if drops_server + drops_client > 0 {
+                    format!("{lost} of {sent} (socket drops: server {drops_server}, generator {drops_client})")
+                } else {
+                    format!("{lost} of {sent}")
+                },
                 format!("{} us/answer", num(median(&get(v, "server_cpu_us_per_answer")))),
             ]);
             rows.push(json!({ "case": case.name(), "server": server, "runs": v }));
@@ -181,8 +192,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "Latency: from the request leaving the generator to the reply's arrival (DORA: DISCOVER to ACK), both \
          servers through the same veth path. dnsmasq runs with --no-ping in server mode, as ours never pings. \
          Both servers log every exchange (ours at info to a file, dnsmasq to its log file). \"lost\": requests \
-         without a reply within 1 s (closed loop) or by the end of the run (fixed rate). \
-         Server CPU: user + system time of the server process (cpuacct cgroup) per answered exchange."
+         without a reply within 1 s (closed loop) or by the end of the run (fixed rate); socket drops are UDP \
+         receive-buffer overflows (RcvbufErrors) in the server's and the generator's namespace. Server CPU: \
+         user + system time of the server process (cpuacct cgroup) per answered exchange."
             .to_string(),
     );
     report.tables.push(t);
@@ -197,6 +209,22 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         format!("p99 {p99:.3} ms, {lost} lost, sent at {achieved:.0}/s"),
     );
     Ok(())
+}
+
+/// UDP datagrams dropped for a full receive buffer in namespace `ns` so far (RcvbufErrors).
+fn udp_drops(ns: &str) -> i64 {
+    let Ok(out) = std::process::Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/snmp"]).output() else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -193,7 +193,8 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 }
                 let bytes = (clients * repeats) as f64 * mb;
                 eprintln!(
-                    "bench: http: round {}/{} {clients:>3} client(s) x {repeats} x {mb:.0} MB {:<6} {:>6.2} s {:>7.0} MB/s",
+                    "bench: http: round {}/{} {clients:>3} client(s) x {repeats} x {mb:.0} MB {:<6} {:>6.2} s \
+                     {:>7.0} MB/s",
                     round + 1,
                     plan.rounds,
                     t.label,
@@ -296,8 +297,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     table.notes.push(format!(
         "nginx {}: `worker_processes auto` (2), `sendfile on`, `tcp_nopush on`, access log on (ours logs every \
          request too). Memory (first round; the servers start fresh and the cases run from fewest to most \
-         clients): ours VmHWM and peak PSS; nginx peak PSS summed over master and workers. The script responses are {} bytes; both servers use keep-alive. Server CPU: user + \
-         system time of the server's processes (cpuacct cgroup), median per measurement.",
+         clients): ours VmHWM and peak PSS; nginx peak PSS summed over master and workers. The script \
+         responses are {} bytes; both servers use keep-alive. Server CPU: user + system time of the server's \
+         processes (cpuacct cgroup), median per measurement.",
         ctx.peers.versions.get("nginx").map_or("", String::as_str),
         sample.len()
     ));

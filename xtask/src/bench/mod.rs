@@ -67,6 +67,9 @@ pub enum Section {
     Storm,
 }
 
+/// One section's entry point.
+type SectionFn = fn(&Ctx, &mut Report) -> Result<()>;
+
 /// Sizes and counts of one run.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -204,6 +207,8 @@ pub fn run(args: &Args) -> Result<()> {
     let peers = peers::Peers::ensure(&dir.join("peers"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let idle_poll = if args.no_idle_poll { None } else { peers::IdlePoll::request() };
+    let group = peers::BenchGroup::enter();
+    let whole = peers::OtherMeter::start(group.as_ref());
     let load = peers::LoadMonitor::start();
     let ctx = Ctx { plan, dir, work, data, appliance: root.join("target/release/appliance"), peers, rt, load };
     let started = Instant::now();
@@ -217,18 +222,29 @@ pub fn run(args: &Args) -> Result<()> {
 
     let mut report = Report::default();
     let wanted = |s: Section| args.only.is_none() || args.only == Some(s);
-    if wanted(Section::Tftp) {
-        tftp::run(&ctx, &mut report).context("tftp section")?;
+    let sections: [(Section, &str, SectionFn); 4] = [
+        (Section::Tftp, "tftp", tftp::run),
+        (Section::Http, "http", http::run),
+        (Section::Dhcp, "dhcp", dhcp::run),
+        (Section::Storm, "storm", storm::run),
+    ];
+    let mut others = Vec::new();
+    for (section, name, run) in sections {
+        if !wanted(section) {
+            continue;
+        }
+        let meter = peers::OtherMeter::start(group.as_ref());
+        run(&ctx, &mut report).with_context(|| format!("{name} section"))?;
+        let other = meter.stop(group.as_ref());
+        eprintln!(
+            "bench: {name}: done in {:.0} s; other processes kept {:.2} of {} CPUs busy meanwhile",
+            other.wall_secs,
+            other.cpus(),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        others.push((name.to_string(), other));
     }
-    if wanted(Section::Http) {
-        http::run(&ctx, &mut report).context("http section")?;
-    }
-    if wanted(Section::Dhcp) {
-        dhcp::run(&ctx, &mut report).context("dhcp section")?;
-    }
-    if wanted(Section::Storm) {
-        storm::run(&ctx, &mut report).context("storm section")?;
-    }
+    let other_total = whole.stop(group.as_ref());
 
     let elapsed = started.elapsed();
     let load = ctx.load.stop();
@@ -245,6 +261,7 @@ pub fn run(args: &Args) -> Result<()> {
         quick: ctx.plan.quick,
         peers: ctx.peers.versions.clone(),
         idle_poll: idle_poll.is_some(),
+        others: group.is_some().then_some((other_total, others)),
     };
     drop(idle_poll);
     let text = report.render(&header);

@@ -107,3 +107,33 @@ pub fn parse(b: &[u8]) -> Option<Reply> {
     }
     Some(Reply { xid: m.xid(), kind, yiaddr: m.yiaddr(), siaddr: m.siaddr(), server_id, file })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dhcproto::v4::Opcode;
+
+    #[test]
+    fn requests_carry_what_the_firmware_sends() {
+        let mac = mac(3, 0x01_0203);
+        assert_eq!(mac, [0x02, 0xbe, 3, 1, 2, 3]);
+        let b = request(Firmware::Ipxe, 42, mac, Ipv4Addr::new(10, 213, 1, 5), Ipv4Addr::new(10, 213, 0, 1));
+        assert!(b.len() >= 300, "padded like real clients");
+        let m = Message::from_bytes(&b).unwrap();
+        assert_eq!(m.xid(), 42);
+        assert!(m.flags().broadcast());
+        assert_eq!(m.opts().get(OptionCode::UserClass), Some(&DhcpOption::UserClass(b"iPXE".to_vec())));
+        assert_eq!(
+            m.opts().get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 213, 1, 5)))
+        );
+        // A request is not a reply.
+        assert_eq!(reply_xid(&b), None);
+        let mut reply = m.clone();
+        reply.set_opcode(Opcode::BootReply);
+        reply.opts_mut().insert(DhcpOption::MessageType(MessageType::Offer));
+        reply.set_fname_str("undionly.kpxe");
+        let r = parse(&reply.to_vec().unwrap()).unwrap();
+        assert_eq!((r.xid, r.kind, r.file.as_str()), (42, OFFER, "undionly.kpxe"));
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::peers::LoadSummary;
+use super::peers::{LoadSummary, OtherLoad};
 
 /// Median of `v` (NaN if empty).
 pub fn median(v: &[f64]) -> f64 {
@@ -104,6 +104,9 @@ pub struct RunInfo {
     pub quick: bool,
     pub peers: BTreeMap<String, String>,
     pub idle_poll: bool,
+    /// CPU used by other processes over the whole run and per section (when the bench could
+    /// put itself in a cgroup to tell its own CPU time apart).
+    pub others: Option<(OtherLoad, Vec<(String, OtherLoad)>)>,
 }
 
 impl Report {
@@ -138,6 +141,17 @@ impl Report {
             if info.idle_poll { "poll (/dev/cpu_dma_latency held at 0)" } else { "may halt (--no-idle-poll)" },
             info.peers.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         );
+        if let Some((total, per)) = &info.others {
+            let _ = writeln!(
+                out,
+                "Other processes on the machine (not the bench, its servers or its peers) kept {:.2} of the {} CPUs \
+                 busy on average during the run, by section: {} (user + system + steal time of the machine minus \
+                 the bench's own cgroup).\n",
+                total.cpus(),
+                info.cpus,
+                per.iter().map(|(n, o)| format!("{n}: {:.2}", o.cpus())).collect::<Vec<_>>().join(", ")
+            );
+        }
         for t in &self.tables {
             out.push_str(&t.markdown());
             out.push('\n');
@@ -169,6 +183,10 @@ impl Report {
             "rounds": info.rounds,
             "quick": info.quick,
             "idle_poll": info.idle_poll,
+            "other_processes_cpus": info.others.as_ref().map(|(t, per)| json!({
+                "run": t.cpus(),
+                "sections": per.iter().map(|(n, o)| (n.clone(), o.cpus())).collect::<BTreeMap<_, _>>(),
+            })),
             "peers": info.peers,
             "sections": self.sections,
             "targets": self.targets.iter().map(|t| json!({
@@ -201,4 +219,26 @@ pub fn ratio(x: f64) -> String {
 
 pub fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v = [5.0, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(median(&v), 3.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&v, 99.0), 5.0);
+        assert_eq!(percentile(&v, 100.0), 5.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn tables_render_as_markdown() {
+        let mut t = Table::new("T", &["a", "bb"]);
+        t.row(vec!["1".into(), "22".into()]);
+        assert_eq!(t.markdown(), "### T\n\n| a   | bb  |\n|-----|-----|\n| 1   | 22  |\n");
+    }
 }

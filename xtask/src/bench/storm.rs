@@ -460,3 +460,17 @@ pub fn clients(spec: &Value) -> Result<Value> {
         }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_address_and_path() {
+        let (a, p) = split_url("http://10.213.0.1:8080/ipxe/script?mac=02-be").unwrap();
+        assert_eq!((a, p.as_str()), ("10.213.0.1:8080".parse().unwrap(), "/ipxe/script?mac=02-be"));
+        let (a, p) = split_url("http://10.213.0.1").unwrap();
+        assert_eq!((a, p.as_str()), ("10.213.0.1:80".parse().unwrap(), "/"));
+        assert!(split_url("tftp://10.213.0.1/x").is_err());
+    }
+}

@@ -234,10 +234,11 @@ fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
         curl_row.join(", ")
     ));
     t.notes.push(
-        "\"time\" is the median, \"best\" the fastest round (the least disturbed by \
-         other load); \"time vs tftpd-hpa\" compares medians, below 1 is faster. tftpd-hpa and dnsmasq do not implement RFC 7440 windowsize, \
-         so they always run lockstep. Server CPU: user + system time of the server and everything it forked \
-         during the download (its cpuacct cgroup; median); unlike wall time, other load on the machine does not inflate it."
+        "\"time\" is the median, \"best\" the fastest round (the least disturbed by other load); \
+         \"time vs tftpd-hpa\" compares medians, below 1 is faster. tftpd-hpa and dnsmasq do not implement \
+         RFC 7440 windowsize, so they always run lockstep. Server CPU: user + system time of the server and \
+         everything it forked during the download (its cpuacct cgroup; median); less sensitive than wall time \
+         to other load on the machine."
             .to_string(),
     );
     report.tables.push(t);
