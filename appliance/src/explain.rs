@@ -48,7 +48,7 @@ pub fn client_from_query(q: &Query) -> Client {
 }
 
 /// The decision and rendered config for a config-file path, with the client facts merged in.
-pub fn for_path(catalog: &Catalog, mut client: Client, path: &str) -> (Stage, Option<Format>, Client) {
+pub fn for_path(mut client: Client, path: &str) -> (Stage, Option<Format>, Client) {
     match client::classify_tftp(path) {
         TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => {
             let grub = path.trim_start_matches('/').starts_with("grub");
@@ -58,7 +58,6 @@ pub fn for_path(catalog: &Catalog, mut client: Client, path: &str) -> (Stage, Op
             if let Some(a) = f.arch {
                 client.arch_hint = Some((a, Learned::TftpPath(path.into())));
             }
-            let _ = catalog;
             if grub {
                 client.firmware = crate::arch::Firmware::Grub;
                 (Stage::Grub, Some(Format::Grub), client)
@@ -88,7 +87,7 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         let _ = writeln!(out, "  claims:     {a} (from {l})");
     }
     let (stage, format, client) = match &q.path {
-        Some(p) => for_path(catalog, client, p),
+        Some(p) => for_path(client, p),
         None => (Stage::Dhcp, None, client),
     };
     let d = decide(catalog, &client, stage);

@@ -129,7 +129,7 @@ fn oui_rule_decides_arch_where_option_93_is_absent_or_wrong() {
     assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
     assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
     // With no option 93 at all, a pxelinux request is still decided by the OUI rule.
-    let (stage, _, c) = for_path(&catalog(), Client::new(Firmware::Unknown), "pxelinux.cfg/01-b8-27-eb-00-00-01");
+    let (stage, _, c) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/01-b8-27-eb-00-00-01");
     let d = decide(&catalog(), &c, stage);
     assert_eq!(d.arch, Some(Arch::Arm64));
     assert_eq!(d.outcome, Outcome::Menu { menu: "default".into() });
@@ -179,7 +179,7 @@ fn profile_without_the_clients_arch_is_refused_with_a_reason() {
 #[test]
 fn pxelinux_paths_identify_the_machine() {
     let c = catalog();
-    let (stage, _, client) = for_path(&c, Client::new(Firmware::Unknown), "pxelinux.cfg/01-52-54-00-00-00-05");
+    let (stage, _, client) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/01-52-54-00-00-00-05");
     assert_eq!(stage, Stage::Pxelinux);
     assert_eq!(decide(&c, &client, stage).outcome, boot_of(&c, "live", Arch::Arm64));
 }
@@ -189,22 +189,22 @@ fn per_arch_default_is_served_before_the_plain_default() {
     let c = catalog();
     // An unknown board asking for its MAC file, with no architecture known: not found, so
     // U-Boot moves on...
-    let (stage, _, client) = for_path(&c, Client::new(Firmware::Unknown), "pxelinux.cfg/01-52-54-00-99-00-01");
+    let (stage, _, client) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/01-52-54-00-99-00-01");
     assert!(matches!(decide(&c, &client, stage).outcome, Outcome::Ignore { .. }));
     // ...to default-arm, which names the architecture: the menu for arm64.
-    let (stage, _, client) = for_path(&c, Client::new(Firmware::Unknown), "pxelinux.cfg/default-arm-virt-qemu");
+    let (stage, _, client) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/default-arm-virt-qemu");
     let d = decide(&c, &client, stage);
     assert_eq!(d.arch, Some(Arch::Arm64));
     assert_eq!(d.outcome, Outcome::Menu { menu: "default".into() });
     // The plain default with nothing known is not served.
-    let (stage, _, client) = for_path(&c, Client::new(Firmware::Unknown), "pxelinux.cfg/default");
+    let (stage, _, client) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/default");
     assert!(matches!(decide(&c, &client, stage).outcome, Outcome::Ignore { .. }));
 }
 
 #[test]
 fn grub_config_paths() {
     let c = catalog();
-    let (stage, _, client) = for_path(&c, Client::new(Firmware::Unknown), "grub/grub.cfg-01-52-54-00-00-00-05");
+    let (stage, _, client) = for_path(Client::new(Firmware::Unknown), "grub/grub.cfg-01-52-54-00-00-00-05");
     assert_eq!(stage, Stage::Grub);
     assert_eq!(decide(&c, &client, stage).outcome, boot_of(&c, "live", Arch::Arm64));
 }

@@ -21,8 +21,7 @@ fn rendered(client: &Client, stage: Stage, format: Format) -> String {
 
 fn pxelinux(path: &str) -> String {
     let c = catalog();
-    let (stage, format, client) =
-        appliance::explain::for_path(&c, Client::new(appliance::arch::Firmware::Unknown), path);
+    let (stage, format, client) = appliance::explain::for_path(Client::new(appliance::arch::Firmware::Unknown), path);
     let d = decide(&c, &client, stage);
     render::render(&c, &d, &server(), format.unwrap()).unwrap().unwrap()
 }

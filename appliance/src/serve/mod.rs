@@ -147,6 +147,7 @@ pub async fn run(
         root: opts.tftp_root.clone(),
         touches: touches.clone(),
         mode: opts.dhcp_mode,
+        grub_images: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
     let tftp_cfg = opts.tftp.clone();

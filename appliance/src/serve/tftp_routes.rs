@@ -30,6 +30,34 @@ pub struct TftpRoutes {
     pub touches: Arc<Touches>,
     /// `--dhcp` override; else the catalog's mode.
     pub mode: Option<DhcpMode>,
+    /// GRUB images with our address written in, so a boot storm does not re-read and re-patch
+    /// them per request.
+    pub grub_images: GrubImages,
+}
+
+/// Patched GRUB images by file name, valid while the file's size and mtime and our address stay.
+#[derive(Default)]
+pub struct GrubImages(std::sync::Mutex<std::collections::HashMap<String, GrubImage>>);
+
+struct GrubImage {
+    stamp: (u64, Option<SystemTime>),
+    address: Ipv4Addr,
+    bytes: bytes::Bytes,
+}
+
+impl GrubImages {
+    fn get(&self, path: &std::path::Path, name: &str, address: Ipv4Addr) -> std::io::Result<bytes::Bytes> {
+        let meta = std::fs::metadata(path)?;
+        let stamp = (meta.len(), meta.modified().ok());
+        let mut cache = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(img) = cache.get(name).filter(|i| i.stamp == stamp && i.address == address) {
+            return Ok(img.bytes.clone());
+        }
+        let raw = std::fs::read(path)?;
+        let bytes: bytes::Bytes = render::grub_image::patch(&raw, address).unwrap_or(raw).into();
+        cache.insert(name.to_string(), GrubImage { stamp, address, bytes: bytes.clone() });
+        Ok(bytes)
+    }
 }
 
 fn peer_v4(req: &ReadRequest) -> Option<Ipv4Addr> {
@@ -136,11 +164,11 @@ impl TftpRoutes {
     fn bootloader(&self, name: &str) -> Result<Content, TftpError> {
         let dir = self.bootloaders.as_ref().ok_or_else(TftpError::not_found)?;
         if name.starts_with("grubnet") {
-            // Our address goes into the image (see render::grub_image), under 1 MB.
+            // Our address goes into the image (see render::grub_image).
             let path = files::resolve(dir, name).map_err(|_| TftpError::not_found())?;
-            let bytes = std::fs::read(path).map_err(|_| TftpError::not_found())?;
-            let patched = render::grub_image::patch(&bytes, self.shared.server().address).unwrap_or(bytes);
-            return Ok(Content::Bytes(patched.into()));
+            let bytes =
+                self.grub_images.get(&path, name, self.shared.server().address).map_err(|_| TftpError::not_found())?;
+            return Ok(Content::Bytes(bytes));
         }
         let (file, len) = files::open(dir, name).map_err(|_| TftpError::not_found())?;
         Ok(Content::File { file, len })
@@ -236,6 +264,7 @@ mod tests {
             root: None,
             touches: Arc::new(Touches::new()),
             mode: Some(mode),
+            grub_images: Default::default(),
         };
         Fixture { routes, _dirs: (boot, store) }
     }
