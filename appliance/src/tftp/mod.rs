@@ -12,7 +12,8 @@
 //!
 //! Layout: [`packet`] (pure wire codec), `options` (limits and negotiation),
 //! `source` (block access to bytes and files, with read-ahead), `sender`
-//! (batched DATA sends with UDP GSO), `transfer` (one transfer's state
+//! (batched DATA sends with UDP GSO), `udp` (the transfer socket, registered
+//! for read readiness only), `transfer` (one transfer's state
 //! machine), `server` (accept loop), `handler` (the daemon-facing types),
 //! [`client`] (minimal client for tests and benchmarks).
 //!
@@ -26,6 +27,7 @@ mod sender;
 mod server;
 mod source;
 mod transfer;
+mod udp;
 
 pub use handler::{Content, Handler, Outcome, ReadRequest, TftpError, TransferReport};
 pub use options::{TftpConfig, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE};

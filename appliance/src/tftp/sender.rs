@@ -15,16 +15,14 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use nix::sys::socket::ControlMessage;
 use tracing::debug;
 
 use super::packet::{self, DATA_HEADER};
 use super::source::Source;
+use super::udp::TransferSocket;
 
 /// Kernel limit on segments per GSO send (UDP_MAX_SEGMENTS on older kernels).
 const MAX_GSO_SEGMENTS: usize = 64;
@@ -33,13 +31,15 @@ const MAX_GSO_BYTES: usize = 65_507;
 
 pub(crate) struct DataSender {
     peer: SocketAddr,
-    peer_addr: SockaddrStorage,
     blksize: usize,
     /// Blocks per GSO send; below 2 means GSO is off.
     gso_batch: usize,
     headers: Vec<[u8; DATA_HEADER]>,
     /// Header + payload of one block, for the plain path.
     packet: Vec<u8>,
+    /// The block `packet` already holds (built ahead by [`Self::prepare`]),
+    /// and its length.
+    prepared: Option<(u64, usize)>,
 }
 
 impl DataSender {
@@ -52,16 +52,16 @@ impl DataSender {
             .min(source.max_resident() / blksize);
         DataSender {
             peer,
-            peer_addr: SockaddrStorage::from(peer),
             blksize,
             gso_batch,
             headers: vec![[0; DATA_HEADER]; gso_batch.max(1)],
             packet: Vec::new(),
+            prepared: None,
         }
     }
 
     /// Sends blocks `from..=to` (absolute, 1-based; wire numbers wrap).
-    pub async fn send(&mut self, sock: &UdpSocket, source: &mut Source, from: u64, to: u64) -> io::Result<()> {
+    pub async fn send(&mut self, sock: &TransferSocket, source: &mut Source, from: u64, to: u64) -> io::Result<()> {
         let mut block = from;
         while block <= to {
             let n = usize::try_from(to - block + 1).unwrap_or(usize::MAX).min(self.gso_batch);
@@ -84,7 +84,13 @@ impl DataSender {
         Ok(())
     }
 
-    async fn send_one(&mut self, sock: &UdpSocket, source: &mut Source, block: u64) -> io::Result<()> {
+    /// Builds the packet for `block` ahead of time, so that sending it when
+    /// the ACK before it arrives is a bare `send`: a lockstep transfer calls
+    /// this while it waits, taking the file read and copy off the round trip.
+    pub async fn prepare(&mut self, source: &mut Source, block: u64) -> io::Result<()> {
+        if self.prepared.map(|(b, _)| b) == Some(block) || (block - 1) * self.blksize as u64 > source.len() {
+            return Ok(());
+        }
         let data = source.slice((block - 1) * self.blksize as u64, self.blksize).await?;
         let n = data.len();
         if self.packet.len() < DATA_HEADER + self.blksize {
@@ -92,14 +98,21 @@ impl DataSender {
         }
         self.packet[DATA_HEADER..DATA_HEADER + n].copy_from_slice(data);
         packet::write_data_header(&mut self.packet, block as u16);
-        sock.send_to(&self.packet[..DATA_HEADER + n], self.peer).await?;
+        self.prepared = Some((block, DATA_HEADER + n));
+        Ok(())
+    }
+
+    async fn send_one(&mut self, sock: &TransferSocket, source: &mut Source, block: u64) -> io::Result<()> {
+        self.prepare(source, block).await?;
+        let len = self.prepared.map_or(0, |(_, len)| len);
+        sock.send(&self.packet[..len]).await?;
         Ok(())
     }
 
     /// One `sendmsg` carrying `n` blocks starting at `first`, segmented by
     /// the kernel. Every block but the last of the content is exactly
     /// `blksize` long, as GSO requires of all segments but the last.
-    async fn send_gso(&mut self, sock: &UdpSocket, source: &mut Source, first: u64, n: usize) -> io::Result<()> {
+    async fn send_gso(&mut self, sock: &TransferSocket, source: &mut Source, first: u64, n: usize) -> io::Result<()> {
         let blk = self.blksize as u64;
         let start = (first - 1) * blk;
         source.prepare(start, start + n as u64 * blk).await?;
@@ -114,12 +127,7 @@ impl DataSender {
         }
         let segment = (self.blksize + DATA_HEADER) as u16;
         let cmsgs = [ControlMessage::UdpGsoSegments(&segment)];
-        let fd = sock.as_raw_fd();
-        let peer = &self.peer_addr;
-        sock.async_io(Interest::WRITABLE, || {
-            sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), Some(peer)).map_err(io::Error::from)
-        })
-        .await?;
+        sock.sendmsg(&iov, &cmsgs).await?;
         Ok(())
     }
 }

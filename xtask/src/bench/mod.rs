@@ -62,6 +62,10 @@ pub struct Args {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Section {
     Tftp,
+    /// The one-client TFTP cases only (part of `tftp`).
+    TftpOne,
+    /// The many-client TFTP cases only (part of `tftp`).
+    TftpMany,
     Http,
     Dhcp,
     Storm,
@@ -221,9 +225,14 @@ pub fn run(args: &Args) -> Result<()> {
     );
 
     let mut report = Report::default();
-    let wanted = |s: Section| args.only.is_none() || args.only == Some(s);
-    let sections: [(Section, &str, SectionFn); 4] = [
+    let wanted = |s: Section| match args.only {
+        None => !matches!(s, Section::TftpOne | Section::TftpMany),
+        Some(only) => only == s,
+    };
+    let sections: [(Section, &str, SectionFn); 6] = [
         (Section::Tftp, "tftp", tftp::run),
+        (Section::TftpOne, "tftp-one", tftp::single),
+        (Section::TftpMany, "tftp-many", tftp::many),
         (Section::Http, "http", http::run),
         (Section::Dhcp, "dhcp", dhcp::run),
         (Section::Storm, "storm", storm::run),

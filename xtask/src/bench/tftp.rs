@@ -130,7 +130,7 @@ fn start_all(ctx: &Ctx, root: &Path, config: &Path) -> Result<(Ours, Proc, Socke
 // ---------------------------------------------------------------------------------------------
 // One client.
 
-fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
+pub fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let plan = &ctx.plan;
     let size = plan.tftp_single_size;
     let root = tftp_root(ctx, size)?;
@@ -289,10 +289,16 @@ fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
 }
 
 /// One download with our client, checked byte for byte: (seconds, client retransmissions).
-fn download(ctx: &Ctx, addr: SocketAddr, blk: u16, ws: u16, expected: &Arc<Vec<u8>>) -> Result<(f64, u64)> {
+///
+/// The client runs on a current-thread runtime of its own: on the shared multi-thread runtime
+/// every datagram it waits for would be picked up by a worker thread and handed to this one
+/// (two cross-thread wake-ups per lockstep round trip), which made the client, not the server,
+/// the largest and noisiest part of each round trip.
+fn download(_ctx: &Ctx, addr: SocketAddr, blk: u16, ws: u16, expected: &Arc<Vec<u8>>) -> Result<(f64, u64)> {
     let opts = client_options(blk, ws);
     let exp = expected.clone();
-    ctx.rt.block_on(async move {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
         let t = Instant::now();
         let dl = get(addr, FILE, &opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let secs = t.elapsed().as_secs_f64();
@@ -375,7 +381,7 @@ fn many_once(ctx: &Ctx, addr: SocketAddr, n: usize, expected: &Arc<Vec<u8>>) -> 
     })
 }
 
-fn many(ctx: &Ctx, report: &mut Report) -> Result<()> {
+pub fn many(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let plan = &ctx.plan;
     let size = plan.tftp_many_size;
     let root = tftp_root(ctx, size)?;
