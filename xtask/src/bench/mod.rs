@@ -46,7 +46,8 @@ pub struct Args {
     /// Run one section only.
     #[arg(long, value_enum)]
     pub only: Option<Section>,
-    /// Rounds per case; each round measures every server once, alternating [default: 3, quick: 1].
+    /// Rounds per case; each round measures every server once, alternating [default: 3, and 5
+    /// for one-client TFTP; quick: 1].
     #[arg(long)]
     pub rounds: Option<usize>,
     /// Let idle CPUs halt. By default the bench holds /dev/cpu_dma_latency at 0 (idle CPUs
@@ -80,6 +81,9 @@ pub struct Plan {
     pub quick: bool,
     pub rounds: usize,
     pub tftp_single_size: u64,
+    /// Rounds of the one-client TFTP cases: lockstep against tftpd-hpa is close, so it gets
+    /// more samples than the other cases.
+    pub tftp_single_rounds: usize,
     pub tftp_blksizes: Vec<u16>,
     pub tftp_windows: Vec<u16>,
     pub tftp_many_size: u64,
@@ -109,6 +113,7 @@ impl Plan {
                 quick: true,
                 rounds: args.rounds.unwrap_or(1).max(1),
                 tftp_single_size: 4 * MB,
+                tftp_single_rounds: args.rounds.unwrap_or(1).max(1),
                 tftp_blksizes: vec![512, 1468, 8192],
                 tftp_windows: vec![1, 4, 16],
                 tftp_many_size: MB,
@@ -134,6 +139,7 @@ impl Plan {
                 quick: false,
                 rounds,
                 tftp_single_size: 30 * MB,
+                tftp_single_rounds: args.rounds.unwrap_or(5).max(1),
                 tftp_blksizes: vec![512, 1468, 8192],
                 tftp_windows: vec![1, 4, 16],
                 tftp_many_size: 5 * MB,
