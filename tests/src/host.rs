@@ -110,8 +110,12 @@ pub fn appliance_bin() -> Result<PathBuf> {
     if let Some(why) = why {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         eprintln!("{} {why}: running `cargo build -p appliance --bin appliance`", bin.display());
+        // Build into the directory the binary is looked up in: `cargo test --release` runs
+        // from target/release, and a debug build would leave that binary stale.
+        let release = build_dir().file_name().is_some_and(|n| n == "release");
         let status = Command::new(&cargo)
             .args(["build", "-p", "appliance", "--bin", "appliance"])
+            .args(release.then_some("--release"))
             .current_dir(workspace_root())
             .env("CARGO_TARGET_DIR", target_dir())
             .status()

@@ -1,11 +1,24 @@
 //! Response bodies: nothing, bytes in memory, or a byte range of a file streamed in large
 //! chunks.
 //!
-//! A file is read with positional reads on the blocking pool, one chunk ahead of the socket: the
-//! next chunk is read while hyper writes the previous one, so disk (page cache) copies and
-//! socket writes overlap. Chunk buffers come from a small global pool and go back to it when
-//! hyper drops the `Bytes` it wrote, so a long transfer allocates nothing per chunk. A whole
-//! file is never held in memory.
+//! A file that may change (a bootloader an operator replaces in place) is read with positional
+//! reads on the blocking pool, one chunk ahead of the socket: the next chunk is read while
+//! hyper writes the previous one. Chunk buffers come from a small global pool and go back to it
+//! when hyper drops the `Bytes` it wrote, so a long transfer allocates nothing per chunk.
+//!
+//! A file that never changes (the artifact store's: written under a temporary name, made
+//! read-only and renamed into place; GC only unlinks, which keeps existing mappings valid) is
+//! mapped, and hyper writes straight from the page cache, without the copy into a chunk buffer
+//! (`cargo xtask bench --only http`, 64 clients: 509 ms of daemon CPU per GB with reads, 359
+//! with 256 KiB mapped chunks, 280 with 1 MiB ones). Each chunk's pages are dropped from the
+//! mapping (`MADV_DONTNEED`) as soon as hyper has written it, so the daemon's resident memory
+//! stays bounded by the chunks in flight instead of growing with the file: a storm of 200
+//! downloads peaked at 63 MiB with 256 KiB chunks (192 MiB with 1 MiB ones; 68 MiB with read
+//! buffers). Without the `MADV_DONTNEED`, every page of a mapped file counts in the daemon's
+//! RSS (4.6 GB at 64 clients of a 100 MB file). The next chunk is announced to the kernel
+//! (`MADV_WILLNEED`) so that its disk reads start before the socket needs it.
+//!
+//! A whole file is never held in memory.
 
 use hyper::body::{Bytes, Frame, SizeHint};
 use std::fs::File;
@@ -38,7 +51,12 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     File(FileStream),
+    Mapped(MappedStream),
 }
+
+/// Bytes of a mapped body per frame (and per `MADV_DONTNEED`): the trade between CPU per GB
+/// and resident memory per download in flight measured in the module documentation.
+pub(super) const MAPPED_CHUNK: usize = 256 * 1024;
 
 impl Body {
     pub fn empty() -> Body {
@@ -56,6 +74,22 @@ impl Body {
     pub fn file(file: File, offset: u64, len: u64) -> Body {
         let stream = FileStream { file: Arc::new(file), offset, unread: len, left: len, pending: None };
         Body { kind: if len == 0 { Kind::Empty } else { Kind::File(stream) }, sent: 0, on_drop: None }
+    }
+
+    /// Like [`Body::file`], for a file that is never truncated or rewritten while the body
+    /// exists: only the artifact store's published files qualify (see the module
+    /// documentation). Falls back to reading if the file cannot be mapped.
+    pub fn immutable_file(file: File, offset: u64, len: u64) -> Body {
+        if len == 0 {
+            return Body::empty();
+        }
+        match MappedStream::new(&file, offset, len) {
+            Ok(m) => Body { kind: Kind::Mapped(m), sent: 0, on_drop: None },
+            Err(e) => {
+                tracing::debug!("http: serving by reads, mapping failed: {e}");
+                Body::file(file, offset, len)
+            }
+        }
     }
 
     pub fn on_drop(mut self, f: impl FnOnce(u64) + Send + 'static) -> Body {
@@ -82,6 +116,7 @@ impl hyper::body::Body for Body {
             Kind::Empty => None,
             Kind::Full(b) => b.take().map(Ok),
             Kind::File(f) => ready!(f.poll_chunk(cx)),
+            Kind::Mapped(m) => m.next_chunk().map(Ok),
         };
         if let Some(Ok(b)) = &frame {
             this.sent += b.len() as u64;
@@ -94,6 +129,7 @@ impl hyper::body::Body for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::File(f) => f.left == 0,
+            Kind::Mapped(m) => m.pos == m.map.len(),
         }
     }
 
@@ -102,7 +138,73 @@ impl hyper::body::Body for Body {
             Kind::Empty => 0,
             Kind::Full(b) => b.as_ref().map_or(0, |b| b.len() as u64),
             Kind::File(f) => f.left,
+            Kind::Mapped(m) => (m.map.len() - m.pos) as u64,
         })
+    }
+}
+
+/// A mapped byte range of an immutable file, handed to hyper `MAPPED_CHUNK` bytes at a time.
+struct MappedStream {
+    map: Arc<memmap2::Mmap>,
+    /// Offset in `map` of the next chunk.
+    pos: usize,
+}
+
+impl MappedStream {
+    #[allow(unsafe_code)]
+    fn new(file: &File, offset: u64, len: u64) -> io::Result<MappedStream> {
+        let len = usize::try_from(len).map_err(|_| io::Error::other("range too large to map"))?;
+        if file.metadata()?.len() < offset.saturating_add(len as u64) {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than the range"));
+        }
+        // SAFETY: reading a file mapping is only undefined behaviour if the file changes under
+        // it. Mapped bodies are only made for the artifact store's published files, which are
+        // read-only and never written after their rename into place (GC unlinks them, which
+        // keeps the pages of existing mappings), and the range was checked against the length.
+        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file)? };
+        // Hints only: a failure changes nothing but speed.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        let _ = map.advise_range(memmap2::Advice::WillNeed, 0, len.min(MAPPED_CHUNK));
+        Ok(MappedStream { map: Arc::new(map), pos: 0 })
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        let len = self.map.len();
+        if self.pos == len {
+            return None;
+        }
+        let end = (self.pos + MAPPED_CHUNK).min(len);
+        if end < len {
+            let _ = self.map.advise_range(memmap2::Advice::WillNeed, end, (len - end).min(MAPPED_CHUNK));
+        }
+        let chunk = MappedChunk { map: self.map.clone(), start: self.pos, end };
+        self.pos = end;
+        Some(Bytes::from_owner(chunk))
+    }
+}
+
+/// One chunk of a mapping; its pages leave the daemon's resident set when hyper drops it.
+struct MappedChunk {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MappedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
+impl Drop for MappedChunk {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: `MADV_DONTNEED` on a read-only mapping of an unchanging file only removes
+        // the page-table entries: a later read of the range faults the same page-cache pages
+        // back in, so no reader, this chunk's or another's, can observe different bytes.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.end - self.start)
+        };
     }
 }
 
@@ -185,4 +287,42 @@ impl Drop for Chunk {
 fn take_buffer() -> Vec<u8> {
     let pooled = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
     pooled.unwrap_or_else(|| vec![0; CHUNK])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::io::Write;
+
+    fn rss_file_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn mapped_body_streams_the_range_and_gives_its_pages_back() {
+        const LEN: usize = 32 * 1024 * 1024 + 4321;
+        let data: Vec<u8> = (0..LEN).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        tmp.write_all(&data).unwrap();
+        let (start, len) = (12_345usize, LEN - 12_345 - 99);
+        let before = rss_file_kib();
+        let mut body = Body::immutable_file(tmp.reopen().unwrap(), start as u64, len as u64);
+        assert!(matches!(body.kind, Kind::Mapped(_)), "an immutable file is mapped");
+        assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(len as u64));
+        let (mut got, mut peak) = (Vec::with_capacity(len), 0);
+        while let Some(frame) = body.frame().await {
+            let chunk = frame.unwrap().into_data().unwrap();
+            assert!(chunk.len() <= MAPPED_CHUNK);
+            got.extend_from_slice(&chunk);
+            drop(chunk);
+            peak = peak.max(rss_file_kib().saturating_sub(before));
+        }
+        assert!(got == data[start..start + len], "mapped body differs from the file range");
+        // Every chunk left the resident set once written: far below the 32 MiB streamed
+        // (tests running alongside may map a little too).
+        assert!(peak < 8 * 1024, "resident file pages grew by {peak} KiB while streaming");
+    }
 }

@@ -75,9 +75,23 @@ pub(super) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
     if_none_match.split(',').any(|t| t.trim() == "*" || bare(t) == bare(etag))
 }
 
+/// Whether the file may change while it is being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mutability {
+    /// Published once and never rewritten (the artifact store): the body may map it.
+    Immutable,
+    /// May be replaced or rewritten in place: the body reads it.
+    Mutable,
+}
+
 /// Builds the response for `file`. The caller has opened it (and checked it is a regular file);
 /// `head` leaves the body out but keeps every header, `Content-Length` included.
-pub(super) fn respond(headers: &HeaderMap, head: bool, file: File, meta: &Metadata, v: &Validators) -> Response<Body> {
+pub(super) fn respond(
+    headers: &HeaderMap,
+    head: bool,
+    (file, meta, mutability): (File, &Metadata, Mutability),
+    v: &Validators,
+) -> Response<Body> {
     let len = meta.len();
     let modified = meta.modified().ok().map(http_date);
     let header_str = |name| headers.get(name).and_then(|h: &HeaderValue| h.to_str().ok());
@@ -124,7 +138,11 @@ pub(super) fn respond(headers: &HeaderMap, head: bool, file: File, meta: &Metada
             return finish(b, Body::empty());
         }
     };
-    let body = if head { Body::empty() } else { Body::file(file, start, count) };
+    let body = match (head, mutability) {
+        (true, _) => Body::empty(),
+        (false, Mutability::Immutable) => Body::immutable_file(file, start, count),
+        (false, Mutability::Mutable) => Body::file(file, start, count),
+    };
     finish(builder.status(status).header(header::CONTENT_LENGTH, count), body)
 }
 

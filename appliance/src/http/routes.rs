@@ -3,7 +3,7 @@
 //! writes responses, one log line per request.
 
 use super::body::Body;
-use super::files::{self, Validators};
+use super::files::{self, Mutability, Validators};
 use super::HttpContext;
 use crate::artifacts;
 use crate::client;
@@ -164,7 +164,7 @@ async fn artifact(ctx: &HttpContext, req: &Request<Incoming>, rest: &str, notes:
         cache_control: "public, max-age=31536000, immutable",
         content_type: "application/octet-stream",
     };
-    files::respond(req.headers(), head, file_handle, &meta, &validators)
+    files::respond(req.headers(), head, (file_handle, &meta, Mutability::Immutable), &validators)
 }
 
 /// A boot program from the bootloader directory. The name is one of `BOOTLOADERS`, so a
@@ -185,7 +185,7 @@ async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, name: &'static s
         cache_control: "no-cache",
         content_type: if name.ends_with(".efi") { "application/efi" } else { "application/octet-stream" },
     };
-    files::respond(req.headers(), head, file, &meta, &validators)
+    files::respond(req.headers(), head, (file, &meta, Mutability::Mutable), &validators)
 }
 
 fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {

@@ -272,10 +272,11 @@ async fn large_artifact_full_range_head_and_validators() {
     let r = curl(&["-H", &format!("Range: bytes={}-", BIG - 10), &url]).await;
     assert_eq!(r.header("content-range"), Some(format!("bytes {}-{}/{BIG}", BIG - 10, BIG - 1).as_str()));
     assert!(r.body == big[BIG - 10..]);
-    // A range across a chunk boundary of the streamer.
-    let (a, b) = (body::CHUNK - 7, 3 * body::CHUNK + 5);
-    let r = curl(&["-r", &format!("{a}-{b}"), &url]).await;
-    assert!(r.body == big[a..=b]);
+    // Ranges across chunk boundaries of the streamers (read and mapped).
+    for (a, b) in [(body::CHUNK - 7, 3 * body::CHUNK + 5), (body::MAPPED_CHUNK - 3, 2 * body::MAPPED_CHUNK + 2)] {
+        let r = curl(&["-r", &format!("{a}-{b}"), &url]).await;
+        assert!(r.body == big[a..=b], "range {a}-{b}");
+    }
 
     let h = curl(&["-I", &url]).await;
     assert_eq!(h.status, 200);
