@@ -92,6 +92,19 @@ impl Client {
         self
     }
 
+    /// Applies what a TFTP config path says about its client: the MAC it was resolved to (named
+    /// by the path, or found by the caller from an address) and the architecture the path
+    /// names. The one place both the TFTP router and `explain` learn from a path.
+    pub fn learn_from_path(mut self, path: &str, facts: &PathFacts, mac: Option<(MacAddr, Learned)>) -> Self {
+        if let Some((mac, learned)) = mac {
+            self = self.with_mac(mac, learned);
+        }
+        if let Some(a) = facts.arch {
+            self.arch_hint = Some((a, Learned::TftpPath(path.into())));
+        }
+        self
+    }
+
     /// Adds what an earlier, overheard DHCP exchange told us about this MAC, without
     /// overriding anything this request said itself.
     pub fn merge_overheard(&mut self, dhcp: &Client) {
@@ -389,6 +402,22 @@ mod tests {
         assert_eq!(facts("pxelinux.cfg/default.x86_64").arch, Some(Arch::X86_64));
         let d = facts("/pxelinux.cfg/default");
         assert!(d.is_default && d.arch.is_none() && d.mac.is_none());
+    }
+
+    #[test]
+    fn a_client_learns_the_resolved_mac_and_the_named_architecture_from_a_path() {
+        let path = "pxelinux.cfg/default-arm";
+        let ip = Ipv4Addr::new(10, 77, 0, 102);
+        let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
+        let c =
+            Client::new(Firmware::Uboot).learn_from_path(path, &facts(path), Some((mac, Learned::SourceAddress(ip))));
+        assert_eq!(c.mac, Some(mac));
+        assert_eq!(c.mac_learned, Some(Learned::SourceAddress(ip)));
+        assert_eq!(c.arch_hint, Some((Arch::Arm64, Learned::TftpPath(path.into()))));
+        // A path that names nothing leaves the client as it was.
+        let bare =
+            Client::new(Firmware::Uboot).learn_from_path("pxelinux.cfg/default", &facts("pxelinux.cfg/default"), None);
+        assert_eq!((bare.mac, bare.arch_hint), (None, None));
     }
 
     #[test]

@@ -52,12 +52,8 @@ pub fn for_path(mut client: Client, path: &str) -> (Stage, Option<Format>, Clien
     match client::classify_tftp(path) {
         TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => {
             let grub = path.trim_start_matches('/').starts_with("grub");
-            if let Some(mac) = f.mac {
-                client = client.with_mac(mac, Learned::TftpPath(path.into()));
-            }
-            if let Some(a) = f.arch {
-                client.arch_hint = Some((a, Learned::TftpPath(path.into())));
-            }
+            let mac = f.mac.map(|m| (m, Learned::TftpPath(path.into())));
+            client = client.learn_from_path(path, &f, mac);
             if grub {
                 client.firmware = crate::arch::Firmware::Grub;
                 (Stage::Grub, Some(Format::Grub), client)

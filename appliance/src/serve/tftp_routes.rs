@@ -77,12 +77,7 @@ impl TftpRoutes {
             .map(|m| (m, Learned::TftpPath(req.path.clone())))
             .or_else(|| facts.ip.and_then(|ip| self.mac_for(ip)).map(|m| (m, Learned::TftpPath(req.path.clone()))))
             .or_else(|| peer.and_then(|ip| self.mac_for(ip).map(|m| (m, Learned::SourceAddress(ip)))));
-        if let Some((mac, learned)) = learned_mac {
-            client = client.with_mac(mac, learned);
-        }
-        if let Some(a) = facts.arch {
-            client.arch_hint = Some((a, Learned::TftpPath(req.path.clone())));
-        }
+        client = client.learn_from_path(&req.path, facts, learned_mac);
         client.ip = peer;
         if let Some(dhcp) = client.mac.and_then(|m| self.shared.recalled_dhcp(m, now)) {
             client.merge_overheard(&dhcp);
