@@ -98,7 +98,7 @@ struct ServeArgs {
     /// beside the site's DHCP server, also on port 4011), off (no DHCP; only listen).
     #[arg(long, value_enum)]
     dhcp: Option<DhcpModeArg>,
-    /// Address to listen on for TFTP and HTTP [default: 0.0.0.0].
+    /// Address to listen on for TFTP and HTTP.
     #[arg(long, default_value = "0.0.0.0")]
     listen: std::net::Ipv4Addr,
     /// Address clients reach us at, overriding appliance.yaml's server.address.

@@ -28,8 +28,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -38,6 +41,10 @@ use tokio::task::JoinSet;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A client must send its request headers within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A response write that makes no progress for this long ends the connection: the client
+/// stopped reading (crashed firmware, a stuck VM), and would otherwise hold its connection and
+/// the chunk being sent forever. Firmware under TCG still reads many times a second.
+pub const DEFAULT_WRITE_STALL: Duration = Duration::from_secs(60);
 
 /// What the HTTP server needs from the rest of the daemon.
 pub struct HttpContext {
@@ -50,11 +57,20 @@ pub struct HttpContext {
     pub touches: Arc<Touches>,
     /// How long shutdown waits for responses in flight before cutting them off.
     pub shutdown_grace: Duration,
+    /// How long a response write may make no progress before the connection is dropped.
+    pub write_stall: Duration,
 }
 
 impl HttpContext {
     pub fn new(shared: Arc<Shared>, store: PathBuf, bootloaders: Option<PathBuf>, touches: Arc<Touches>) -> Self {
-        HttpContext { shared, store, bootloaders, touches, shutdown_grace: DEFAULT_SHUTDOWN_GRACE }
+        HttpContext {
+            shared,
+            store,
+            bootloaders,
+            touches,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            write_stall: DEFAULT_WRITE_STALL,
+        }
     }
 }
 
@@ -103,13 +119,14 @@ pub async fn serve(
 async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContext>, mut stop: watch::Receiver<bool>) {
     // Scripts are small single writes; do not let Nagle hold them back.
     let _ = stream.set_nodelay(true);
+    let io = TokioIo::new(StallGuard::new(stream, ctx.write_stall));
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(routes::handle(&ctx, req, peer).await) }
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT).keep_alive(true);
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut stopping = false;
     loop {
@@ -125,5 +142,77 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContext>, 
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// The connection's socket, failing a write that has made no progress for `stall`.
+struct StallGuard {
+    stream: TcpStream,
+    stall: Duration,
+    /// Running while a write is pending; dropped on any progress.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(stream: TcpStream, stall: Duration) -> StallGuard {
+        StallGuard { stream, stall, timer: None }
+    }
+
+    /// Turns a pending write into an error once it has been pending for `stall`.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let stall = self.stall;
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timer = None;
+                    let secs = stall.as_secs_f64();
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("client read nothing for {secs:.0} s"),
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let polled = Pin::new(&mut self.stream).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }

@@ -28,13 +28,23 @@ struct TestServer {
 impl TestServer {
     /// Publishes the fixture's catalog and serves it.
     async fn start(fixture: Fixture, bootloaders: Option<PathBuf>) -> TestServer {
+        TestServer::start_with(fixture, bootloaders, |_| {}).await
+    }
+
+    async fn start_with(
+        fixture: Fixture,
+        bootloaders: Option<PathBuf>,
+        configure: impl FnOnce(&mut HttpContext),
+    ) -> TestServer {
         let catalog = Arc::new(fixture.catalog());
         fixture.publish(&catalog).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = ServerInfo { address: Ipv4Addr::LOCALHOST, http_base: format!("http://{addr}") };
         let shared = Shared::new(catalog.clone(), server);
-        let ctx = Arc::new(HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new())));
+        let mut ctx = HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new()));
+        configure(&mut ctx);
+        let ctx = Arc::new(ctx);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(listener, ctx.clone(), async {
             let _ = rx.await;
@@ -235,6 +245,35 @@ async fn script_without_a_usable_mac_is_400() {
         assert_eq!(r.status, 400, "{q}");
         assert!(r.text().contains("mac"), "{}", r.text());
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::new();
+    f.write("files/vmlinuz", &noise(BIG));
+    let s = TestServer::start_with(f, None, |c| c.write_stall = Duration::from_millis(500)).await;
+    let url = s.artifact_url("live", Arch::X86_64, "vmlinuz");
+    let path = url.trim_start_matches(&format!("http://{}", s.addr)).to_string();
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+    // Read nothing while the server fills the socket buffers and its write stalls...
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // ...then drain: the connection must end short of the body, not after all of it.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the server kept the stalled connection open");
+    assert!(got > 0 && got < BIG, "read {got} bytes of a {BIG}-byte response");
     s.stop().await;
 }
 

@@ -158,6 +158,7 @@ pub async fn run(
         bootloaders: opts.bootloaders.clone(),
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
+        write_stall: crate::http::DEFAULT_WRITE_STALL,
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
