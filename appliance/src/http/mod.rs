@@ -149,28 +149,33 @@ async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<HttpContext>, 
 struct StallGuard {
     stream: TcpStream,
     stall: Duration,
-    /// Running while a write is pending; dropped on any progress.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Armed when a write starts to wait (one allocation per connection, not per wait).
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Whether `timer` runs for the write now pending; cleared on any progress.
+    waiting: bool,
 }
 
 impl StallGuard {
     fn new(stream: TcpStream, stall: Duration) -> StallGuard {
-        StallGuard { stream, stall, timer: None }
+        StallGuard { stream, stall, timer: Box::pin(tokio::time::sleep(stall)), waiting: false }
     }
 
     /// Turns a pending write into an error once it has been pending for `stall`.
     fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match polled {
             Poll::Ready(r) => {
-                self.timer = None;
+                self.waiting = false;
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let stall = self.stall;
-                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    self.timer = None;
-                    let secs = stall.as_secs_f64();
+                if !self.waiting {
+                    self.waiting = true;
+                    let deadline = tokio::time::Instant::now() + self.stall;
+                    self.timer.as_mut().reset(deadline);
+                }
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    self.waiting = false;
+                    let secs = self.stall.as_secs_f64();
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         format!("client read nothing for {secs:.0} s"),

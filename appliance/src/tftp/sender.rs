@@ -88,7 +88,7 @@ impl DataSender {
     /// the ACK before it arrives is a bare `send`: a lockstep transfer calls
     /// this while it waits, taking the file read and copy off the round trip.
     pub async fn prepare(&mut self, source: &mut Source, block: u64) -> io::Result<()> {
-        if self.prepared.map(|(b, _)| b) == Some(block) || (block - 1) * self.blksize as u64 > source.len() {
+        if self.prepared.map(|(b, _)| b) == Some(block) {
             return Ok(());
         }
         let data = source.slice((block - 1) * self.blksize as u64, self.blksize).await?;

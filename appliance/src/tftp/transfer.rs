@@ -55,12 +55,11 @@ struct Link {
     /// per packet costs a lock and a list or wheel update on every block.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
     stopped: bool,
-    /// Fires at `armed`, which is never later than the deadline being waited
-    /// for; when it fires early the deadline has moved on (progress) and it is
-    /// re-armed once, so a lockstep transfer touches the timer about once per
-    /// timeout period instead of once per block.
+    /// Never set later than the deadline being waited for; when it fires
+    /// early the deadline has moved on (progress) and it is re-armed once, so
+    /// a lockstep transfer touches the timer about once per timeout period
+    /// instead of once per block.
     timer: Pin<Box<Sleep>>,
-    armed: Instant,
     rx: Vec<u8>,
     tx: Vec<u8>,
 }
@@ -98,10 +97,9 @@ pub(crate) async fn run<H: Handler + ?Sized>(
                 // A dropped sender means the server is gone: stop too.
                 let _ = stop_rx.changed().await;
             });
-            let armed = Instant::now() + config.timeout;
-            let timer = Box::pin(tokio::time::sleep_until(armed));
+            let timer = Box::pin(tokio::time::sleep(config.timeout));
             let mut link =
-                Link { sock, peer, shutdown, stop, stopped: false, timer, armed, rx: vec![0; 2048], tx: Vec::new() };
+                Link { sock, peer, shutdown, stop, stopped: false, timer, rx: vec![0; 2048], tx: Vec::new() };
             handle_request(&*handler, &config, &mut link, &incoming, &mut report).await
         }
         Err(e) => Outcome::Failed(format!("binding transfer socket: {e}")),
@@ -187,8 +185,7 @@ impl Link {
     /// Waits for an ACK or ERROR from the peer until `deadline`; junk from
     /// the peer is ignored.
     async fn next_event(&mut self, deadline: Instant) -> std::io::Result<Event> {
-        if deadline < self.armed {
-            self.armed = deadline;
+        if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
         }
         loop {
@@ -212,7 +209,6 @@ impl Link {
                     if Instant::now() >= deadline {
                         return Ok(Event::Timeout);
                     }
-                    self.armed = deadline;
                     self.timer.as_mut().reset(deadline);
                     continue;
                 }

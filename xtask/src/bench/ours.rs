@@ -95,12 +95,14 @@ pub struct Ours {
     pub state: PathBuf,
 }
 
-fn serve_command(ctx: &Ctx, ns: Option<&str>) -> Command {
+/// `appliance serve` on `config` with `state` (and its blobs under it), in `ns` if given.
+fn serve_command(ctx: &Ctx, ns: Option<&str>, config: &Path, state: &Path) -> Command {
     let mut c = match ns {
         Some(ns) => NsPair::command(ns, &ctx.appliance),
         None => Command::new(&ctx.appliance),
     };
     c.env("RUST_LOG", "info");
+    c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
     c
 }
 
@@ -115,15 +117,8 @@ pub fn start_loopback(
     let state = ctx.work.join(format!("{name}-state"));
     std::fs::create_dir_all(&state)?;
     let (tftp_port, http_port) = (peers::free_port()?, peers::free_port()?);
-    let mut cmd = serve_command(ctx, None);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .arg("--state")
-        .arg(&state)
-        .arg("--blobs")
-        .arg(state.join("blobs"))
-        .args(["--dhcp", "off", "--listen", "127.0.0.1", "--advertise", "127.0.0.1"])
+    let mut cmd = serve_command(ctx, None, config, &state);
+    cmd.args(["--dhcp", "off", "--listen", "127.0.0.1", "--advertise", "127.0.0.1"])
         .args(["--http-port", &http_port.to_string(), "--tftp-port", &tftp_port.to_string()])
         .args(["--dhcp-port", "0", "--proxy-port", "0", "--no-watch"]);
     if let Some(r) = tftp_root {
@@ -153,16 +148,18 @@ pub fn start_in_ns(
         std::fs::remove_dir_all(&state)?;
     }
     std::fs::create_dir_all(&state)?;
-    let mut cmd = serve_command(ctx, Some(ns));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(config)
-        .arg("--state")
-        .arg(&state)
-        .arg("--blobs")
-        .arg(state.join("blobs"))
-        .args(["--dhcp", mode, "--listen", "0.0.0.0", "--advertise", &SERVER_IP.to_string()])
-        .args(["--http-port", "8080", "--tftp-port", "69", "--dhcp-port", "67", "--proxy-port", "4011", "--no-watch"]);
+    let mut cmd = serve_command(ctx, Some(ns), config, &state);
+    cmd.args(["--dhcp", mode, "--listen", "0.0.0.0", "--advertise", &SERVER_IP.to_string()]).args([
+        "--http-port",
+        "8080",
+        "--tftp-port",
+        "69",
+        "--dhcp-port",
+        "67",
+        "--proxy-port",
+        "4011",
+        "--no-watch",
+    ]);
     if let Some(b) = bootloaders {
         cmd.arg("--bootloaders").arg(b);
     }
