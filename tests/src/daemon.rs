@@ -2,12 +2,11 @@
 //! `daemon.log`.
 
 use crate::netns::{Lab, BRIDGE, SERVER_IP};
-use crate::procs::{render_cmdline, Proc};
-use anyhow::{bail, Result};
+use crate::procs::{render_cmdline, Logged};
+use anyhow::Result;
 use appliance::catalog::DhcpMode;
-use std::path::{Path, PathBuf};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 pub struct DaemonSpec<'a> {
     pub bin: &'a Path,
@@ -24,8 +23,7 @@ pub struct DaemonSpec<'a> {
 }
 
 pub struct Daemon {
-    proc: Proc,
-    log: PathBuf,
+    server: Logged,
 }
 
 /// How long publishing the artifacts (hashing, building the initrd cpios) may take at start.
@@ -50,55 +48,31 @@ impl Daemon {
         let filter = std::env::var("BOOT_TESTS_RUST_LOG").unwrap_or_else(|_| "info".into());
         cmd.env("RUST_LOG", filter).env("NO_COLOR", "1");
         std::fs::write(out.join("daemon.cmdline"), render_cmdline(&cmd) + "\n")?;
-        let log = out.join("daemon.log");
-        let mut proc = Proc::spawn("appliance serve", &mut cmd, &log)?;
-        proc.grace = Duration::from_secs(12);
-        let mut daemon = Daemon { proc, log };
-        daemon.wait_ready()?;
-        Ok(daemon)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let text = self.log_text();
-            // `serve::run` logs "serving" once the catalog is loaded and published, then the DHCP,
-            // TFTP and HTTP tasks start on already bound sockets.
-            if text.lines().any(|l| l.contains("appliance::serve") && l.contains(" serving")) {
-                return Ok(());
-            }
-            if let Some(status) = self.proc.exited() {
-                bail!("appliance serve exited during start-up ({status}):\n{}", crate::serial::tail(&text, 30));
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "appliance serve did not log `serving` within {READY_TIMEOUT:?}:\n{}",
-                    crate::serial::tail(&text, 30)
-                );
-            }
-            sleep(Duration::from_millis(100));
-        }
+        let mut server = Logged::spawn("appliance serve", &mut cmd, out.join("daemon.log"), 30)?;
+        server.proc.grace = Duration::from_secs(12);
+        // `serve::run` logs "serving" once the catalog is loaded and published, then the DHCP,
+        // TFTP and HTTP tasks start on already bound sockets.
+        let ready = |log: &str| log.lines().any(|l| l.contains("appliance::serve") && l.contains(" serving"));
+        server.wait_for(ready, "log `serving`", READY_TIMEOUT, Duration::from_millis(100))?;
+        Ok(Daemon { server })
     }
 
     pub fn log_path(&self) -> &Path {
-        &self.log
+        self.server.log_path()
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        self.server.log_text()
     }
 
     /// Bytes logged so far (progress, cheaply).
     pub fn log_len(&self) -> usize {
-        std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize)
+        std::fs::metadata(self.server.log_path()).map_or(0, |m| m.len() as usize)
     }
 
     /// An error if the daemon has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.proc.exited() {
-            bail!("appliance serve exited ({status}):\n{}", crate::serial::tail(&self.log_text(), 30));
-        }
-        Ok(())
+        self.server.check_alive()
     }
 
     /// Log lines that mention `mac` (any spelling: `52:54:00:…`, `52-54-00-…`, `525400…`).
@@ -116,7 +90,7 @@ impl Daemon {
 
     /// Stops the daemon (SIGTERM, so it logs its shutdown) before the namespaces go.
     pub fn stop(&mut self) {
-        self.proc.stop();
+        self.server.proc.stop();
     }
 }
 

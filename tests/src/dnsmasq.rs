@@ -3,11 +3,10 @@
 //! config file, everything logged to `dnsmasq.log`.
 
 use crate::netns::{Netns, SERVER_IP};
-use crate::procs::{render_cmdline, Proc};
-use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use crate::procs::{render_cmdline, Logged};
+use anyhow::Result;
+use std::path::Path;
+use std::time::Duration;
 
 /// The site's address pool, apart from ours (10.77.0.100–199) so leases show who gave them.
 pub const SITE_POOL: (&str, &str) = ("10.77.0.200", "10.77.0.250");
@@ -21,8 +20,7 @@ pub enum SiteDhcp {
 }
 
 pub struct Dnsmasq {
-    proc: Proc,
-    log: PathBuf,
+    server: Logged,
 }
 
 impl Dnsmasq {
@@ -38,39 +36,18 @@ impl Dnsmasq {
             cmd.arg(format!("--dhcp-boot={boot_file},,{SERVER_IP}"));
         }
         std::fs::write(out.join("dnsmasq.cmdline"), render_cmdline(&cmd) + "\n")?;
-        let log = out.join("dnsmasq.log");
-        let proc = Proc::spawn("dnsmasq", &mut cmd, &log)?;
-        let mut d = Dnsmasq { proc, log };
-        d.wait_ready()?;
-        Ok(d)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            let text = self.log_text();
-            if text.contains("DHCP, IP range") {
-                return Ok(());
-            }
-            if let Some(status) = self.proc.exited() {
-                bail!("dnsmasq exited during start-up ({status}):\n{}", crate::serial::tail(&text, 20));
-            }
-            if started.elapsed() > Duration::from_secs(15) {
-                bail!("dnsmasq did not start within 15 s:\n{}", crate::serial::tail(&text, 20));
-            }
-            sleep(Duration::from_millis(50));
-        }
+        let mut server = Logged::spawn("dnsmasq", &mut cmd, out.join("dnsmasq.log"), 20)?;
+        let ready = |log: &str| log.contains("DHCP, IP range");
+        server.wait_for(ready, "start", Duration::from_secs(15), Duration::from_millis(50))?;
+        Ok(Dnsmasq { server })
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+        self.server.log_text()
     }
 
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.proc.exited() {
-            bail!("dnsmasq exited ({status}):\n{}", crate::serial::tail(&self.log_text(), 20));
-        }
-        Ok(())
+        self.server.check_alive()
     }
 
     /// dnsmasq's lines about `mac` (it logs `DHCPACK(eth0) 10.77.0.2xx 52:54:00:…`).

@@ -4,11 +4,11 @@
 //! want a core, and the machine has two; `BOOT_TESTS_VMS=N` changes it). cargo runs test
 //! binaries one after the other, so a per-process limit is a global one.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex};
 use std::thread::sleep;
@@ -85,6 +85,75 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A server the tests start (the daemon, dnsmasq) with its output in a log file, which is how
+/// the harness learns that it is ready and why it died.
+pub struct Logged {
+    pub proc: Proc,
+    log: PathBuf,
+    /// Log lines quoted in errors.
+    tail_lines: usize,
+}
+
+impl Logged {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf, tail_lines: usize) -> Result<Logged> {
+        let proc = Proc::spawn(name, cmd, &log)?;
+        Ok(Logged { proc, log, tail_lines })
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read(&self.log).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    }
+
+    /// Polls the log every `every` until `ready` accepts it; fails (quoting the log) if the
+    /// process exits first or `timeout` passes, which names `what` was awaited.
+    pub fn wait_for(
+        &mut self,
+        ready: impl Fn(&str) -> bool,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            let text = self.log_text();
+            if ready(&text) {
+                return Ok(());
+            }
+            if let Some(status) = self.proc.exited() {
+                bail!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.proc.name(),
+                    crate::serial::tail(&text, self.tail_lines)
+                );
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "{} did not {what} within {timeout:?}:\n{}",
+                    self.proc.name(),
+                    crate::serial::tail(&text, self.tail_lines)
+                );
+            }
+            sleep(every);
+        }
+    }
+
+    /// An error if the process has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.proc.exited() {
+            bail!(
+                "{} exited ({status}):\n{}",
+                self.proc.name(),
+                crate::serial::tail(&self.log_text(), self.tail_lines)
+            );
+        }
+        Ok(())
     }
 }
 
