@@ -11,11 +11,17 @@ pub enum Node {
     Dir,
     File(Vec<u8>),
     Symlink(String),
+    /// A character device (`/dev/console` for an init that starts before devtmpfs is mounted).
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
 }
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
 
 /// Builds an archive from `(path, mode, node)` entries. Later entries with the same path win.
 pub fn archive(entries: impl IntoIterator<Item = (String, u32, Node)>) -> Vec<u8> {
@@ -38,22 +44,33 @@ pub fn archive(entries: impl IntoIterator<Item = (String, u32, Node)>) -> Vec<u8
     }
     let mut out = Vec::new();
     for (ino, (path, (mode, node))) in tree.iter().enumerate() {
-        let (kind, data): (u32, &[u8]) = match node {
-            Node::Dir => (S_IFDIR, &[]),
-            Node::File(d) => (S_IFREG, d),
-            Node::Symlink(t) => (S_IFLNK, t.as_bytes()),
+        let (kind, data, rdev): (u32, &[u8], (u32, u32)) = match node {
+            Node::Dir => (S_IFDIR, &[], (0, 0)),
+            Node::File(d) => (S_IFREG, d, (0, 0)),
+            Node::Symlink(t) => (S_IFLNK, t.as_bytes(), (0, 0)),
+            Node::CharDevice { major, minor } => (S_IFCHR, &[], (*major, *minor)),
         };
         let nlink = if matches!(node, Node::Dir) { 2 } else { 1 };
-        header(&mut out, ino as u32 + 1, kind | mode, nlink, data.len() as u32, path);
+        header(&mut out, Header { ino: ino as u32 + 1, mode: kind | mode, nlink, size: data.len() as u32, rdev }, path);
         out.extend_from_slice(data);
         pad4(&mut out);
     }
-    header(&mut out, 0, 0, 1, 0, "TRAILER!!!");
+    header(&mut out, Header { ino: 0, mode: 0, nlink: 1, size: 0, rdev: (0, 0) }, "TRAILER!!!");
     out
 }
 
-fn header(out: &mut Vec<u8>, ino: u32, mode: u32, nlink: u32, size: u32, name: &str) {
-    let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, 0, 0, name.len() as u32 + 1, 0];
+/// The newc header fields we set; owner, mtime and the device of the archive itself stay 0.
+struct Header {
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    size: u32,
+    /// Major and minor number of a device node.
+    rdev: (u32, u32),
+}
+
+fn header(out: &mut Vec<u8>, h: Header, name: &str) {
+    let fields = [h.ino, h.mode, 0, 0, h.nlink, 0, h.size, 0, 0, h.rdev.0, h.rdev.1, name.len() as u32 + 1, 0];
     out.extend_from_slice(b"070701");
     for f in fields {
         out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -118,5 +135,23 @@ mod tests {
         child.stdin.take().unwrap().write_all(&a).unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "etc\netc/motd\n");
+    }
+
+    #[test]
+    fn device_nodes_are_listed_by_cpio() {
+        let a = archive(vec![("dev/console".to_string(), 0o600, Node::CharDevice { major: 5, minor: 1 })]);
+        let mut child = std::process::Command::new("cpio")
+            .args(["-tv", "--quiet"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the `cpio` tool is missing: apt-get install cpio");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&a).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let listing = String::from_utf8_lossy(&out.stdout);
+        let console = listing.lines().last().unwrap_or_default();
+        assert!(console.starts_with("crw-------"), "{listing}");
+        assert!(console.contains("5,") && console.trim_end().ends_with("dev/console"), "{listing}");
     }
 }

@@ -102,12 +102,11 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Vec<u8>> {
     add("etc/group", 0o644, text("root:x:0:\n"));
     add("etc/profile", 0o644, text("PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexport PATH\nPS1='appliance:\\w# '\n"));
     add("etc/resolv.conf", 0o644, Node::File(Vec::new()));
+    // The console device, so /init starts with the console as stdin/stdout/stderr.
+    add("dev/console", 0o600, Node::CharDevice { major: 5, minor: 1 });
+    add("dev/null", 0o666, Node::CharDevice { major: 1, minor: 3 });
 
-    let mut archive = cpio::archive(entries);
-    // A second archive (the kernel reads concatenated ones) with the console device, so /init
-    // starts with the console as stdin/stdout/stderr; appliance::cpio writes no device nodes.
-    archive.extend_from_slice(&device_nodes(&[("dev/console", 0o600, 5, 1), ("dev/null", 0o666, 1, 3)]));
-    Ok(cpio::gzip(&archive))
+    Ok(cpio::gzip(&cpio::archive(entries)))
 }
 
 fn quote(value: &str) -> String {
@@ -173,48 +172,9 @@ pub fn inittab(r: &Recipe) -> String {
     out
 }
 
-/// A newc archive of character device nodes: (path, permissions, major, minor).
-fn device_nodes(nodes: &[(&str, u32, u32, u32)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut entry = |ino: u32, mode: u32, rdev: (u32, u32), name: &str| {
-        let fields = [ino, mode, 0, 0, 1, 0, 0, 0, 0, rdev.0, rdev.1, name.len() as u32 + 1, 0];
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08X}").as_bytes());
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        while !out.len().is_multiple_of(4) {
-            out.push(0);
-        }
-    };
-    for (i, (path, perm, major, minor)) in nodes.iter().enumerate() {
-        entry(0x10000 + i as u32, 0o020000 | perm, (*major, *minor), path);
-    }
-    entry(0, 0, (0, 0), "TRAILER!!!");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn device_nodes_are_listed_by_cpio() {
-        let bytes = device_nodes(&[("dev/console", 0o600, 5, 1)]);
-        let mut child = std::process::Command::new("cpio")
-            .args(["-tv", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the `cpio` tool is missing: apt-get install cpio");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&bytes).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(listing.starts_with("crw-------"), "{listing}");
-        assert!(listing.contains("5,") && listing.trim_end().ends_with("dev/console"), "{listing}");
-    }
 
     #[test]
     fn shell_quoting() {
