@@ -121,35 +121,30 @@ mod tests {
         assert_eq!(gzip(&a), gzip(&b));
     }
 
-    /// The real cpio tool reads what we write.
-    #[test]
-    fn cpio_tool_lists_archive() {
-        let a = archive(vec![("etc/motd".to_string(), 0o644, Node::File(b"hello\n".to_vec()))]);
+    /// What the real cpio tool lists for `archive` with `flag` (`-t`, or `-tv` for modes).
+    fn cpio_list(flag: &str, archive: &[u8]) -> String {
+        use std::io::Write;
         let mut child = std::process::Command::new("cpio")
-            .args(["-t", "--quiet"])
+            .args([flag, "--quiet"])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("the `cpio` tool is missing: apt-get install cpio");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&a).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "etc\netc/motd\n");
+        child.stdin.take().unwrap().write_all(archive).unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    }
+
+    /// The real cpio tool reads what we write.
+    #[test]
+    fn cpio_tool_lists_archive() {
+        let a = archive(vec![("etc/motd".to_string(), 0o644, Node::File(b"hello\n".to_vec()))]);
+        assert_eq!(cpio_list("-t", &a), "etc\netc/motd\n");
     }
 
     #[test]
     fn device_nodes_are_listed_by_cpio() {
         let a = archive(vec![("dev/console".to_string(), 0o600, Node::CharDevice { major: 5, minor: 1 })]);
-        let mut child = std::process::Command::new("cpio")
-            .args(["-tv", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the `cpio` tool is missing: apt-get install cpio");
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&a).unwrap();
-        let out = child.wait_with_output().unwrap();
-        let listing = String::from_utf8_lossy(&out.stdout);
+        let listing = cpio_list("-tv", &a);
         let console = listing.lines().last().unwrap_or_default();
         assert!(console.starts_with("crw-------"), "{listing}");
         assert!(console.contains("5,") && console.trim_end().ends_with("dev/console"), "{listing}");
