@@ -13,6 +13,7 @@ pub mod decide;
 pub mod dhcp;
 pub mod explain;
 pub mod http;
+pub mod latency;
 pub mod mac;
 pub mod render;
 pub mod serve;

@@ -117,6 +117,27 @@ struct ServeArgs {
     /// Do not watch the config dir for changes (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
+    /// CPU wake-up latency (microseconds) requested through /dev/cpu_dma_latency while TFTP
+    /// transfers and HTTP responses run, released 2 s after the last one; `off` to never ask.
+    /// An idle CPU in a deep sleep state (or a halted vCPU) adds its wake-up time to every
+    /// lockstep TFTP block: 0 keeps idle CPUs polling during boots. Needs root; without it the
+    /// daemon warns once and serves as before.
+    #[arg(long, default_value = "0", value_name = "MICROSECONDS|off", value_parser = parse_cpu_latency)]
+    cpu_latency: CpuLatencyArg,
+}
+
+/// `--cpu-latency`: microseconds, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuLatencyArg(Option<i32>);
+
+fn parse_cpu_latency(s: &str) -> Result<CpuLatencyArg, String> {
+    if s == "off" {
+        return Ok(CpuLatencyArg(None));
+    }
+    match s.parse::<i32>() {
+        Ok(us) if us >= 0 => Ok(CpuLatencyArg(Some(us))),
+        _ => Err(format!("expected a number of microseconds (0 or more) or `off`, got {s:?}")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -231,6 +252,10 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         opts.advertise = args.advertise;
         opts.interface = args.interface.clone();
         opts.watch = (!args.no_watch).then_some(std::time::Duration::from_secs(2));
+        if let CpuLatencyArg(Some(us)) = args.cpu_latency {
+            opts.cpu_latency =
+                appliance::latency::CpuLatency::new(appliance::latency::DEVICE, us, appliance::latency::DEFAULT_LINGER);
+        }
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
@@ -259,4 +284,34 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         appliance::serve::run(opts, listeners, reload, shutdown).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let argv = ["appliance", "serve"].iter().chain(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cpu_latency_defaults_to_zero_and_takes_off_or_microseconds() {
+        assert_eq!(serve_args(&[]).cpu_latency, CpuLatencyArg(Some(0)));
+        assert_eq!(serve_args(&["--cpu-latency", "off"]).cpu_latency, CpuLatencyArg(None));
+        assert_eq!(serve_args(&["--cpu-latency", "50"]).cpu_latency, CpuLatencyArg(Some(50)));
+        for bad in ["--cpu-latency=-1", "--cpu-latency=soon"] {
+            let err = Cli::try_parse_from(["appliance", "serve", bad]).err().unwrap().to_string();
+            assert!(err.contains("microseconds"), "{err}");
+        }
+    }
 }

@@ -325,3 +325,48 @@ async fn invalid_reload_keeps_serving_the_old_config() {
     assert!(ok);
     d.stop().await;
 }
+
+/// The kernel's CPU wake-up latency target, the lowest of every open request.
+fn cpu_latency_now() -> i32 {
+    let bytes = std::fs::read(appliance::latency::DEVICE).unwrap_or_else(|e| {
+        panic!("cannot read {}: {e} (the test needs root and the kernel's PM QoS device)", appliance::latency::DEVICE)
+    });
+    i32::from_ne_bytes(bytes[..4].try_into().expect("4 bytes"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cpu_latency_is_requested_while_transfers_run_and_released_after() {
+    let before = cpu_latency_now();
+    let linger = Duration::from_millis(300);
+    let d =
+        Daemon::start(|o| o.cpu_latency = appliance::latency::CpuLatency::new(appliance::latency::DEVICE, 17, linger))
+            .await;
+    let during = before.min(17);
+    assert_eq!(cpu_latency_now(), before, "requested before any transfer");
+
+    // TFTP: a lockstep read whose only block is never acknowledged keeps the transfer waiting.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(b"\x00\x01hello.txt\x00octet\x00", d.tftp).await.unwrap();
+    let mut buf = [0u8; 600];
+    let (n, server) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..4], b"\x00\x03\x00\x01", "expected DATA 1, got {:?}", &buf[..n]);
+    assert_eq!(cpu_latency_now(), during, "not requested while a TFTP transfer waits for its ACK");
+    sock.send_to(b"\x00\x04\x00\x01", server).await.unwrap();
+    tokio::time::sleep(linger * 3).await;
+    assert_eq!(cpu_latency_now(), before, "still requested after the TFTP transfer and the linger");
+
+    // HTTP: a 20 MB response whose client stops reading stays in flight.
+    let catalog = d.catalog();
+    let version = &catalog.profile_set("big", appliance::arch::Arch::X86_64).unwrap().1.version;
+    let mut conn = tokio::net::TcpStream::connect(d.http).await.unwrap();
+    let req = format!("GET /artifacts/big/{version}/big.img HTTP/1.1\r\nHost: x\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut conn, req.as_bytes()).await.unwrap();
+    let n = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+    tokio::time::sleep(linger * 3).await;
+    assert_eq!(cpu_latency_now(), during, "not requested while an HTTP body is in flight");
+    drop(conn);
+    tokio::time::sleep(linger * 3).await;
+    assert_eq!(cpu_latency_now(), before, "still requested after the HTTP client went away");
+    d.stop().await;
+}

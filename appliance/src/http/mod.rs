@@ -59,6 +59,8 @@ pub struct HttpContext {
     pub shutdown_grace: Duration,
     /// How long a response write may make no progress before the connection is dropped.
     pub write_stall: Duration,
+    /// Held from each request until its response body is sent or dropped.
+    pub cpu_latency: crate::latency::CpuLatency,
 }
 
 impl HttpContext {
@@ -70,6 +72,7 @@ impl HttpContext {
             touches,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             write_stall: DEFAULT_WRITE_STALL,
+            cpu_latency: crate::latency::CpuLatency::disabled(),
         }
     }
 }

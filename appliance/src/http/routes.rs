@@ -34,6 +34,7 @@ struct Notes {
 
 pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
+    let latency = ctx.cpu_latency.hold();
     let mut notes = Notes::default();
     let response = route(ctx, &req, peer, &mut notes).await;
     let status = response.status().as_u16();
@@ -42,6 +43,7 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
     let touches = ctx.touches.clone();
     response.map(move |body| {
         body.on_drop(move |bytes| {
+            drop(latency);
             if let Some((profile, version)) = &notes.touch {
                 touches.touch(profile, version, SystemTime::now());
             }

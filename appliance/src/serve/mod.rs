@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub gc_grace: Option<Duration>,
     /// Poll the config dir and reload on change (besides SIGHUP); `None` disables it.
     pub watch: Option<Duration>,
+    /// Held while TFTP transfers and HTTP responses run (see [`crate::latency`]).
+    pub cpu_latency: crate::latency::CpuLatency,
 }
 
 impl ServeOptions {
@@ -67,6 +69,7 @@ impl ServeOptions {
             gc_interval: Duration::from_secs(60),
             gc_grace: None,
             watch: None,
+            cpu_latency: crate::latency::CpuLatency::disabled(),
         }
     }
 
@@ -150,7 +153,7 @@ pub async fn run(
         grub_images: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
-    let tftp_cfg = opts.tftp.clone();
+    let tftp_cfg = crate::tftp::TftpConfig { cpu_latency: opts.cpu_latency.clone(), ..opts.tftp.clone() };
     tasks.spawn(async move { crate::tftp::serve(listeners.tftp, routes, tftp_cfg, tftp_stop).await.context("tftp") });
     let http_ctx = Arc::new(crate::http::HttpContext {
         shared: shared.clone(),
@@ -159,6 +162,7 @@ pub async fn run(
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
+        cpu_latency: opts.cpu_latency.clone(),
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
