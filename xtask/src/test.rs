@@ -44,6 +44,12 @@ pub fn run(args: &Args) -> Result<()> {
         ),
         ("cargo xtask fetch".to_owned(), Box::new(|| fetch::run(&fetch::Args::default()))),
         (
+            // The QEMU boot tests run the release daemon (what operators run; its lockstep TFTP
+            // is what the matrix times). Built here so its progress shows and no test waits on it.
+            "cargo build --release -p appliance --bin appliance".to_owned(),
+            Box::new(|| Ok(cmd!(sh, "{cargo} build --release -p appliance --bin appliance").run()?)),
+        ),
+        (
             format!(
                 "{BOOTLOADERS_ENV}={} cargo test --workspace{}",
                 bootloaders.display(),
