@@ -46,7 +46,7 @@ pub struct Args {
     /// Run one section only.
     #[arg(long, value_enum)]
     pub only: Option<Section>,
-    /// Rounds per case; each round measures every server once, alternating [default: 3, and 5
+    /// Rounds per case; each round measures every server once, alternating [default: 3, and 7
     /// for one-client TFTP; quick: 1].
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -139,7 +139,7 @@ impl Plan {
                 quick: false,
                 rounds,
                 tftp_single_size: 30 * MB,
-                tftp_single_rounds: args.rounds.unwrap_or(5).max(1),
+                tftp_single_rounds: args.rounds.unwrap_or(7).max(1),
                 tftp_blksizes: vec![512, 1468, 8192],
                 tftp_windows: vec![1, 4, 16],
                 tftp_many_size: 5 * MB,

@@ -169,7 +169,9 @@ pub fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let mut curl_times: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for round in 0..plan.tftp_single_rounds {
         for &blk in &plan.tftp_blksizes {
-            for s in &servers {
+            // Each round starts one server further on, so that no server always runs first
+            // (just after the previous blksize's fastest case) or always right after the same one.
+            for s in servers.iter().cycle().skip(round % servers.len()).take(servers.len()) {
                 let cpu_before = s.proc.cpu_secs();
                 let (secs, retrans) = download(ctx, s.addr, blk, s.windowsize, &expected)
                     .with_context(|| format!("{} blksize {blk}", s.label))?;
