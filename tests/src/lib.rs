@@ -9,6 +9,7 @@
 //! | `netns`   | namespaces, bridge, taps, veth to the site DHCP; removed on drop |
 //! | `daemon`  | `appliance serve` in the namespace |
 //! | `dnsmasq` | the site DHCP server (proxy and off columns) |
+//! | `reference` | FIRMWARE.md's reference stack (dnsmasq + Python HTTP), for comparisons |
 //! | `qemu`    | firmware kinds and their QEMU command lines |
 //! | `serial`  | the boot marker, KVM failure text, log tails |
 //! | `config`  | the test's copy of `profiles/` |
@@ -23,4 +24,5 @@ pub mod matrix;
 pub mod netns;
 pub mod procs;
 pub mod qemu;
+pub mod reference;
 pub mod serial;

@@ -10,6 +10,7 @@ use crate::host;
 use crate::netns::Lab;
 use crate::procs;
 use crate::qemu::{Firmware, Vm, VmSpec};
+use crate::reference::{self, ReferenceStack};
 use crate::serial::{find_marker, kvm_error, tail, Marker};
 use anyhow::{anyhow, bail, Result};
 use appliance::arch::Arch;
@@ -42,6 +43,16 @@ pub enum Expect {
     NoBoot { within: Duration },
 }
 
+/// Who serves the cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    /// `appliance serve`.
+    Ours,
+    /// FIRMWARE.md's reference stack (`reference`) serving the files our daemon would, for a
+    /// comparison; server mode only. `chain_undionly`: the ROM gets `undionly.kpxe` first.
+    Reference { chain_undionly: bool },
+}
+
 #[derive(Clone, Debug)]
 pub struct Cell {
     pub name: String,
@@ -59,6 +70,7 @@ pub struct Cell {
     pub serial_shows: Vec<String>,
     /// Texts the daemon's log must show (e.g. which rule decided).
     pub daemon_log_shows: Vec<String>,
+    pub stack: Stack,
 }
 
 /// What a passing boot cell measured.
@@ -86,7 +98,18 @@ impl Cell {
             daemon_dhcp_port: 67,
             serial_shows: firmware.path_texts().iter().map(|t| t.to_string()).collect(),
             daemon_log_shows: Vec::new(),
+            stack: Stack::Ours,
         }
+    }
+
+    /// The same cell served by the reference stack instead of our daemon, named `<name>-reference`.
+    pub fn reference(mut self) -> Cell {
+        let chain_undionly =
+            self.config.machines.iter().any(|(mac, entry)| *mac == self.mac && entry.contains("chain_ipxe: true"));
+        self.name = format!("{}-reference", self.name);
+        self.stack = Stack::Reference { chain_undionly };
+        self.daemon_log_shows.clear();
+        self
     }
 
     /// The VM's MAC, not in the MAC database.
@@ -272,8 +295,27 @@ impl Cell {
             lifetime,
         };
         let lab = run.lab.as_ref().ok_or_else(|| anyhow!("no lab"))?;
-        run.daemon = Some(Daemon::start(lab, &spec, out)?);
-        println!("{}: daemon ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
+        if let Stack::Reference { chain_undionly } = self.stack {
+            let Some((profile, _, version)) = &expected else { bail!("a reference cell must expect a boot") };
+            if self.mode != DhcpMode::Server {
+                bail!("the reference stack is a DHCP server: server mode only");
+            }
+            // Our daemon with DHCP off only lends its files; it stops before the VM starts.
+            let lender = DaemonSpec { mode: DhcpMode::Off, dhcp_port: 1067, ..spec };
+            let mut daemon = Daemon::start(lab, &lender, out)?;
+            let root = reference::root_in(scratch.path());
+            let files = reference::files(self.firmware, &self.mac, profile, version)?;
+            reference::mirror(lab.server(), &root, &files)?;
+            if chain_undionly {
+                reference::chain_undionly_first(&root)?;
+            }
+            daemon.stop();
+            run.reference = Some(ReferenceStack::start(lab.server(), &root, out, scratch.path(), lifetime)?);
+            println!("{}: reference stack ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
+        } else {
+            run.daemon = Some(Daemon::start(lab, &spec, out)?);
+            println!("{}: daemon ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
+        }
         run.vm = Some(Vm::start(lab, &VmSpec { firmware: self.firmware, mac: &self.mac, tap: &tap, lifetime }, out)?);
 
         let result = match &expected {
@@ -406,6 +448,7 @@ impl Progress {
 struct Running {
     vm: Option<Vm>,
     daemon: Option<Daemon>,
+    reference: Option<ReferenceStack>,
     site: Option<Dnsmasq>,
     lab: Option<Lab>,
 }

@@ -1,0 +1,110 @@
+//! Our daemon against FIRMWARE.md's reference stack (dnsmasq DHCP + TFTP with RA and
+//! no-pxedhcp, Python HTTP) on the same cells, one VM at a time, alternating, several rounds:
+//! a measurement, not part of `cargo xtask test`. Run it as root with
+//!
+//! ```sh
+//! BOOT_TESTS_VMS=1 cargo test -p boot-tests --test reference_stack -- --ignored --nocapture
+//! ```
+//!
+//! (`REFERENCE_ROUNDS`, default 3). Every run of either stack must boot the right payload;
+//! the table goes to stdout and `target/qemu-tests/reference-comparison.md`.
+
+use appliance::catalog::DhcpMode::Server;
+use boot_tests::matrix::Cell;
+use boot_tests::qemu::Firmware::{self, ArmVirtEdk2, OvmfPxe, SeaBiosIpxeRom};
+use std::fmt::Write as _;
+
+struct Case {
+    name: &'static str,
+    firmware: Firmware,
+    mac: &'static str,
+    entry: &'static str,
+    /// FIRMWARE.md's figure for the cell (tuned where it has one).
+    firmware_md: f64,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "seabios_ipxe_rom",
+        firmware: SeaBiosIpxeRom,
+        mac: "52:54:00:4d:11:01",
+        entry: "{ hostname: bios-ipxe, profile: tiny-live }",
+        firmware_md: 6.3,
+    },
+    Case {
+        name: "seabios_chain_undionly",
+        firmware: SeaBiosIpxeRom,
+        mac: "52:54:00:4d:12:01",
+        entry: "{ hostname: bios-chain, profile: tiny-live, chain_ipxe: true }",
+        firmware_md: 16.2,
+    },
+    Case {
+        name: "ovmf_pxe",
+        firmware: OvmfPxe,
+        mac: "52:54:00:4d:13:01",
+        entry: "{ hostname: uefi-pxe, profile: tiny-live }",
+        firmware_md: 17.1,
+    },
+    Case {
+        name: "armvirt_grub",
+        firmware: ArmVirtEdk2,
+        mac: "52:54:00:4d:16:01",
+        entry: "{ hostname: armvirt, profile: tiny-live }",
+        firmware_md: 16.5,
+    },
+];
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(", ")
+}
+
+#[test]
+#[ignore = "a comparison run (minutes of VMs), not a check: see the module documentation"]
+fn ours_against_the_reference_stack() {
+    let rounds: usize = std::env::var("REFERENCE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let only = std::env::var("REFERENCE_CASES").ok();
+    let mut table = String::from(
+        "| cell (server mode) | FIRMWARE.md | reference stack here, median | ours, median | ours / reference | \
+         reference runs | our runs |\n|---|---|---|---|---|---|---|\n",
+    );
+    for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == c.name))) {
+        let (mut ours, mut reference) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let cell = || Cell::new(&format!("cmp_{}", case.name), case.firmware, Server).machine(case.mac, case.entry);
+            // Alternate which stack goes first, so neither always follows the other.
+            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            for use_reference in order {
+                let c = if use_reference { cell().reference() } else { cell() };
+                let t = c.run().time_to_marker.expect("a boot cell reports its time").as_secs_f64();
+                if use_reference {
+                    reference.push(t)
+                } else {
+                    ours.push(t)
+                }
+            }
+        }
+        let (o, r) = (median(&mut ours.clone()), median(&mut reference.clone()));
+        let _ = writeln!(
+            table,
+            "| {} | {:.1} | {r:.1} | {o:.1} | {:.2}x | {} | {} |",
+            case.name,
+            case.firmware_md,
+            o / r,
+            list(&reference),
+            list(&ours)
+        );
+    }
+    println!("\n{table}");
+    let path = boot_tests::host::target_dir().join("qemu-tests/reference-comparison.md");
+    std::fs::write(&path, &table).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
