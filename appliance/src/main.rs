@@ -118,7 +118,7 @@ struct ServeArgs {
     #[arg(long)]
     no_watch: bool,
     /// CPU wake-up latency (microseconds) requested through /dev/cpu_dma_latency while TFTP
-    /// transfers and HTTP responses run, released 2 s after the last one; `off` to never ask.
+    /// transfers and HTTP responses run, released 100 ms after the last one; `off` to never ask.
     /// An idle CPU in a deep sleep state (or a halted vCPU) adds its wake-up time to every
     /// lockstep TFTP block: 0 keeps idle CPUs polling during boots. Needs root; without it the
     /// daemon warns once and serves as before.

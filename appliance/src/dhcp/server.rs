@@ -2,6 +2,13 @@
 //! `exchange`, and does what it returns: sends the reply, persists the lease table, records the
 //! client in `Shared`, writes one log line.
 //!
+//! Lease writes are a group commit: the loop hands the newest table to a writer task and goes
+//! on with the next request; a reply that confirms a lease change (an ACK) is sent only once a
+//! write that includes the change is on disk, so a crash can lose only leases nobody was told
+//! about. Writing inside the loop, every ACK held up every other client for a file rewrite and
+//! two fsyncs (a USB stick's fsync can take tens of milliseconds, times every machine of a
+//! boot storm); now one write covers all the changes made while the previous one ran.
+//!
 //! Architecture invariant: no policy here. What a machine gets is `decide`'s (through
 //! `exchange`); this loop only moves bytes and state. It never dies on a packet: malformed
 //! datagrams are logged at debug and dropped, send errors are logged and the loop goes on.
@@ -21,6 +28,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// Receive buffer: larger than any Ethernet datagram, so a truncated read means junk.
@@ -87,8 +95,9 @@ pub async fn run(
         None => Default::default(),
     };
     let mut state = State::new(leases);
-    let dhcp = sockets.dhcp.into_async()?;
-    let pxe = sockets.pxe.map(DhcpSocket::into_async).transpose()?;
+    let mut writer = store.map(LeaseWriter::start);
+    let dhcp = Arc::new(sockets.dhcp.into_async()?);
+    let pxe = sockets.pxe.map(DhcpSocket::into_async).transpose()?.map(Arc::new);
     info!(
         dhcp = %dhcp.local,
         pxe = ?pxe.as_ref().map(|p| p.local),
@@ -102,7 +111,7 @@ pub async fn run(
         let (port, received) = tokio::select! {
             _ = &mut shutdown => break,
             r = dhcp.recv(&mut buf_dhcp) => (Port::Dhcp, r),
-            r = recv_optional(pxe.as_ref(), &mut buf_pxe) => (Port::Pxe, r),
+            r = recv_optional(pxe.as_deref(), &mut buf_pxe) => (Port::Pxe, r),
         };
         let (socket, buf) = match port {
             Port::Dhcp => (&dhcp, &buf_dhcp),
@@ -112,7 +121,7 @@ pub async fn run(
             },
         };
         match received {
-            Ok(rx) => serve_one(&shared, &opts, store.as_ref(), &mut state, socket, port, &buf[..rx.len], rx).await,
+            Ok(rx) => serve_one(&shared, &opts, writer.as_mut(), &mut state, socket, port, &buf[..rx.len], rx).await,
             Err(e) => {
                 // ICMP errors from earlier sends surface here; keep serving without spinning.
                 warn!(socket = %socket.local, "dhcp: receive failed: {e}");
@@ -120,8 +129,73 @@ pub async fn run(
             }
         }
     }
+    if let Some(w) = writer {
+        w.finish().await;
+    }
     info!("dhcp: stopped");
     Ok(())
+}
+
+/// The lease file's writer task and the loop's side of it.
+struct LeaseWriter {
+    /// The newest table, numbered; the writer always writes the newest it has not written.
+    latest: watch::Sender<Option<(u64, Arc<Vec<u8>>)>>,
+    /// The number of the newest table on disk.
+    durable: watch::Receiver<u64>,
+    submitted: u64,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LeaseWriter {
+    fn start(store: LeaseStore) -> LeaseWriter {
+        let (latest, mut pending) = watch::channel(None::<(u64, Arc<Vec<u8>>)>);
+        let (durable_tx, durable) = watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            // Also after the loop dropped its sender, the last table is written first.
+            while pending.changed().await.is_ok() {
+                let Some((seq, bytes)) = pending.borrow_and_update().clone() else { continue };
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}"),
+                    Err(e) => warn!("dhcp: lease writer failed: {e}"),
+                }
+                // A failed write is reported and the replies go out anyway, as they always did:
+                // refusing service over a full disk helps no one.
+                durable_tx.send_replace(seq);
+            }
+        });
+        LeaseWriter { latest, durable, submitted: 0, task }
+    }
+
+    /// Hands over the table as it is now; returns what to wait for before confirming it.
+    fn submit(&mut self, leases: &super::leases::Leases) -> Durable {
+        self.submitted += 1;
+        self.latest.send_replace(Some((self.submitted, Arc::new(store::encode(leases)))));
+        Durable { seq: self.submitted, durable: self.durable.clone() }
+    }
+
+    /// Writes what is still pending and stops the writer.
+    async fn finish(self) {
+        drop(self.latest);
+        if let Err(e) = self.task.await {
+            warn!("dhcp: lease writer failed: {e}");
+        }
+    }
+}
+
+/// A submitted table: resolves once it (or a newer one) is on disk.
+struct Durable {
+    seq: u64,
+    durable: watch::Receiver<u64>,
+}
+
+impl Durable {
+    async fn wait(mut self) {
+        let seq = self.seq;
+        // An error means the writer is gone (shutdown after its last write): nothing to wait for.
+        let _ = self.durable.wait_for(|d| *d >= seq).await;
+    }
 }
 
 async fn recv_optional(socket: Option<&AsyncSocket>, buf: &mut [u8]) -> io::Result<Received> {
@@ -139,9 +213,9 @@ fn unix_now() -> u64 {
 async fn serve_one(
     shared: &Shared,
     opts: &DhcpOptions,
-    store: Option<&LeaseStore>,
+    writer: Option<&mut LeaseWriter>,
     state: &mut State,
-    socket: &AsyncSocket,
+    socket: &Arc<AsyncSocket>,
     port: Port,
     bytes: &[u8],
     rx: Received,
@@ -185,34 +259,39 @@ async fn serve_one(
             shared.remember_ip(mac, ip);
         }
     }
-    if handled.leases_changed {
-        if let Some(store) = store {
-            persist(store, &state.leases).await;
-        }
-    }
+    let durable = match writer {
+        Some(w) if handled.leases_changed => Some(w.submit(&state.leases)),
+        _ => None,
+    };
     if let Some(w) = &handled.warning {
         warn!(mac = %fmt_mac(&client), "dhcp: {w}");
     }
-    if let Some((reply, dest)) = &handled.reply {
-        let dest = match (port, opts.reply_to) {
-            (Port::Dhcp, Some(SocketAddr::V4(to))) => to,
-            _ => *dest,
-        };
-        let egress = Egress { ifindex: rx.ifindex, local: rx.local };
-        if let Err(e) = socket.send(&reply.encode(), dest, egress).await {
-            warn!(mac = %fmt_mac(&client), %dest, "dhcp: sending {:?} failed: {e}", reply.kind);
+    let mode = ctx.mode;
+    let reply_to = opts.reply_to;
+    let confirms = handled.reply.is_some();
+    let egress = Egress { ifindex: rx.ifindex, local: rx.local };
+    let socket = socket.clone();
+    let finish = async move {
+        if let Some((reply, dest)) = &handled.reply {
+            let dest = match (port, reply_to) {
+                (Port::Dhcp, Some(SocketAddr::V4(to))) => to,
+                _ => *dest,
+            };
+            if let Err(e) = socket.send(&reply.encode(), dest, egress).await {
+                warn!(mac = %fmt_mac(&client), %dest, "dhcp: sending {:?} failed: {e}", reply.kind);
+            }
         }
-    }
-    log_exchange(&client, &req, port, ctx.mode, &handled);
-}
-
-async fn persist(store: &LeaseStore, leases: &super::leases::Leases) {
-    let bytes = store::encode(leases);
-    let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}"),
-        Err(e) => warn!("dhcp: lease writer failed: {e}"),
+        log_exchange(&client, &req, port, mode, &handled);
+    };
+    match durable {
+        // The reply confirms a lease change: it waits for the write, the loop does not.
+        Some(d) if confirms => {
+            tokio::spawn(async move {
+                d.wait().await;
+                finish.await;
+            });
+        }
+        _ => finish.await,
     }
 }
 
