@@ -49,7 +49,10 @@ const CASES: &[Case] = &[
         name: "armvirt_grub",
         firmware: ArmVirtEdk2,
         mac: "52:54:00:4d:16:01",
-        entry: "{ hostname: armvirt, profile: tiny-live }",
+        // The architecture in the entry: the reference's files are mirrored from our daemon
+        // before any DHCP, and without it the daemon answers a GRUB config request for an
+        // unknown architecture with "not found" (ARCHITECTURE.md).
+        entry: "{ hostname: armvirt, arch: arm64, profile: tiny-live }",
         firmware_md: 16.5,
     },
 ];
@@ -80,7 +83,9 @@ fn ours_against_the_reference_stack() {
     for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == c.name))) {
         let (mut ours, mut reference) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            let cell = || Cell::new(&format!("cmp_{}", case.name), case.firmware, Server).machine(case.mac, case.entry);
+            // One output folder per run: `target/qemu-tests/cmp_<case>_r<round>[-reference]`.
+            let name = format!("cmp_{}_r{round}", case.name);
+            let cell = || Cell::new(&name, case.firmware, Server).machine(case.mac, case.entry);
             // Alternate which stack goes first, so neither always follows the other.
             let order = if round % 2 == 0 { [false, true] } else { [true, false] };
             for use_reference in order {
