@@ -19,9 +19,14 @@ use std::time::Duration;
 /// `undionly.kpxe` it chains, FIRMWARE.md; the first `boot.ipxe` chains undionly, the second
 /// is the entry script). HTTP/1.0 and a thread per connection, as `python3 -m http.server`.
 const HTTP_SERVER_PY: &str = r#"
-import http.server, os, sys, threading
+import http.server, os, sys, threading, time
 seen, lock = set(), threading.Lock()
 class Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, fmt, *args):
+        # Millisecond timestamps, to line the log up with QEMU's start and the daemon's log.
+        t = time.time()
+        stamp = time.strftime("%H:%M:%S", time.gmtime(t)) + ".%03d" % (t % 1 * 1000)
+        sys.stderr.write("%s %s %s\n" % (stamp, self.client_address[0], fmt % args))
     def translate_path(self, path):
         real = super().translate_path(path)
         with lock:
