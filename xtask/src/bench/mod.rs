@@ -52,7 +52,9 @@ pub struct Args {
     pub rounds: Option<usize>,
     /// Let idle CPUs halt. By default the bench holds /dev/cpu_dma_latency at 0 (idle CPUs
     /// poll) so that wake-up latency, which depends on what else the machine is doing, does
-    /// not dominate lockstep round trips.
+    /// not dominate lockstep round trips. Our daemon still makes the same request itself
+    /// while it sends (its default `--cpu-latency 0`); the peers do not, so with this flag
+    /// each server runs as it ships.
     #[arg(long)]
     pub no_idle_poll: bool,
     /// Internal: run a load generator role (JSON spec) and print its result as JSON.
