@@ -55,6 +55,8 @@ struct State {
     generation: u64,
     /// Opening failed once: do not retry (and warn) on every transfer.
     unavailable: bool,
+    /// The first request was logged at info; later ones only at debug.
+    announced: bool,
 }
 
 /// Keeps the request in force until dropped.
@@ -93,7 +95,17 @@ impl CpuLatency {
             if s.file.is_none() && !s.unavailable {
                 match inner.open() {
                     Ok(f) => {
-                        tracing::debug!(target_us = inner.target_us, "cpu latency: request in force");
+                        if s.announced {
+                            tracing::debug!(target_us = inner.target_us, "cpu latency: request in force");
+                        } else {
+                            s.announced = true;
+                            tracing::info!(
+                                target_us = inner.target_us,
+                                linger_ms = inner.linger.as_millis() as u64,
+                                "cpu latency: requested through {} while transfers run (--cpu-latency)",
+                                inner.device.display()
+                            );
+                        }
                         s.file = Some(f);
                     }
                     Err(e) => {
