@@ -49,8 +49,8 @@ pub enum Stack {
     /// `appliance serve`.
     Ours,
     /// FIRMWARE.md's reference stack (`reference`) serving the files our daemon would, for a
-    /// comparison; server mode only. `chain_undionly`: the ROM gets `undionly.kpxe` first.
-    Reference { chain_undionly: bool },
+    /// comparison; server mode only.
+    Reference,
 }
 
 #[derive(Clone, Debug)]
@@ -104,10 +104,8 @@ impl Cell {
 
     /// The same cell served by the reference stack instead of our daemon, named `<name>-reference`.
     pub fn reference(mut self) -> Cell {
-        let chain_undionly =
-            self.config.machines.iter().any(|(mac, entry)| *mac == self.mac && entry.contains("chain_ipxe: true"));
         self.name = format!("{}-reference", self.name);
-        self.stack = Stack::Reference { chain_undionly };
+        self.stack = Stack::Reference;
         self.daemon_log_shows.clear();
         self
     }
@@ -295,7 +293,7 @@ impl Cell {
             lifetime,
         };
         let lab = run.lab.as_ref().ok_or_else(|| anyhow!("no lab"))?;
-        if let Stack::Reference { chain_undionly } = self.stack {
+        if self.stack == Stack::Reference {
             let Some((profile, _, version)) = &expected else { bail!("a reference cell must expect a boot") };
             if self.mode != DhcpMode::Server {
                 bail!("the reference stack is a DHCP server: server mode only");
@@ -306,7 +304,9 @@ impl Cell {
             let root = reference::root_in(scratch.path());
             let files = reference::files(self.firmware, &self.mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;
-            if chain_undionly {
+            // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
+            let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
+            if config.catalog.machines.get(&mac).is_some_and(|m| m.chain_ipxe) {
                 reference::chain_undionly_first(&root)?;
             }
             daemon.stop();
