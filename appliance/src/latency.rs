@@ -181,11 +181,17 @@ mod tests {
         std::fs::read(path).unwrap()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn held_while_transfers_run_and_released_after_the_linger() {
+    /// A regular file standing in for the kernel's device.
+    fn fake_device() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("cpu_dma_latency");
         std::fs::write(&dev, b"").unwrap();
+        (dir, dev)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_while_transfers_run_and_released_after_the_linger() {
+        let (_dir, dev) = fake_device();
         let lat = CpuLatency::new(&dev, 7, Duration::from_secs(2));
         assert!(!lat.is_held());
 
@@ -206,9 +212,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_transfer_starting_during_the_linger_keeps_the_request() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = dir.path().join("cpu_dma_latency");
-        std::fs::write(&dev, b"").unwrap();
+        let (_dir, dev) = fake_device();
         let lat = CpuLatency::new(&dev, 0, Duration::from_secs(2));
         drop(lat.hold());
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -153,8 +153,10 @@ pub async fn run(
         grub_images: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
-    let tftp_cfg = crate::tftp::TftpConfig { cpu_latency: opts.cpu_latency.clone(), ..opts.tftp.clone() };
-    tasks.spawn(async move { crate::tftp::serve(listeners.tftp, routes, tftp_cfg, tftp_stop).await.context("tftp") });
+    let (tftp_cfg, tftp_latency) = (opts.tftp.clone(), opts.cpu_latency.clone());
+    tasks.spawn(async move {
+        crate::tftp::serve(listeners.tftp, routes, tftp_cfg, tftp_latency, tftp_stop).await.context("tftp")
+    });
     let http_ctx = Arc::new(crate::http::HttpContext {
         shared: shared.clone(),
         store: opts.store(),

@@ -30,8 +30,6 @@ pub struct TftpConfig {
     /// Concurrent transfers; requests beyond this are dropped (the client
     /// retries its request after its own timeout).
     pub max_transfers: usize,
-    /// Held while each transfer runs (see [`crate::latency`]).
-    pub cpu_latency: crate::latency::CpuLatency,
 }
 
 impl Default for TftpConfig {
@@ -42,7 +40,6 @@ impl Default for TftpConfig {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_transfers: 1024,
-            cpu_latency: crate::latency::CpuLatency::disabled(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! dropped) and must not answer anything itself: every reply, including
 //! ERRORs for refused requests, comes from the transfer's own socket.
 
+use crate::latency::CpuLatency;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -33,8 +34,16 @@ const RECV_BUF: usize = 65536;
 /// waits for them and returns. Only a failure to read the socket's own local
 /// address is returned as an error; receive errors are logged and retried.
 ///
+/// Every transfer holds `cpu_latency` while it runs (see [`crate::latency`]).
+///
 /// [`Outcome::Shutdown`]: super::Outcome::Shutdown
-pub async fn serve<H, F>(socket: UdpSocket, handler: Arc<H>, config: TftpConfig, shutdown: F) -> io::Result<()>
+pub async fn serve<H, F>(
+    socket: UdpSocket,
+    handler: Arc<H>,
+    config: TftpConfig,
+    cpu_latency: CpuLatency,
+    shutdown: F,
+) -> io::Result<()>
 where
     H: Handler + ?Sized,
     F: Future<Output = ()>,
@@ -79,14 +88,13 @@ where
                         continue;
                     }
                     saturated = false;
-                    tasks.spawn(transfer::run(
-                        Arc::clone(&handler),
-                        Arc::clone(&config),
-                        local,
-                        peer,
-                        incoming,
-                        stop_rx.clone(),
-                    ));
+                    let transfer =
+                        transfer::run(Arc::clone(&handler), Arc::clone(&config), local, peer, incoming, stop_rx.clone());
+                    let hold = cpu_latency.hold();
+                    tasks.spawn(async move {
+                        transfer.await;
+                        drop(hold);
+                    });
                 }
                 Err(e) => {
                     // E.g. ICMP-induced errors or ENOMEM: keep serving, but

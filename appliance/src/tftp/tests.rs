@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use super::client::{self, ClientError, ClientOptions};
 use super::packet::{self, Mode, Packet, Request};
 use super::{serve, Content, Handler, Outcome, ReadRequest, TftpConfig, TftpError, TransferReport};
+use crate::latency::CpuLatency;
 
 mod external;
 mod protocol;
@@ -107,7 +108,7 @@ impl Files {
         let (tx, reports) = mpsc::unbounded_channel();
         let handler = Arc::new(TestHandler { files: self.files, reports: tx });
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(socket, handler, config, async {
+        let task = tokio::spawn(serve(socket, handler, config, CpuLatency::disabled(), async {
             let _ = stopped.await;
         }));
         Harness { addr, reports, stop: Some(stop), task, dir: self.dir }

@@ -74,7 +74,6 @@ pub(crate) async fn run<H: Handler + ?Sized>(
     shutdown: watch::Receiver<bool>,
 ) {
     let started = std::time::Instant::now();
-    let _latency = config.cpu_latency.hold();
     let req = match &incoming {
         Incoming::Read(r) | Incoming::Write(r) => r,
     };
