@@ -7,7 +7,8 @@
 //! write that includes the change is on disk, so a crash can lose only leases nobody was told
 //! about. Writing inside the loop, every ACK held up every other client for a file rewrite and
 //! two fsyncs (a USB stick's fsync can take tens of milliseconds, times every machine of a
-//! boot storm); now one write covers all the changes made while the previous one ran.
+//! boot storm); now one write covers all the changes made while the previous one ran. The
+//! table is encoded only when the writer is ready for it, once per write, not once per change.
 //!
 //! Architecture invariant: no policy here. What a machine gets is `decide`'s (through
 //! `exchange`); this loop only moves bytes and state. It never dies on a packet: malformed
@@ -110,6 +111,12 @@ pub async fn run(
     loop {
         let (port, received) = tokio::select! {
             _ = &mut shutdown => break,
+            () = writer_ready(writer.as_mut()) => {
+                if let Some(w) = writer.as_mut() {
+                    w.hand_over(&state.leases);
+                }
+                continue;
+            }
             r = dhcp.recv(&mut buf_dhcp) => (Port::Dhcp, r),
             r = recv_optional(pxe.as_deref(), &mut buf_pxe) => (Port::Pxe, r),
         };
@@ -130,19 +137,21 @@ pub async fn run(
         }
     }
     if let Some(w) = writer {
-        w.finish().await;
+        w.finish(&state.leases).await;
     }
     info!("dhcp: stopped");
     Ok(())
 }
 
-/// The lease file's writer task and the loop's side of it.
+/// The lease file's writer task and the loop's side of it. Lease changes are counted; a table
+/// handed to the writer is numbered with the count it includes, and the writer reports the
+/// number of the last table it put on disk.
 struct LeaseWriter {
-    /// The newest table, numbered; the writer always writes the newest it has not written.
-    latest: watch::Sender<Option<(u64, Arc<Vec<u8>>)>>,
-    /// The number of the newest table on disk.
+    to_writer: watch::Sender<Option<(u64, Arc<Vec<u8>>)>>,
     durable: watch::Receiver<u64>,
-    submitted: u64,
+    /// Changes so far, and how many of them the last table handed over includes.
+    changes: u64,
+    handed: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -165,22 +174,54 @@ impl LeaseWriter {
                 durable_tx.send_replace(seq);
             }
         });
-        LeaseWriter { latest, durable, submitted: 0, task }
+        LeaseWriter { to_writer: latest, durable, changes: 0, handed: 0, task }
     }
 
-    /// Hands over the table as it is now; returns what to wait for before confirming it.
-    fn submit(&mut self, leases: &super::leases::Leases) -> Durable {
-        self.submitted += 1;
-        self.latest.send_replace(Some((self.submitted, Arc::new(store::encode(leases)))));
-        Durable { seq: self.submitted, durable: self.durable.clone() }
+    /// Counts a change of the table; returns what to wait for before confirming it.
+    fn note_change(&mut self) -> Durable {
+        self.changes += 1;
+        Durable { seq: self.changes, durable: self.durable.clone() }
     }
 
-    /// Writes what is still pending and stops the writer.
-    async fn finish(self) {
-        drop(self.latest);
+    /// Changes wait for a table, and the writer has finished the last one it was handed.
+    fn wants_table(&self) -> bool {
+        self.changes > self.handed && *self.durable.borrow() >= self.handed
+    }
+
+    /// Encodes the table as it is now and hands it to the writer.
+    fn hand_over(&mut self, leases: &super::leases::Leases) {
+        self.handed = self.changes;
+        self.to_writer.send_replace(Some((self.handed, Arc::new(store::encode(leases)))));
+    }
+
+    /// Resolves once [`Self::wants_table`] holds.
+    async fn ready(&mut self) {
+        while !self.wants_table() {
+            if self.durable.changed().await.is_err() {
+                // The writer is gone; nothing will be written any more.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Writes the changes still waiting and stops the writer.
+    async fn finish(mut self, leases: &super::leases::Leases) {
+        if self.changes > self.handed {
+            let handed = self.handed;
+            let _ = self.durable.wait_for(|d| *d >= handed).await;
+            self.hand_over(leases);
+        }
+        drop(self.to_writer);
         if let Err(e) = self.task.await {
             warn!("dhcp: lease writer failed: {e}");
         }
+    }
+}
+
+async fn writer_ready(writer: Option<&mut LeaseWriter>) {
+    match writer {
+        Some(w) => w.ready().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -260,7 +301,7 @@ async fn serve_one(
         }
     }
     let durable = match writer {
-        Some(w) if handled.leases_changed => Some(w.submit(&state.leases)),
+        Some(w) if handled.leases_changed => Some(w.note_change()),
         _ => None,
     };
     if let Some(w) = &handled.warning {
