@@ -301,11 +301,11 @@ impl Cell {
             // Our daemon with DHCP off only lends its files; it stops before the VM starts.
             let lender = DaemonSpec { mode: DhcpMode::Off, dhcp_port: 1067, ..spec };
             let mut daemon = Daemon::start(lab, &lender, out)?;
+            let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             let root = reference::root_in(scratch.path());
-            let files = reference::files(self.firmware, &self.mac, profile, version)?;
+            let files = reference::files(self.firmware, mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;
             // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
-            let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             if config.catalog.machines.get(&mac).is_some_and(|m| m.chain_ipxe) {
                 reference::chain_undionly_first(&root)?;
             }

@@ -11,6 +11,7 @@ use crate::netns::{Netns, BRIDGE, SERVER_IP};
 use crate::procs::{render_cmdline, run, Logged};
 use crate::qemu::Firmware;
 use anyhow::{bail, Context, Result};
+use appliance::mac::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,17 +40,11 @@ http.server.ThreadingHTTPServer((sys.argv[2], 80), Handler).serve_forever()
 "#;
 
 /// What a firmware's boot fetches, as (where it goes under the reference root, the URL our
-/// daemon serves it at). `mac` as in the MAC database (`52:54:00:…`).
-pub fn files(firmware: Firmware, mac: &str, profile: &str, version: &str) -> Result<Vec<(String, String)>> {
-    let dashed = mac.to_ascii_lowercase().replace(':', "-");
+/// daemon serves it at).
+pub fn files(firmware: Firmware, mac: MacAddr, profile: &str, version: &str) -> Result<Vec<(String, String)>> {
+    let dashed = mac.dashed();
     let http = |p: &str| format!("http://{SERVER_IP}/{p}");
     let tftp = |p: &str| format!("tftp://{SERVER_IP}/{p}");
-    let artifacts = |get: &dyn Fn(&str) -> String| {
-        ["vmlinuz", "initrd.img"].map(|f| {
-            let p = format!("artifacts/{profile}/{version}/{f}");
-            (p.clone(), get(&p))
-        })
-    };
     let ipxe = |buildarch: &str, platform: &str| {
         let script = format!("ipxe/script?mac={dashed}&buildarch={buildarch}&platform={platform}");
         vec![("boot.ipxe".to_string(), http("boot.ipxe")), ("ipxe/script".to_string(), http(&script))]
@@ -71,7 +66,11 @@ pub fn files(firmware: Firmware, mac: &str, profile: &str, version: &str) -> Res
         }
         other => bail!("no reference setup for {other:?}"),
     };
-    list.extend(artifacts(&http));
+    list.extend(["vmlinuz", "initrd.img"].map(|f| {
+        let p = format!("artifacts/{profile}/{version}/{f}");
+        let url = http(&p);
+        (p, url)
+    }));
     Ok(list)
 }
 
