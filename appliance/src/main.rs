@@ -124,6 +124,13 @@ struct ServeArgs {
     /// daemon warns once and serves as before.
     #[arg(long, default_value = "0", value_name = "MICROSECONDS|off", value_parser = parse_cpu_latency)]
     cpu_latency: CpuLatencyArg,
+    /// Lockstep TFTP transfers (windowsize 1: most firmware, GRUB, U-Boot) that may each run on
+    /// a thread of their own, waiting for ACKs in a blocking `recv`: fewer system calls and no
+    /// scheduler hop between an ACK and the next block. Further lockstep transfers, and all
+    /// windowed ones, run on the async engine. 0 keeps every transfer on the async engine
+    /// [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    tftp_lockstep_threads: Option<usize>,
 }
 
 /// `--cpu-latency`: microseconds, or `None` for `off`.
@@ -255,6 +262,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         if let CpuLatencyArg(Some(us)) = args.cpu_latency {
             opts.cpu_latency =
                 appliance::latency::CpuLatency::new(appliance::latency::DEVICE, us, appliance::latency::DEFAULT_LINGER);
+        }
+        if let Some(n) = args.tftp_lockstep_threads {
+            opts.tftp.lockstep_threads = n;
         }
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await

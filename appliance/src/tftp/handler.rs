@@ -166,6 +166,9 @@ pub struct TransferReport {
     pub blocks: u64,
     /// DATA or OACK packets sent more than once.
     pub retransmits: u64,
+    /// Whether the transfer ran on a dedicated lockstep thread (see
+    /// [`super::TftpConfig::lockstep_threads`]) rather than the async engine.
+    pub thread: bool,
     pub duration: Duration,
     pub outcome: Outcome,
 }
@@ -181,6 +184,7 @@ impl TransferReport {
             retransmits = self.retransmits,
             blksize = self.blksize,
             windowsize = self.windowsize,
+            thread = self.thread,
             duration_ms = self.duration.as_millis() as u64,
             outcome = %self.outcome,
             "tftp transfer finished"

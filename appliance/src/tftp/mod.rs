@@ -21,6 +21,7 @@
 
 pub mod client;
 mod handler;
+mod lockstep;
 mod options;
 pub mod packet;
 mod sender;

@@ -30,6 +30,11 @@ pub struct TftpConfig {
     /// Concurrent transfers; requests beyond this are dropped (the client
     /// retries its request after its own timeout).
     pub max_transfers: usize,
+    /// Lockstep (windowsize 1) transfers that may run at once on a thread of
+    /// their own with blocking socket calls, the shortest path from an ACK to
+    /// the next DATA; further ones run on the async engine. 0 keeps every
+    /// transfer on the async engine.
+    pub lockstep_threads: usize,
 }
 
 impl Default for TftpConfig {
@@ -40,6 +45,7 @@ impl Default for TftpConfig {
             max_blksize: MAX_BLKSIZE,
             max_windowsize: 64,
             max_transfers: 1024,
+            lockstep_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -51,6 +51,7 @@ where
     let local = socket.local_addr()?;
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let threads = Arc::new(Semaphore::new(config.lockstep_threads));
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; RECV_BUF];
     let mut saturated = false;
@@ -89,7 +90,15 @@ where
                     }
                     saturated = false;
                     let transfer =
-                        transfer::run(Arc::clone(&handler), Arc::clone(&config), local, peer, incoming, stop_rx.clone());
+                        transfer::run(
+                        Arc::clone(&handler),
+                        Arc::clone(&config),
+                        Arc::clone(&threads),
+                        local,
+                        peer,
+                        incoming,
+                        stop_rx.clone(),
+                    );
                     let hold = cpu_latency.hold();
                     tasks.spawn(async move {
                         transfer.await;

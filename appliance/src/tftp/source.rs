@@ -107,6 +107,16 @@ impl Source {
         }
     }
 
+    /// Whether `[offset, end)` (clipped to the content) is resident already,
+    /// so [`Source::get`] may borrow it without [`Source::prepare`].
+    pub fn is_resident(&self, offset: u64, end: u64) -> bool {
+        let end = end.min(self.len());
+        match self {
+            Source::Bytes(_) => true,
+            Source::File(f) => offset >= end || (offset >= f.start && end <= f.start + f.filled as u64),
+        }
+    }
+
     /// Borrows up to `n` bytes at `offset` (fewer at the end of the content).
     /// The range must have been made resident with [`Source::prepare`].
     pub fn get(&self, offset: u64, n: usize) -> &[u8] {

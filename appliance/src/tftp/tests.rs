@@ -77,6 +77,31 @@ pub(super) fn test_config() -> TftpConfig {
     TftpConfig { timeout: Duration::from_millis(100), max_retries: 5, ..TftpConfig::default() }
 }
 
+/// Lockstep transfers have two implementations (a dedicated thread, and the
+/// async engine when no thread is free): each test named here is an
+/// `async fn(lockstep_threads: usize)` and runs once with a thread free
+/// (`<name>::on_thread`) and once with none (`<name>::on_async_engine`).
+macro_rules! on_both_engines {
+    ($($name:ident $([$($runtime:tt)*])?),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test$(($($runtime)*))?]
+            async fn on_thread() {
+                super::$name(1).await
+            }
+            #[tokio::test$(($($runtime)*))?]
+            async fn on_async_engine() {
+                super::$name(0).await
+            }
+        }
+    )*};
+}
+pub(super) use on_both_engines;
+
+/// Checks that a lockstep transfer ran where `lockstep_threads` sends it.
+pub(super) fn assert_engine(r: &TransferReport, lockstep_threads: usize) {
+    assert_eq!(r.thread, lockstep_threads > 0 && r.windowsize == 1, "ran on the wrong engine: {r:?}");
+}
+
 pub(super) struct Files {
     files: HashMap<String, Stored>,
     dir: tempfile::TempDir,
@@ -187,10 +212,17 @@ pub(super) async fn recv_packet(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 // ---- downloads through our client ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downloads_every_blksize_and_windowsize() {
+on_both_engines!(
+    downloads_every_blksize_and_windowsize[flavor = "multi_thread", worker_threads = 2],
+    edge_sizes_and_no_options,
+    block_number_rollover_past_65535[flavor = "multi_thread", worker_threads = 2],
+    simulated_loss_is_recovered,
+);
+
+async fn downloads_every_blksize_and_windowsize(lockstep_threads: usize) {
     let data = pattern(150_001, 1);
-    let mut h = Files::new().bytes("mem", data.clone()).file("disk", &data).serve(test_config()).await;
+    let config = TftpConfig { lockstep_threads, ..test_config() };
+    let mut h = Files::new().bytes("mem", data.clone()).file("disk", &data).serve(config).await;
     for blksize in [512u16, 1468, 8192] {
         for window in [1u16, 4, 16] {
             for name in ["mem", "disk"] {
@@ -204,27 +236,29 @@ async fn downloads_every_blksize_and_windowsize() {
                 assert_eq!(r.bytes, data.len() as u64);
                 assert_eq!(r.blocks, data.len() as u64 / u64::from(blksize) + 1);
                 assert_eq!((r.blksize, r.windowsize), (blksize, window));
+                assert_engine(&r, lockstep_threads);
             }
         }
     }
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn edge_sizes_and_no_options() {
+async fn edge_sizes_and_no_options(lockstep_threads: usize) {
     let mut files = Files::new();
     let sizes = [0usize, 1, 511, 512, 513, 1024, 4096 * 3];
     for (i, n) in sizes.iter().enumerate() {
         files = files.file(&format!("s{n}"), &pattern(*n, i as u64));
     }
-    let mut h = files.serve(test_config()).await;
+    let mut h = files.serve(TftpConfig { lockstep_threads, ..test_config() }).await;
     for (i, n) in sizes.iter().enumerate() {
-        for o in [opts(None, None, false), opts(Some(1024), Some(3), true)] {
+        for o in [opts(None, None, false), opts(Some(1024), None, true), opts(Some(1024), Some(3), true)] {
             let d = client::get(h.addr, &format!("s{n}"), &o).await.unwrap();
             assert_eq!(d.data, pattern(*n, i as u64), "size {n}");
             let r = h.report().await;
             assert_eq!(r.outcome, Outcome::Complete);
             assert_eq!(r.bytes, *n as u64);
+            assert_eq!(r.blocks, d.stats.blocks);
+            assert_engine(&r, lockstep_threads);
         }
         // Without options there is no OACK and the server uses 512/1.
         let d = client::get(h.addr, &format!("s{n}"), &opts(None, None, false)).await.unwrap();
@@ -235,20 +269,23 @@ async fn edge_sizes_and_no_options() {
     h.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn block_number_rollover_past_65535() {
+async fn block_number_rollover_past_65535(lockstep_threads: usize) {
     // 65,600+ blocks of 512 bytes: block numbers wrap 65535 -> 0.
     let len = 33_554_432 + 40_000 + 7;
     let data = pattern(len, 7);
-    let mut h = Files::new().file("big", &data).serve(test_config()).await;
-    let o = opts(Some(512), Some(16), true);
-    let d = client::get(h.addr, "big", &o).await.unwrap();
-    assert_eq!(d.data.len(), len);
-    assert!(d.data == data, "content differs after rollover");
-    assert_eq!(d.stats.blocks, len as u64 / 512 + 1);
-    let r = h.report().await;
-    assert_eq!(r.outcome, Outcome::Complete);
-    assert_eq!(r.blocks, len as u64 / 512 + 1);
+    let mut h = Files::new().file("big", &data).serve(TftpConfig { lockstep_threads, ..test_config() }).await;
+    // Windowed, then lockstep (the case the dedicated thread serves).
+    for window in [Some(16), None] {
+        let o = opts(Some(512), window, true);
+        let d = client::get(h.addr, "big", &o).await.unwrap();
+        assert_eq!(d.data.len(), len);
+        assert!(d.data == data, "content differs after rollover (window {window:?})");
+        assert_eq!(d.stats.blocks, len as u64 / 512 + 1);
+        let r = h.report().await;
+        assert_eq!(r.outcome, Outcome::Complete);
+        assert_eq!(r.blocks, len as u64 / 512 + 1);
+        assert_engine(&r, lockstep_threads);
+    }
     h.shutdown().await;
 }
 
@@ -270,20 +307,21 @@ async fn handler_refusal_is_sent_and_reported() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn simulated_loss_is_recovered() {
+async fn simulated_loss_is_recovered(lockstep_threads: usize) {
     // From disk and larger than one read-ahead chunk (128 KiB), so losses
     // also land around chunk boundaries.
     let data = pattern(300_000, 3);
-    let mut h = Files::new().file("f", &data).serve(test_config()).await;
-    // Lockstep: the server must time out and resend block 3.
+    let mut h = Files::new().file("f", &data).serve(TftpConfig { lockstep_threads, ..test_config() }).await;
+    // Lockstep: the server must time out and resend blocks 3 and 257 (the
+    // latter past the first chunk of the file).
     let mut o = opts(Some(512), None, false);
-    o.simulate_loss = vec![3];
+    o.simulate_loss = vec![3, 257];
     let d = client::get(h.addr, "f", &o).await.unwrap();
     assert!(d.data == data);
     let r = h.report().await;
     assert_eq!(r.outcome, Outcome::Complete);
-    assert!(r.retransmits >= 1, "{r:?}");
+    assert!(r.retransmits >= 2, "{r:?}");
+    assert_engine(&r, lockstep_threads);
     // Windowed: a gap in the middle and at the start of a window are both
     // signalled by the client's ACK and resent from the next block.
     let mut o = opts(Some(512), Some(8), false);

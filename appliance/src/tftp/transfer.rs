@@ -21,11 +21,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use super::handler::{Handler, Outcome, ReadRequest, TftpError, TransferReport};
+use super::lockstep;
 use super::options::{negotiate, TftpConfig};
 use super::packet::{self, Mode, Packet, Request};
 use super::sender::DataSender;
@@ -36,6 +37,13 @@ use super::udp::TransferSocket;
 pub(crate) enum Incoming {
     Read(Request),
     Write(Request),
+}
+
+/// Where a request goes once it has been answered or its options settled.
+enum Step {
+    Done(Outcome),
+    /// A lockstep transfer that got one of the dedicated threads.
+    Lockstep(lockstep::Job, OwnedSemaphorePermit),
 }
 
 /// What the peer (or the clock) did while we waited.
@@ -65,9 +73,13 @@ struct Link {
 }
 
 /// Runs one request to completion and reports it. Never panics on peer input.
+///
+/// A lockstep transfer runs on a blocking thread (see [`lockstep`]) if it can
+/// take a permit from `threads`, otherwise on this task.
 pub(crate) async fn run<H: Handler + ?Sized>(
     handler: Arc<H>,
     config: Arc<TftpConfig>,
+    threads: Arc<Semaphore>,
     local: SocketAddr,
     peer: SocketAddr,
     incoming: Incoming,
@@ -87,6 +99,7 @@ pub(crate) async fn run<H: Handler + ?Sized>(
         bytes: 0,
         blocks: 0,
         retransmits: 0,
+        thread: false,
         duration: Duration::ZERO,
         outcome: Outcome::Complete,
     };
@@ -100,7 +113,10 @@ pub(crate) async fn run<H: Handler + ?Sized>(
             let timer = Box::pin(tokio::time::sleep(config.timeout));
             let mut link =
                 Link { sock, peer, shutdown, stop, stopped: false, timer, rx: vec![0; 2048], tx: Vec::new() };
-            handle_request(&*handler, &config, &mut link, &incoming, &mut report).await
+            match handle_request(&*handler, &config, &threads, &mut link, &incoming, &mut report).await {
+                Step::Done(outcome) => outcome,
+                Step::Lockstep(job, permit) => on_thread(link, job, permit, &mut report).await,
+            }
         }
         Err(e) => Outcome::Failed(format!("binding transfer socket: {e}")),
     };
@@ -109,15 +125,47 @@ pub(crate) async fn run<H: Handler + ?Sized>(
     handler.finished(&report);
 }
 
+/// Moves the transfer socket off the runtime and runs `job` on a blocking
+/// thread, holding `permit` until it ends.
+async fn on_thread(
+    link: Link,
+    job: lockstep::Job,
+    permit: OwnedSemaphorePermit,
+    report: &mut TransferReport,
+) -> Outcome {
+    let peer = link.peer;
+    report.thread = true;
+    let sock = match link.sock.into_blocking(lockstep::POLL_SLICE) {
+        Ok(sock) => sock,
+        Err(e) => return Outcome::Failed(format!("making the transfer socket blocking: {e}")),
+    };
+    let thread = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut progress = lockstep::Progress::default();
+        let outcome = lockstep::run(&sock, peer, job, &mut progress);
+        (outcome, progress)
+    });
+    match thread.await {
+        Ok((outcome, progress)) => {
+            report.blocks = progress.blocks;
+            report.bytes = progress.bytes;
+            report.retransmits = progress.retransmits;
+            outcome
+        }
+        Err(e) => Outcome::Failed(format!("lockstep transfer thread: {e}")),
+    }
+}
+
 async fn handle_request<H: Handler + ?Sized>(
     handler: &H,
     config: &TftpConfig,
+    threads: &Arc<Semaphore>,
     link: &mut Link,
     incoming: &Incoming,
     report: &mut TransferReport,
-) -> Outcome {
+) -> Step {
     let req = match incoming {
-        Incoming::Write(_) => return link.refuse(TftpError::access_violation("write not supported")).await,
+        Incoming::Write(_) => return Step::Done(link.refuse(TftpError::access_violation("write not supported")).await),
         Incoming::Read(r) => r,
     };
     match req.mode {
@@ -126,13 +174,13 @@ async fn handle_request<H: Handler + ?Sized>(
         // endings the client expects.
         Mode::Octet | Mode::NetAscii => {}
         Mode::Mail | Mode::Other(_) => {
-            return link.refuse(TftpError::illegal_operation("unsupported transfer mode")).await
+            return Step::Done(link.refuse(TftpError::illegal_operation("unsupported transfer mode")).await)
         }
     }
     let content = match handler.read(&ReadRequest { path: req.filename.clone(), peer: link.peer, local: report.local })
     {
         Ok(c) => c,
-        Err(e) => return link.refuse(e).await,
+        Err(e) => return Step::Done(link.refuse(e).await),
     };
     let neg = negotiate(&req.options, content.len(), config);
     report.size = Some(content.len());
@@ -140,7 +188,28 @@ async fn handle_request<H: Handler + ?Sized>(
     report.windowsize = neg.windowsize;
     let mut source = Source::new(content, neg.blksize, neg.windowsize);
     if *link.shutdown.borrow() {
-        return link.abort_shutdown().await;
+        return Step::Done(link.abort_shutdown().await);
+    }
+    if neg.windowsize == 1 {
+        if let Ok(permit) = Arc::clone(threads).try_acquire_owned() {
+            let mut oack = Vec::new();
+            if !neg.oack.is_empty() {
+                packet::encode_oack(&mut oack, neg.oack.iter().map(|(n, v)| (*n, v.as_str())));
+            }
+            let limits = lockstep::Limits {
+                timeout: neg.timeout,
+                max_retries: config.max_retries,
+                shutdown: link.shutdown.clone(),
+            };
+            let job = lockstep::Job {
+                source,
+                oack,
+                blksize: neg.blksize,
+                runtime: tokio::runtime::Handle::current(),
+                limits,
+            };
+            return Step::Lockstep(job, permit);
+        }
     }
     let sender = DataSender::new(link.peer, neg.blksize, neg.windowsize, &source);
     let mut session = Session { sender, link, timeout: neg.timeout, max_retries: config.max_retries, report };
@@ -153,14 +222,14 @@ async fn handle_request<H: Handler + ?Sized>(
         session.send_file(&mut source, neg.blksize, neg.windowsize).await
     }
     .await;
-    match result {
+    Step::Done(match result {
         Ok(Outcome::Shutdown) => session.link.abort_shutdown().await,
         Ok(outcome) => outcome,
         Err(e) => {
             session.link.send_error(&TftpError::undefined("server error")).await;
             Outcome::Failed(e.to_string())
         }
-    }
+    })
 }
 
 impl Link {

@@ -59,6 +59,15 @@ impl TransferSocket {
         Ok(TransferSocket { fd })
     }
 
+    /// Takes the socket off the runtime (deregistered, so datagrams no longer
+    /// wake it) and makes it blocking, with `read_timeout` on receives.
+    pub fn into_blocking(self, read_timeout: Duration) -> io::Result<StdUdpSocket> {
+        let sock = self.fd.into_inner();
+        sock.set_nonblocking(false)?;
+        sock.set_read_timeout(Some(read_timeout))?;
+        Ok(sock)
+    }
+
     /// Receives one datagram from the peer, waiting for it.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

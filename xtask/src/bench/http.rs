@@ -144,7 +144,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let config = ctx.scratch("http-config")?;
     ours::write_config(&config, &big, &ours::data_file(ctx, "small-initrd", 50_000)?)?;
     eprintln!("bench: http: starting our daemon (publishes the {mb:.0} MB artifact) and nginx");
-    let ours = ours::start_loopback(ctx, "http-ours", &config, None, None)?;
+    let ours = ours::start_loopback(ctx, "http-ours", &config, None, None, &[])?;
     let big_path = ours.artifact_path("vmlinuz")?;
     // nginx serves the same bytes, and a static file as big as one of our scripts.
     let root: PathBuf = ctx.scratch("nginx-root")?;

@@ -106,13 +106,15 @@ fn serve_command(ctx: &Ctx, ns: Option<&str>, config: &Path, state: &Path) -> Co
     c
 }
 
-/// Starts the daemon on 127.0.0.1 (DHCP off, its sockets on ephemeral ports).
+/// Starts the daemon on 127.0.0.1 (DHCP off, its sockets on ephemeral ports), with `extra`
+/// arguments after the bench's own.
 pub fn start_loopback(
     ctx: &Ctx,
     name: &str,
     config: &Path,
     tftp_root: Option<&Path>,
     bootloaders: Option<&Path>,
+    extra: &[&str],
 ) -> Result<Ours> {
     let state = ctx.work.join(format!("{name}-state"));
     std::fs::create_dir_all(&state)?;
@@ -127,6 +129,7 @@ pub fn start_loopback(
     if let Some(b) = bootloaders {
         cmd.arg("--bootloaders").arg(b);
     }
+    cmd.args(extra);
     let mut proc = Proc::start(&format!("appliance ({name})"), cmd, &ctx.work.join(format!("{name}.log")))?;
     let http: SocketAddr = (Ipv4Addr::LOCALHOST, http_port).into();
     // The sockets are bound before the config is loaded and published: ready means answering.

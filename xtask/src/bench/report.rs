@@ -120,7 +120,7 @@ impl Report {
         let _ = writeln!(
             out,
             "Run {} on {} CPUs (Linux {}), loopback and a veth pair between two network namespaces; \
-             `{}`; {} round(s), {:.0} s. Load average (1/5/15 min) before: {:.2} {:.2} {:.2}; \
+             `{}`; {} round(s) per case unless its table says otherwise, {:.0} s. Load average (1/5/15 min) before: {:.2} {:.2} {:.2}; \
              1-min load during the run (every 5 s, includes the bench itself): min {:.2}, median {:.2}, \
              max {:.2}; after: {:.2} {:.2} {:.2}. Idle CPUs {}. Peers: {}.\n",
             info.date,

@@ -122,10 +122,14 @@ fn tftp_root(ctx: &Ctx, size: u64) -> Result<std::path::PathBuf> {
 }
 
 fn start_all(ctx: &Ctx, root: &Path, config: &Path) -> Result<(Ours, Proc, SocketAddr)> {
-    let ours = ours::start_loopback(ctx, "tftp-ours", config, Some(root), None)?;
+    let ours = ours::start_loopback(ctx, "tftp-ours", config, Some(root), None, &[])?;
     let (tftpd, taddr) = start_tftpd(ctx, root)?;
     Ok((ours, tftpd, taddr))
 }
+
+/// Label of our daemon run with every lockstep transfer on the async engine
+/// (`--tftp-lockstep-threads 0`), to show what the blocking lockstep threads buy.
+const OURS_ASYNC: &str = "ours ws=1 async";
 
 // ---------------------------------------------------------------------------------------------
 // One client.
@@ -157,6 +161,9 @@ pub fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
         }
     }
     servers.extend(peers_list.iter().skip(plan.tftp_windows.len()).cloned());
+    let ours_async =
+        ours::start_loopback(ctx, "tftp-ours-async", &config, Some(&root), None, &["--tftp-lockstep-threads", "0"])?;
+    servers.push(Server { label: OURS_ASYNC.into(), addr: ours_async.tftp, windowsize: 1, proc: &ours_async.proc });
 
     let mb = size as f64 / 1e6;
     eprintln!(
@@ -195,7 +202,11 @@ pub fn single(ctx: &Ctx, report: &mut Report) -> Result<()> {
         }
         // The cross-check: curl, lockstep at blksize 1468, against every server.
         for s in servers.iter().filter(|s| s.windowsize == 1) {
-            let label = if s.label.starts_with("ours") { "ours" } else { s.label.as_str() };
+            let label = match s.label.as_str() {
+                OURS_ASYNC => "ours async",
+                l if l.starts_with("ours") => "ours",
+                l => l,
+            };
             let secs = curl_get(s.addr, size).with_context(|| format!("curl against {label}"))?;
             eprintln!(
                 "bench: tftp: round {}/{} curl blksize 1468 {label:<12} {secs:>7.3} s",
@@ -440,7 +451,7 @@ pub fn many(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 // (freed memory is not always returned to the system).
                 let is_ours = label == "ours";
                 let (ours, peer, addr) = if is_ours {
-                    let o = ours::start_loopback(ctx, "tftp-many-ours", &config, Some(&root), None)?;
+                    let o = ours::start_loopback(ctx, "tftp-many-ours", &config, Some(&root), None, &[])?;
                     let a = o.tftp;
                     (Some(o), None, a)
                 } else {

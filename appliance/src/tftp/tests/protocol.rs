@@ -25,6 +25,18 @@ fn error_code(bytes: &[u8]) -> u16 {
     }
 }
 
+on_both_engines!(
+    edk2_tsize_probe_then_error_8_stops_transfer,
+    client_error_mid_transfer_stops_at_once,
+    unknown_tid_is_kept_out_and_transfer_continues,
+    duplicate_ack_does_not_trigger_resend,
+    silent_client_times_out_after_max_retries,
+    shutdown_ends_running_transfers,
+    client_timeout_option_is_echoed_and_honoured,
+    netascii_is_served_verbatim,
+    requests_beyond_max_transfers_are_dropped,
+);
+
 /// Drives a lockstep (no options) download by hand, ACKing every block.
 async fn finish_lockstep(sock: &UdpSocket, tid: SocketAddr, mut got: Vec<u8>, mut block: u16) -> Vec<u8> {
     loop {
@@ -42,11 +54,10 @@ async fn finish_lockstep(sock: &UdpSocket, tid: SocketAddr, mut got: Vec<u8>, mu
     }
 }
 
-#[tokio::test]
-async fn edk2_tsize_probe_then_error_8_stops_transfer() {
+async fn edk2_tsize_probe_then_error_8_stops_transfer(lockstep_threads: usize) {
     let data = pattern(3000, 9);
     let config = TftpConfig { timeout: Duration::from_millis(200), max_retries: 5, ..TftpConfig::default() };
-    let mut h = Files::new().bytes("shim.efi", data.clone()).serve(config).await;
+    let mut h = Files::new().bytes("shim.efi", data.clone()).serve(TftpConfig { lockstep_threads, ..config }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("shim.efi", &[("tsize", "0"), ("blksize", "1468")]), h.addr).await.unwrap();
     let (pkt, tid) = recv_packet(&sock).await;
@@ -62,6 +73,7 @@ async fn edk2_tsize_probe_then_error_8_stops_transfer() {
         panic!("server sent {pkt:?} from {from} after client ERROR 8");
     }
     let r = h.report().await;
+    assert_engine(&r, lockstep_threads);
     assert_eq!(r.outcome, Outcome::ClientError { code: 8, message: "option negotiation refused".into() });
     assert_eq!(r.retransmits, 0);
     // The firmware then re-requests without tsize: no tsize in the OACK.
@@ -72,10 +84,9 @@ async fn edk2_tsize_probe_then_error_8_stops_transfer() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn client_error_mid_transfer_stops_at_once() {
+async fn client_error_mid_transfer_stops_at_once(lockstep_threads: usize) {
     let config = TftpConfig { timeout: Duration::from_millis(200), ..test_config() };
-    let mut h = Files::new().bytes("f", pattern(10_000, 1)).serve(config).await;
+    let mut h = Files::new().bytes("f", pattern(10_000, 1)).serve(TftpConfig { lockstep_threads, ..config }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("f", &[]), h.addr).await.unwrap();
     let (pkt, tid) = recv_packet(&sock).await;
@@ -85,6 +96,7 @@ async fn client_error_mid_transfer_stops_at_once() {
     sock.send_to(&err, tid).await.unwrap();
     assert!(recv(&sock, Duration::from_millis(1300)).await.is_none());
     let r = h.report().await;
+    assert_engine(&r, lockstep_threads);
     assert!(matches!(r.outcome, Outcome::ClientError { code: 0, .. }), "{r:?}");
     h.shutdown().await;
 }
@@ -109,13 +121,12 @@ async fn wrq_and_bad_mode_refused() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn unknown_tid_is_kept_out_and_transfer_continues() {
+async fn unknown_tid_is_kept_out_and_transfer_continues(lockstep_threads: usize) {
     let data = pattern(512 * 3 + 100, 5);
     // A long timeout, so the only way block 2 can come early is the
     // stranger's ACK wrongly advancing the transfer.
     let config = TftpConfig { timeout: Duration::from_secs(2), ..test_config() };
-    let mut h = Files::new().bytes("f", data.clone()).serve(config).await;
+    let mut h = Files::new().bytes("f", data.clone()).serve(TftpConfig { lockstep_threads, ..config }).await;
     let sock = raw_socket().await;
     let stranger = raw_socket().await;
     sock.send_to(&rrq("f", &[]), h.addr).await.unwrap();
@@ -138,15 +149,15 @@ async fn unknown_tid_is_kept_out_and_transfer_continues() {
     let got = finish_lockstep(&sock, tid, first, 1).await;
     assert_eq!(got, data);
     let r = h.report().await;
+    assert_engine(&r, lockstep_threads);
     assert_eq!(r.outcome, Outcome::Complete);
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn duplicate_ack_does_not_trigger_resend() {
+async fn duplicate_ack_does_not_trigger_resend(lockstep_threads: usize) {
     let data = pattern(512 * 2 + 1, 6);
     let config = TftpConfig { timeout: Duration::from_secs(2), ..test_config() };
-    let mut h = Files::new().bytes("f", data.clone()).serve(config).await;
+    let mut h = Files::new().bytes("f", data.clone()).serve(TftpConfig { lockstep_threads, ..config }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("f", &[]), h.addr).await.unwrap();
     let (pkt, tid) = recv_packet(&sock).await;
@@ -164,13 +175,13 @@ async fn duplicate_ack_does_not_trigger_resend() {
     let got = finish_lockstep(&sock, tid, got, 2).await;
     assert_eq!(got, data);
     let r = h.report().await;
+    assert_engine(&r, lockstep_threads);
     assert_eq!((r.outcome, r.retransmits), (Outcome::Complete, 0));
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn silent_client_times_out_after_max_retries() {
-    let mut h = Files::new().bytes("f", pattern(2000, 2)).serve(test_config()).await;
+async fn silent_client_times_out_after_max_retries(lockstep_threads: usize) {
+    let mut h = Files::new().bytes("f", pattern(2000, 2)).serve(TftpConfig { lockstep_threads, ..test_config() }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("f", &[("blksize", "1024")]), h.addr).await.unwrap();
     let mut oacks = 0;
@@ -180,6 +191,7 @@ async fn silent_client_times_out_after_max_retries() {
     }
     assert_eq!(oacks, 6, "one OACK plus five retransmissions");
     let r = h.report().await;
+    assert_engine(&r, lockstep_threads);
     assert_eq!((r.outcome, r.retransmits), (Outcome::TimedOut, 5));
 }
 
@@ -208,10 +220,9 @@ async fn malformed_requests_are_dropped_and_loop_survives() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn shutdown_ends_running_transfers() {
+async fn shutdown_ends_running_transfers(lockstep_threads: usize) {
     let config = TftpConfig { timeout: Duration::from_secs(5), ..test_config() };
-    let mut h = Files::new().bytes("f", pattern(5000, 1)).serve(config).await;
+    let mut h = Files::new().bytes("f", pattern(5000, 1)).serve(TftpConfig { lockstep_threads, ..config }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("f", &[]), h.addr).await.unwrap();
     recv_packet(&sock).await;
@@ -225,9 +236,8 @@ async fn shutdown_ends_running_transfers() {
     assert_eq!(error_code(&pkt), 0);
 }
 
-#[tokio::test]
-async fn client_timeout_option_is_echoed_and_honoured() {
-    let mut h = Files::new().bytes("f", pattern(100, 3)).serve(test_config()).await;
+async fn client_timeout_option_is_echoed_and_honoured(lockstep_threads: usize) {
+    let mut h = Files::new().bytes("f", pattern(100, 3)).serve(TftpConfig { lockstep_threads, ..test_config() }).await;
     let sock = raw_socket().await;
     sock.send_to(&rrq("f", &[("timeout", "1")]), h.addr).await.unwrap();
     let (pkt, tid) = recv_packet(&sock).await;
@@ -245,10 +255,9 @@ async fn client_timeout_option_is_echoed_and_honoured() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn netascii_is_served_verbatim() {
+async fn netascii_is_served_verbatim(lockstep_threads: usize) {
     let data = b"line one\nline two\r\n\0bin".to_vec();
-    let mut h = Files::new().bytes("cfg", data.clone()).serve(test_config()).await;
+    let mut h = Files::new().bytes("cfg", data.clone()).serve(TftpConfig { lockstep_threads, ..test_config() }).await;
     let sock = raw_socket().await;
     sock.send_to(b"\0\x01cfg\0NetAscii\0", h.addr).await.unwrap();
     let (pkt, tid) = recv_packet(&sock).await;
@@ -258,10 +267,9 @@ async fn netascii_is_served_verbatim() {
     h.shutdown().await;
 }
 
-#[tokio::test]
-async fn requests_beyond_max_transfers_are_dropped() {
+async fn requests_beyond_max_transfers_are_dropped(lockstep_threads: usize) {
     let config = TftpConfig { timeout: Duration::from_millis(100), max_retries: 1, max_transfers: 1, ..test_config() };
-    let mut h = Files::new().bytes("f", pattern(100, 1)).serve(config).await;
+    let mut h = Files::new().bytes("f", pattern(100, 1)).serve(TftpConfig { lockstep_threads, ..config }).await;
     let busy = raw_socket().await;
     busy.send_to(&rrq("f", &[]), h.addr).await.unwrap();
     recv_packet(&busy).await; // DATA 1, never acknowledged
@@ -271,5 +279,34 @@ async fn requests_beyond_max_transfers_are_dropped() {
     assert_eq!(h.report().await.outcome, Outcome::TimedOut);
     let d = client::get(h.addr, "f", &opts(None, None, false)).await.unwrap();
     assert_eq!(d.data, pattern(100, 1));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockstep_threads_are_limited_and_released() {
+    let data = pattern(512 * 4 + 9, 12);
+    let config = TftpConfig { timeout: Duration::from_secs(2), lockstep_threads: 1, ..test_config() };
+    let mut h = Files::new().bytes("f", data.clone()).serve(config).await;
+    // The first lockstep transfer takes the only thread and waits for ACK 1.
+    let first = raw_socket().await;
+    first.send_to(&rrq("f", &[]), h.addr).await.unwrap();
+    let (pkt, tid) = recv_packet(&first).await;
+    let (_, block1) = data_block(&pkt);
+    // A second one meanwhile runs on the async engine, and completes.
+    let d = client::get(h.addr, "f", &opts(None, None, false)).await.unwrap();
+    assert_eq!(d.data, data);
+    let r = h.report().await;
+    assert_eq!((r.outcome, r.thread), (Outcome::Complete, false));
+    // Windowed transfers never take a thread.
+    client::get(h.addr, "f", &opts(Some(512), Some(4), false)).await.unwrap();
+    let r = h.report().await;
+    assert_eq!((r.outcome, r.thread), (Outcome::Complete, false));
+    // The first one finishes on its thread and gives it back.
+    assert_eq!(finish_lockstep(&first, tid, block1, 1).await, data);
+    let r = h.report().await;
+    assert_eq!((r.outcome, r.thread, r.blocks, r.bytes), (Outcome::Complete, true, 5, data.len() as u64));
+    client::get(h.addr, "f", &opts(Some(1024), None, true)).await.unwrap();
+    let r = h.report().await;
+    assert_eq!((r.outcome, r.thread), (Outcome::Complete, true));
     h.shutdown().await;
 }
