@@ -35,6 +35,12 @@ pub struct TftpConfig {
     /// the next DATA; further ones run on the async engine. 0 keeps every
     /// transfer on the async engine.
     pub lockstep_threads: usize,
+    /// How long a lockstep thread polls its socket for the next ACK before
+    /// sleeping in `recv`, for clients that answer that fast (same host,
+    /// fast LAN): it saves the sleep and the wake-up on both sides. Clients
+    /// that answer slower stop being polled (exponential backoff up to 1,023
+    /// blocks). Zero never polls.
+    pub lockstep_spin: Duration,
 }
 
 impl Default for TftpConfig {
@@ -46,6 +52,7 @@ impl Default for TftpConfig {
             max_windowsize: 64,
             max_transfers: 1024,
             lockstep_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            lockstep_spin: Duration::from_micros(20),
         }
     }
 }

@@ -200,6 +200,7 @@ async fn handle_request<H: Handler + ?Sized>(
                 timeout: neg.timeout,
                 max_retries: config.max_retries,
                 shutdown: link.shutdown.clone(),
+                spin: config.lockstep_spin,
             };
             let job = lockstep::Job {
                 source,
