@@ -134,7 +134,8 @@ struct ServeArgs {
     /// How long (microseconds) a lockstep thread polls for the client's next ACK before it
     /// sleeps. A client that answers within it (same host, fast LAN) saves both sides a sleep
     /// and a wake-up per block; one that answers slower, like most firmware, stops being
-    /// polled after a miss (backing off up to 1,023 blocks). 0 never polls.
+    /// polled after a miss (backing off up to 1,023 blocks). No thread polls while more
+    /// transfers run than there are lockstep threads. 0 never polls.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 20)]
     tftp_spin: u64,
 }

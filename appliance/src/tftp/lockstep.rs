@@ -19,12 +19,14 @@
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::handler::{Outcome, TftpError};
@@ -38,6 +40,48 @@ pub(crate) const POLL_SLICE: Duration = Duration::from_millis(50);
 /// After a spin that found nothing, spinning pauses for 1, 3, 7, ... blocks,
 /// up to `2^MAX_BACKOFF - 1`.
 const MAX_BACKOFF: u32 = 10;
+
+/// The lockstep threads, shared by the accept loop and every transfer: how
+/// many are free, and how many transfers run (on either engine).
+#[derive(Debug)]
+pub(crate) struct Threads {
+    free: Arc<Semaphore>,
+    limit: usize,
+    running: AtomicUsize,
+}
+
+/// Counts one running transfer until dropped.
+pub(crate) struct Running(Arc<Threads>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Threads {
+    /// `limit` dedicated threads (see [`super::TftpConfig::lockstep_threads`]).
+    pub fn new(limit: usize) -> Arc<Threads> {
+        Arc::new(Threads { free: Arc::new(Semaphore::new(limit)), limit, running: AtomicUsize::new(0) })
+    }
+
+    /// Counts a transfer the accept loop starts, on whichever engine.
+    pub fn started(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Running(Arc::clone(self))
+    }
+
+    /// A thread for a lockstep transfer, if one is free.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.free).try_acquire_owned().ok()
+    }
+
+    /// More transfers run than there are lockstep threads (one per CPU by
+    /// default): a spinning thread would take a CPU another transfer needs.
+    fn crowded(&self) -> bool {
+        self.running.load(Ordering::Relaxed) > self.limit
+    }
+}
 
 /// Everything a lockstep transfer needs once its options are settled.
 pub(crate) struct Job {
@@ -55,8 +99,10 @@ pub(crate) struct Limits {
     pub timeout: Duration,
     pub max_retries: u32,
     pub shutdown: watch::Receiver<bool>,
-    /// How long to poll for an ACK before sleeping (zero: never poll).
+    /// How long to poll for an ACK before sleeping (zero: never poll); no
+    /// polling either while `threads` is crowded.
     pub spin: Duration,
+    pub threads: Arc<Threads>,
 }
 
 impl Limits {
@@ -192,7 +238,7 @@ impl Conn<'_> {
     /// Waits for ACK `want` until `deadline`. Duplicate and stale ACKs are
     /// ignored, never answered (sorcerer's apprentice), as is junk.
     fn wait_ack(&mut self, want: u16, deadline: Instant) -> io::Result<Wait> {
-        let mut spin = !self.limits.spin.is_zero() && self.spinner.should_spin();
+        let mut spin = !self.limits.spin.is_zero() && !self.limits.threads.crowded() && self.spinner.should_spin();
         loop {
             let received = if spin {
                 spin = false;
@@ -273,7 +319,7 @@ mod tests {
 
     fn limits(spin: Duration) -> (watch::Sender<bool>, Limits) {
         let (tx, shutdown) = watch::channel(false);
-        (tx, Limits { timeout: Duration::from_millis(100), max_retries: 1, shutdown, spin })
+        (tx, Limits { timeout: Duration::from_millis(100), max_retries: 1, shutdown, spin, threads: Threads::new(1) })
     }
 
     fn ack(block: u16) -> Vec<u8> {
@@ -314,6 +360,26 @@ mod tests {
         assert!(matches!(conn.wait_ack(5, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
         // A hit resets the backoff; a wait without a spin would have left it at 3.
         assert_eq!((conn.spinner.skip, conn.spinner.shift), (0, 0), "the spin found the datagram");
+    }
+
+    #[test]
+    fn no_spin_while_more_transfers_run_than_there_are_threads() {
+        let (server, client) = pair();
+        let (_stop, limits) = limits(Duration::from_millis(5));
+        let peer = client.local_addr().unwrap();
+        let _one = limits.threads.started();
+        let two = limits.threads.started();
+        let mut conn =
+            Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner { skip: 0, shift: 3 } };
+        client.send(&ack(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(conn.wait_ack(1, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
+        assert_eq!(conn.spinner.shift, 3, "spun although crowded");
+        drop(two);
+        client.send(&ack(2)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(matches!(conn.wait_ack(2, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
+        assert_eq!(conn.spinner.shift, 0, "one transfer per thread again: spins");
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub struct TftpConfig {
     /// sleeping in `recv`, for clients that answer that fast (same host,
     /// fast LAN): it saves the sleep and the wake-up on both sides. Clients
     /// that answer slower stop being polled (exponential backoff up to 1,023
-    /// blocks). Zero never polls.
+    /// blocks), and no thread polls while more transfers run than there are
+    /// lockstep threads. Zero never polls.
     pub lockstep_spin: Duration,
 }
 

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::handler::Handler;
+use super::lockstep::Threads;
 use super::options::TftpConfig;
 use super::packet::Packet;
 use super::transfer::{self, Incoming};
@@ -51,7 +52,7 @@ where
     let local = socket.local_addr()?;
     let config = Arc::new(config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let threads = Arc::new(Semaphore::new(config.lockstep_threads));
+    let threads = Threads::new(config.lockstep_threads);
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; RECV_BUF];
     let mut saturated = false;
@@ -89,8 +90,7 @@ where
                         continue;
                     }
                     saturated = false;
-                    let transfer =
-                        transfer::run(
+                    let transfer = transfer::run(
                         Arc::clone(&handler),
                         Arc::clone(&config),
                         Arc::clone(&threads),
@@ -100,9 +100,10 @@ where
                         stop_rx.clone(),
                     );
                     let hold = cpu_latency.hold();
+                    let running = threads.started();
                     tasks.spawn(async move {
                         transfer.await;
-                        drop(hold);
+                        drop((hold, running));
                     });
                 }
                 Err(e) => {

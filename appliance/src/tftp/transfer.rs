@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
@@ -74,12 +74,12 @@ struct Link {
 
 /// Runs one request to completion and reports it. Never panics on peer input.
 ///
-/// A lockstep transfer runs on a blocking thread (see [`lockstep`]) if it can
-/// take a permit from `threads`, otherwise on this task.
+/// A lockstep transfer runs on a blocking thread (see [`lockstep`]) if one of
+/// `threads` is free, otherwise on this task.
 pub(crate) async fn run<H: Handler + ?Sized>(
     handler: Arc<H>,
     config: Arc<TftpConfig>,
-    threads: Arc<Semaphore>,
+    threads: Arc<lockstep::Threads>,
     local: SocketAddr,
     peer: SocketAddr,
     incoming: Incoming,
@@ -159,7 +159,7 @@ async fn on_thread(
 async fn handle_request<H: Handler + ?Sized>(
     handler: &H,
     config: &TftpConfig,
-    threads: &Arc<Semaphore>,
+    threads: &Arc<lockstep::Threads>,
     link: &mut Link,
     incoming: &Incoming,
     report: &mut TransferReport,
@@ -191,7 +191,7 @@ async fn handle_request<H: Handler + ?Sized>(
         return Step::Done(link.abort_shutdown().await);
     }
     if neg.windowsize == 1 {
-        if let Ok(permit) = Arc::clone(threads).try_acquire_owned() {
+        if let Some(permit) = threads.take() {
             let mut oack = Vec::new();
             if !neg.oack.is_empty() {
                 packet::encode_oack(&mut oack, neg.oack.iter().map(|(n, v)| (*n, v.as_str())));
@@ -201,6 +201,7 @@ async fn handle_request<H: Handler + ?Sized>(
                 max_retries: config.max_retries,
                 shutdown: link.shutdown.clone(),
                 spin: config.lockstep_spin,
+                threads: Arc::clone(threads),
             };
             let job = lockstep::Job {
                 source,
