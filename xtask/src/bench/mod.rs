@@ -57,6 +57,11 @@ pub struct Args {
     /// each server runs as it ships.
     #[arg(long)]
     pub no_idle_poll: bool,
+    /// An extra argument for every `appliance serve` the bench starts, to measure a setting
+    /// (repeatable): e.g. `--daemon-arg=--tftp-spin=0`. The row `ours ws=1 async` already
+    /// passes `--tftp-lockstep-threads 0`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub daemon_arg: Vec<String>,
     /// Internal: run a load generator role (JSON spec) and print its result as JSON.
     #[arg(long, hide = true, value_name = "JSON")]
     pub internal: Option<String>,
@@ -175,6 +180,8 @@ pub struct Ctx {
     /// `target/bench/data`: generated content, kept between runs.
     pub data: PathBuf,
     pub appliance: PathBuf,
+    /// `--daemon-arg`s.
+    pub daemon_args: Vec<String>,
     pub peers: peers::Peers,
     pub rt: tokio::runtime::Runtime,
     pub load: peers::LoadMonitor,
@@ -222,7 +229,17 @@ pub fn run(args: &Args) -> Result<()> {
     let group = peers::BenchGroup::enter();
     let whole = peers::OtherMeter::start(group.as_ref());
     let load = peers::LoadMonitor::start();
-    let ctx = Ctx { plan, dir, work, data, appliance: root.join("target/release/appliance"), peers, rt, load };
+    let ctx = Ctx {
+        plan,
+        dir,
+        work,
+        data,
+        appliance: root.join("target/release/appliance"),
+        daemon_args: args.daemon_arg.clone(),
+        peers,
+        rt,
+        load,
+    };
     let started = Instant::now();
     eprintln!(
         "bench: {} run, {} round(s), idle CPUs {}, load average before: {}",

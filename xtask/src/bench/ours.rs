@@ -103,6 +103,7 @@ fn serve_command(ctx: &Ctx, ns: Option<&str>, config: &Path, state: &Path) -> Co
     };
     c.env("RUST_LOG", "info");
     c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
+    c.args(&ctx.daemon_args);
     c
 }
 
