@@ -6,13 +6,15 @@
 //! sleeping in `recv` on its socket: the kernel wakes it with the ACK already
 //! copied out, and it answers with one `send`. Two system calls per block,
 //! where the async engine needs three (`epoll_wait`, `recv`, `send`) plus a
-//! trip through the runtime's scheduler, and tftpd-hpa five. The accept loop
-//! hands a transfer here only while a thread is free (see
-//! [`super::TftpConfig::lockstep_threads`]); every other transfer, and every
-//! windowed one, stays on the async engine in `transfer`, which has the same
-//! protocol behaviour.
+//! trip through the runtime's scheduler, and tftpd-hpa five. `transfer`
+//! hands a lockstep transfer here once its options are settled, if one of the
+//! [`Threads`] is free (see [`super::TftpConfig::lockstep_threads`]); every
+//! other transfer, and every windowed one, stays on the async engine in
+//! `transfer`, which has the same protocol behaviour. Before sleeping, the
+//! thread may poll for the ACK briefly (see [`Spinner`]).
 //!
-//! This module owns only the blocking wait-and-resend loop. Retransmission
+//! This module owns the blocking send-wait-resend loop and the pool of
+//! threads; it does not negotiate options or answer requests. Retransmission
 //! timeouts are checked every [`POLL_SLICE`] (the socket's receive timeout),
 //! which is also how soon a server shutdown is noticed.
 
