@@ -466,7 +466,7 @@ fn kernel_dependency(sh: &Shell, meta: &str, arch: &str, version: &str) -> Resul
     let fields = show(sh, meta, arch, version)?;
     let depends = fields.get("Depends").with_context(|| format!("{meta}:{arch}={version} has no Depends"))?;
     for alternative in depends.split([',', '|']) {
-        // e.g. `linux-image-6.1.0-56-cloud-amd64 (= 6.1.192-2)`
+        // e.g. `linux-image-6.1.0-57-cloud-amd64 (= 6.1.192-3)`
         let alternative = alternative.trim();
         let (name, constraint) = match alternative.split_once('(') {
             Some((name, rest)) => (name.trim(), Some(rest.trim_end_matches(')').trim())),
