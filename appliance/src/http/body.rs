@@ -8,18 +8,22 @@
 //!
 //! A file that never changes (the artifact store's: written under a temporary name, made
 //! read-only and renamed into place; GC only unlinks, which keeps existing mappings valid) is
-//! mapped, and hyper writes straight from the page cache, without the copy into a chunk buffer
-//! (`cargo xtask bench --only http`, 64 clients: 509 ms of daemon CPU per GB with reads, 359
-//! with 256 KiB mapped chunks, 280 with 1 MiB ones). Each chunk's pages are dropped from the
-//! mapping (`MADV_DONTNEED`) as soon as hyper has written it, so the daemon's resident memory
-//! stays bounded by the chunks in flight instead of growing with the file: a storm of 200
-//! downloads peaked at 63 MiB with 256 KiB chunks (192 MiB with 1 MiB ones; 68 MiB with read
-//! buffers). Without the `MADV_DONTNEED`, every page of a mapped file counts in the daemon's
-//! RSS (4.6 GB at 64 clients of a 100 MB file). The next chunk is announced to the kernel
-//! (`MADV_WILLNEED`) so that its disk reads start before the socket needs it.
+//! mapped, and hyper is handed slices of the mapping, which the connection's writer sends
+//! with `sendfile` from the file (see `sendfile`): no copy through user space, and the
+//! mapping's pages are never touched. Should a slice be written from memory instead, its
+//! pages are dropped from the mapping (`MADV_DONTNEED`) as soon as hyper has written it, so the
+//! daemon's resident memory stays bounded by the chunks in flight instead of growing with the
+//! file (without it, every page of a mapped file counts in the daemon's RSS: 4.6 GB at 64
+//! clients of a 100 MB file). The next chunk is announced to the kernel (`MADV_WILLNEED`) so
+//! that its disk reads start before the socket needs it.
+//!
+//! Measured with `cargo xtask bench --only http` (64 clients of a 100 MB file, daemon CPU per
+//! GB): 509 ms with reads, 359 ms with 256 KiB mapped chunks written from memory; the
+//! `sendfile` figures are in ARCHITECTURE.md.
 //!
 //! A whole file is never held in memory.
 
+use super::sendfile::Mapping;
 use hyper::body::{Bytes, Frame, SizeHint};
 use std::fs::File;
 use std::future::Future;
@@ -72,7 +76,11 @@ impl Body {
     /// `len` bytes of `file` from `offset`. The file must be at least that long; if it shrinks
     /// meanwhile the body ends with an error (and hyper closes the connection).
     pub fn file(file: File, offset: u64, len: u64) -> Body {
-        let stream = FileStream { file: Arc::new(file), offset, unread: len, left: len, pending: None };
+        Body::shared_file(Arc::new(file), offset, len)
+    }
+
+    fn shared_file(file: Arc<File>, offset: u64, len: u64) -> Body {
+        let stream = FileStream { file, offset, unread: len, left: len, pending: None };
         Body { kind: if len == 0 { Kind::Empty } else { Kind::File(stream) }, sent: 0, on_drop: None }
     }
 
@@ -83,11 +91,12 @@ impl Body {
         if len == 0 {
             return Body::empty();
         }
-        match MappedStream::new(&file, offset, len) {
+        let file = Arc::new(file);
+        match MappedStream::new(file.clone(), offset, len) {
             Ok(m) => Body { kind: Kind::Mapped(m), sent: 0, on_drop: None },
             Err(e) => {
                 tracing::debug!("http: serving by reads, mapping failed: {e}");
-                Body::file(file, offset, len)
+                Body::shared_file(file, offset, len)
             }
         }
     }
@@ -129,7 +138,7 @@ impl hyper::body::Body for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::File(f) => f.left == 0,
-            Kind::Mapped(m) => m.pos == m.map.len(),
+            Kind::Mapped(m) => m.pos == m.len(),
         }
     }
 
@@ -138,61 +147,58 @@ impl hyper::body::Body for Body {
             Kind::Empty => 0,
             Kind::Full(b) => b.as_ref().map_or(0, |b| b.len() as u64),
             Kind::File(f) => f.left,
-            Kind::Mapped(m) => (m.map.len() - m.pos) as u64,
+            Kind::Mapped(m) => (m.len() - m.pos) as u64,
         })
     }
 }
 
 /// A mapped byte range of an immutable file, handed to hyper `MAPPED_CHUNK` bytes at a time.
 struct MappedStream {
-    map: Arc<memmap2::Mmap>,
-    /// Offset in `map` of the next chunk.
+    mapping: Arc<Mapping>,
+    /// Offset in the mapping of the next chunk.
     pos: usize,
 }
 
 impl MappedStream {
-    #[allow(unsafe_code)]
-    fn new(file: &File, offset: u64, len: u64) -> io::Result<MappedStream> {
+    fn new(file: Arc<File>, offset: u64, len: u64) -> io::Result<MappedStream> {
         let len = usize::try_from(len).map_err(|_| io::Error::other("range too large to map"))?;
-        if file.metadata()?.len() < offset.saturating_add(len as u64) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than the range"));
-        }
-        // SAFETY: reading a file mapping is only undefined behaviour if the file changes under
-        // it. Mapped bodies are only made for the artifact store's published files, which are
-        // read-only and never written after their rename into place (GC unlinks them, which
-        // keeps the pages of existing mappings), and the range was checked against the length.
-        let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(file)? };
+        let mapping = Mapping::new(file, offset, len)?;
         // Hints only: a failure changes nothing but speed.
-        let _ = map.advise(memmap2::Advice::Sequential);
-        let _ = map.advise_range(memmap2::Advice::WillNeed, 0, len.min(MAPPED_CHUNK));
-        Ok(MappedStream { map: Arc::new(map), pos: 0 })
+        let _ = mapping.map().advise(memmap2::Advice::Sequential);
+        let _ = mapping.map().advise_range(memmap2::Advice::WillNeed, 0, len.min(MAPPED_CHUNK));
+        Ok(MappedStream { mapping: Arc::new(mapping), pos: 0 })
+    }
+
+    fn len(&self) -> usize {
+        self.mapping.map().len()
     }
 
     fn next_chunk(&mut self) -> Option<Bytes> {
-        let len = self.map.len();
+        let len = self.len();
         if self.pos == len {
             return None;
         }
         let end = (self.pos + MAPPED_CHUNK).min(len);
         if end < len {
-            let _ = self.map.advise_range(memmap2::Advice::WillNeed, end, (len - end).min(MAPPED_CHUNK));
+            let _ = self.mapping.map().advise_range(memmap2::Advice::WillNeed, end, (len - end).min(MAPPED_CHUNK));
         }
-        let chunk = MappedChunk { map: self.map.clone(), start: self.pos, end };
+        let chunk = MappedChunk { mapping: self.mapping.clone(), start: self.pos, end };
         self.pos = end;
         Some(Bytes::from_owner(chunk))
     }
 }
 
-/// One chunk of a mapping; its pages leave the daemon's resident set when hyper drops it.
+/// One chunk of a mapping; its pages (if it was written from memory) leave the daemon's
+/// resident set when hyper drops it.
 struct MappedChunk {
-    map: Arc<memmap2::Mmap>,
+    mapping: Arc<Mapping>,
     start: usize,
     end: usize,
 }
 
 impl AsRef<[u8]> for MappedChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+        &self.mapping.map()[self.start..self.end]
     }
 }
 
@@ -203,7 +209,11 @@ impl Drop for MappedChunk {
         // the page-table entries: a later read of the range faults the same page-cache pages
         // back in, so no reader, this chunk's or another's, can observe different bytes.
         let _ = unsafe {
-            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.start, self.end - self.start)
+            self.mapping.map().unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.start,
+                self.end - self.start,
+            )
         };
     }
 }

@@ -15,6 +15,7 @@
 mod body;
 mod files;
 mod routes;
+mod sendfile;
 #[cfg(test)]
 mod tests;
 
@@ -207,7 +208,7 @@ impl AsyncWrite for StallGuard {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let polled = sendfile::poll_write_vectored(&mut self.stream, cx, bufs);
         self.watch(cx, polled)
     }
 
