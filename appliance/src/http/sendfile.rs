@@ -52,10 +52,14 @@ pub(super) struct Mapping {
 
 impl Mapping {
     /// Maps the range. The caller guarantees the file is never written or truncated while the
-    /// mapping exists (the artifact store's published files); a file shorter than the range is
-    /// refused here.
+    /// mapping exists (the artifact store's published files); an empty range, and a file
+    /// shorter than the range, are refused here.
     #[allow(unsafe_code)]
     pub fn new(file: Arc<File>, offset: u64, len: usize) -> io::Result<Mapping> {
+        if len == 0 {
+            // An empty mapping has no address of its own to be found by.
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty range"));
+        }
         if file.metadata()?.len() < offset.saturating_add(len as u64) {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shorter than the range"));
         }
@@ -65,11 +69,8 @@ impl Mapping {
         // keeps the pages of existing mappings), and the range was checked against the length.
         let map = unsafe { memmap2::MmapOptions::new().offset(offset).len(len).map(&*file)? };
         let start = map.as_ptr() as usize;
-        if len > 0 {
-            let region = Region { end: start + len, file, offset };
-            lock().insert(start, region);
-            LIVE.fetch_add(1, Ordering::Relaxed);
-        }
+        lock().insert(start, Region { end: start + len, file, offset });
+        LIVE.fetch_add(1, Ordering::Relaxed);
         Ok(Mapping { map })
     }
 
@@ -81,9 +82,8 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // Before the field drops and unmaps: no writer may find a range that is going away.
-        if !self.map.is_empty() && lock().remove(&(self.map.as_ptr() as usize)).is_some() {
-            LIVE.fetch_sub(1, Ordering::Relaxed);
-        }
+        lock().remove(&(self.map.as_ptr() as usize));
+        LIVE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -182,9 +182,10 @@ mod tests {
     }
 
     #[test]
-    fn a_range_past_the_end_of_the_file_is_refused() {
+    fn a_range_past_the_end_of_the_file_and_an_empty_one_are_refused() {
         let err = Mapping::new(file_with(&[1; 10_000]), 8192, 4096).err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(Mapping::new(file_with(&[1; 10_000]), 0, 0).is_err());
     }
 
     #[tokio::test]
