@@ -91,20 +91,26 @@ fn lock() -> std::sync::MutexGuard<'static, BTreeMap<usize, Region>> {
     REGIONS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Where `buf`'s bytes are in a file, if they lie in a live mapping: the file, the offset of
-/// the first byte, and how many of `buf`'s bytes the mapping covers.
-fn locate(buf: &[u8]) -> Option<(Arc<File>, u64, usize)> {
-    if buf.is_empty() || LIVE.load(Ordering::Relaxed) == 0 {
-        return None;
+/// How `bufs` begin: the number of leading buffers that lie in no live mapping, and, when the
+/// first one does lie in one, where its bytes are: the file, the offset of its first byte, and
+/// how many of its bytes the mapping covers. One look at the registry per write.
+fn locate(bufs: &[IoSlice<'_>]) -> (usize, Option<(Arc<File>, u64, usize)>) {
+    if LIVE.load(Ordering::Relaxed) == 0 {
+        return (bufs.len(), None);
     }
-    let addr = buf.as_ptr() as usize;
     let regions = lock();
-    let (start, region) = regions.range(..=addr).next_back()?;
-    if addr >= region.end {
-        return None;
-    }
-    let covered = buf.len().min(region.end - addr);
-    Some((region.file.clone(), region.offset + (addr - start) as u64, covered))
+    let find = |buf: &[u8]| {
+        let addr = buf.as_ptr() as usize;
+        let (start, region) = regions.range(..=addr).next_back()?;
+        (!buf.is_empty() && addr < region.end).then_some((*start, region))
+    };
+    let plain = bufs.iter().take_while(|b| find(b).is_none()).count();
+    let first = bufs.first().filter(|_| plain == 0).and_then(|buf| {
+        let (start, region) = find(buf)?;
+        let addr = buf.as_ptr() as usize;
+        Some((region.file.clone(), region.offset + (addr - start) as u64, buf.len().min(region.end - addr)))
+    });
+    (plain, first)
 }
 
 /// Body bytes sent by `sendfile` since the process started.
@@ -121,16 +127,8 @@ pub(super) fn poll_write_vectored(
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
-    let mut plain = 0;
-    let mut from_file = None;
-    for buf in bufs {
-        from_file = locate(buf);
-        if from_file.is_some() {
-            break;
-        }
-        plain += 1;
-    }
-    let Some((file, offset, len)) = from_file.filter(|_| plain == 0) else {
+    let (plain, first) = locate(bufs);
+    let Some((file, offset, len)) = first else {
         return Pin::new(stream).poll_write_vectored(cx, &bufs[..plain]);
     };
     let mut offset = i64::try_from(offset).map_err(io::Error::other)?;
@@ -170,12 +168,17 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let mapping = Mapping::new(file_with(&data), 4096, 50_000).unwrap();
         let bytes = &mapping.map()[..];
-        let (_, offset, len) = locate(&bytes[1000..3000]).unwrap();
-        assert_eq!((offset, len), (4096 + 1000, 2000));
-        let (_, offset, len) = locate(&bytes[49_990..]).unwrap();
-        assert_eq!((offset, len), (4096 + 49_990, 10));
-        assert!(locate(&data[1000..3000]).is_none(), "a copy of the bytes is not the mapping");
-        assert!(locate(&[]).is_none());
+        let at = |bufs: &[&[u8]]| {
+            let bufs: Vec<_> = bufs.iter().map(|b| IoSlice::new(b)).collect();
+            let (plain, first) = locate(&bufs);
+            (plain, first.map(|(_, offset, len)| (offset, len)))
+        };
+        assert_eq!(at(&[&bytes[1000..3000]]), (0, Some((4096 + 1000, 2000))));
+        assert_eq!(at(&[&bytes[49_990..], b"tail"]), (0, Some((4096 + 49_990, 10))));
+        // Headers first: they go out from memory, up to the first mapped buffer.
+        assert_eq!(at(&[b"head", b"more", &bytes[..10], b"x"]), (2, None));
+        assert_eq!(at(&[&data[1000..3000]]), (1, None), "a copy of the bytes is not the mapping");
+        assert_eq!(at(&[&[]]), (1, None));
         let addr = bytes.as_ptr();
         drop(mapping);
         assert!(lock().get(&(addr as usize)).is_none(), "a dropped mapping is unregistered");
