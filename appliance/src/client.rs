@@ -300,7 +300,7 @@ fn config_name_facts(name: &str, mac_prefix: &str, default: &str) -> PathFacts {
     if !default.is_empty() {
         if let Some(rest) = name.strip_prefix(default) {
             facts.is_default = true;
-            // `default-arm-<soc>-<board>` (U-Boot), `default.arm64` (seed 000), `default-x86_64`.
+            // `default-arm-<soc>-<board>` (U-Boot), `default.arm64` (a per-arch default), `default-x86_64`.
             let first = rest.trim_start_matches(['-', '.']).split(['-', '.', '_']).next().unwrap_or("");
             // U-Boot names both 32- and 64-bit ARM "arm"; arm64 is the one we boot, and the
             // MAC database (consulted first) settles the rest.
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn pxelinux_paths_in_uboots_order() {
-        // FIRMWARE.md: the order U-Boot asks in, for 10.77.0.102 / 52:54:00:77:00:05.
+        // The order U-Boot asks in, for 10.77.0.102 / 52:54:00:77:00:05 (docs/firmware.md#u-boot-pxelinux-lookup).
         let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
         assert_eq!(facts("pxelinux.cfg/01-52-54-00-77-00-05").mac, Some(mac));
         assert_eq!(facts("pxelinux.cfg/0A4D0066").ip, Some(Ipv4Addr::new(10, 77, 0, 102)));

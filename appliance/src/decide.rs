@@ -257,8 +257,9 @@ fn dhcp_outcome(
         Firmware::Unknown => ignore("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)"),
         Firmware::Grub => ignore("GRUB reuses the firmware's lease"),
         Firmware::Ipxe { efi } => {
-            // FIRMWARE.md: the QEMU iPXE ROM and the undionly.kpxe it chains send byte-identical
-            // options, so "chain once per MAC" is remembered by the caller, not read from the packet.
+            // The QEMU iPXE ROM and the undionly.kpxe it chains send byte-identical options, so "chain
+            // once per MAC" is remembered by the caller, not read from the packet
+            // (docs/firmware.md#ipxe-rom-and-undionly).
             let wants_chain = entry.is_some_and(|e| e.chain_ipxe) && !client.ipxe_chained;
             if wants_chain {
                 tftp(if efi { efi_ipxe } else { BootFile::Undionly })

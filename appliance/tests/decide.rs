@@ -1,5 +1,5 @@
-//! Table tests of `decide`: every firmware of FIRMWARE.md, the MAC database, OUI rules, the
-//! unknown-machine policy and the iPXE chain loop.
+//! Table tests of `decide`: every firmware of docs/firmware.md#dhcp-requests-by-client, the MAC
+//! database, OUI rules, the unknown-machine policy and the iPXE chain loop.
 
 mod common;
 
@@ -68,7 +68,8 @@ fn stock_bios_pxe_rom_gets_undionly() {
 fn chain_ipxe_machine_gets_undionly_once_then_the_script() {
     let mut c = seabios_ipxe_rom("52:54:00:00:00:02");
     check_dhcp(c.clone(), tftp(BootFile::Undionly));
-    // FIRMWARE.md: the chained undionly.kpxe sends byte-identical options; only memory tells.
+    // The chained undionly.kpxe sends byte-identical options; only memory tells
+    // (docs/firmware.md#ipxe-rom-and-undionly).
     c.ipxe_chained = true;
     check_dhcp(c, Outcome::IpxeScript);
 }

@@ -29,7 +29,7 @@ fn pxelinux(path: &str) -> String {
 #[test]
 fn ipxe_boot_script() {
     let text = rendered(&ipxe_efi("52:54:00:00:00:03"), Stage::IpxeScript, Format::Ipxe);
-    // The EFI stub of iPXE 2019 needs initrd=<name> for every initrd (FIRMWARE.md).
+    // The EFI stub of iPXE 2019 needs initrd=<name> for every initrd (docs/firmware.md#ipxe-efi-and-initrd-names).
     assert!(text.contains("initrd=initrd0.img initrd=initrd1.img"), "{text}");
     expect_file!["data/golden/ipxe_boot.ipxe"].assert_eq(&text);
 }

@@ -9,7 +9,7 @@
 //! | `netns`   | namespaces, bridge, taps, veth to the site DHCP; removed on drop |
 //! | `daemon`  | `appliance serve` in the namespace |
 //! | `dnsmasq` | the site DHCP server (proxy and off columns) |
-//! | `reference` | FIRMWARE.md's reference stack (dnsmasq + Python HTTP), for comparisons |
+//! | `reference` | the reference stack (dnsmasq + Python HTTP), for comparisons |
 //! | `qemu`    | firmware kinds and their QEMU command lines |
 //! | `serial`  | the boot marker, KVM failure text, log tails |
 //! | `config`  | the test's copy of `profiles/` |

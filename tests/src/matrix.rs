@@ -48,8 +48,8 @@ pub enum Expect {
 pub enum Stack {
     /// `appliance serve`.
     Ours,
-    /// FIRMWARE.md's reference stack (`reference`) serving the files our daemon would, for a
-    /// comparison; server mode only.
+    /// The reference stack (`reference`: dnsmasq + Python HTTP) serving the files our daemon would,
+    /// for a comparison; server mode only.
     Reference,
 }
 
@@ -409,7 +409,7 @@ impl Cell {
             if let Some(e) = kvm_error(&vm.stderr_text()).or_else(|| kvm_error(&vm.serial_text())) {
                 bail!(
                     "QEMU reports \"{e}\": this machine's KVM cannot run the guest; use TCG (unset BOOT_TESTS_ACCEL, \
-                     see FIRMWARE.md)"
+                     see docs/firmware.md#kvm-and-tcg)"
                 );
             }
         }

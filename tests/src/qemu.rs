@@ -17,7 +17,8 @@ pub const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 pub const E1000_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
 pub const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 
-/// Which firmware boots the VM, and over which NIC (FIRMWARE.md says why each).
+/// Which firmware boots the VM, and over which NIC (docs/firmware.md#firmware-and-nics-in-qemu says
+/// why each).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Firmware {
     /// SeaBIOS with QEMU's default e1000 option ROM, which is iPXE.
@@ -93,8 +94,8 @@ pub struct Vm {
     pub started: Instant,
 }
 
-/// `BOOT_TESTS_ACCEL=kvm` to try KVM for x86 guests; the default is TCG (FIRMWARE.md: KVM is a
-/// broken nested hypervisor here, and the harness fails fast when it sees its error).
+/// `BOOT_TESTS_ACCEL=kvm` to try KVM for x86 guests; the default is TCG (docs/firmware.md#kvm-and-tcg:
+/// KVM is a broken nested hypervisor here, and the harness fails fast when it sees its error).
 pub fn x86_accel() -> String {
     std::env::var("BOOT_TESTS_ACCEL").ok().filter(|a| !a.is_empty()).unwrap_or_else(|| "tcg".into())
 }

@@ -1,4 +1,4 @@
-//! FIRMWARE.md's reference stack, to time a cell against under the same conditions: dnsmasq as
+//! The reference stack, to time a cell against under the same conditions: dnsmasq as
 //! DHCP server and TFTP server, with router advertisements and iPXE's option 175.176
 //! ("no-pxedhcp") — the "tuned" column — and Python's `http.server` for HTTP, on the same bridge
 //! address and ports as our daemon.
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// The reference's HTTP server: `http.server` with one addition, `<path>.first`, served instead
 /// of `<path>` on a client's first request for it (dnsmasq cannot tell iPXE's ROM from the
-/// `undionly.kpxe` it chains, FIRMWARE.md; the first `boot.ipxe` chains undionly, the second
+/// `undionly.kpxe` it chains, docs/firmware.md#ipxe-rom-and-undionly; the first `boot.ipxe` chains undionly, the second
 /// is the entry script). HTTP/1.0 and a thread per connection, as `python3 -m http.server`.
 const HTTP_SERVER_PY: &str = r#"
 import http.server, os, sys, threading, time

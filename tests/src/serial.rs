@@ -4,7 +4,7 @@
 /// The payload's `/init` prints `APPLIANCE-BOOT-OK <kernel command line>`.
 pub const MARKER: &str = "APPLIANCE-BOOT-OK";
 
-/// What FIRMWARE.md saw x86 guests die with under this machine's nested KVM.
+/// What x86 guests die with under this machine's nested KVM (docs/firmware.md#kvm-and-tcg).
 pub const KVM_ERRORS: &[&str] = &["KVM internal error", "emulation failure"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Our daemon against FIRMWARE.md's reference stack (dnsmasq DHCP + TFTP with RA and
+//! Our daemon against the reference stack (dnsmasq DHCP + TFTP with RA and
 //! no-pxedhcp, Python HTTP) on the same cells, one VM at a time, alternating, several rounds:
 //! a measurement, not part of `cargo xtask test`. Run it as root with
 //!
@@ -19,7 +19,8 @@ struct Case {
     firmware: Firmware,
     mac: &'static str,
     entry: &'static str,
-    /// FIRMWARE.md's figure for the cell (tuned where it has one).
+    /// The reference stack's figure for the cell as observed before this test existed (tuned where
+    /// it has one; docs/benchmarks.md#reference-stack-observed-figures).
     firmware_md: f64,
 }
 
@@ -77,7 +78,7 @@ fn ours_against_the_reference_stack() {
     let rounds: usize = std::env::var("REFERENCE_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
     let only = std::env::var("REFERENCE_CASES").ok();
     let mut table = String::from(
-        "| cell (server mode) | FIRMWARE.md | reference stack here, median | ours, median | ours / reference | \
+        "| cell (server mode) | observed earlier | reference stack here, median | ours, median | ours / reference | \
          reference runs | our runs |\n|---|---|---|---|---|---|---|\n",
     );
     for case in CASES.iter().filter(|c| only.as_deref().is_none_or(|o| o.split(',').any(|n| n == c.name))) {

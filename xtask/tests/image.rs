@@ -204,7 +204,8 @@ fn client_vm(client: Client, link: Link, dir: &Path) -> Vm {
         memory_mb: if arm { 1024 } else { 512 },
         disk: None,
         disk_ide: false,
-        // U-Boot reports a wrong MAC for virtio-net-pci (FIRMWARE.md); the MMIO device is right.
+        // U-Boot reports a wrong MAC for virtio-net-pci (docs/firmware.md#u-boot-nic-and-mac); the MMIO device
+        // is right.
         nic: if arm { "virtio-net-device" } else { "e1000" },
         nic_rom: true,
         mac: client.mac().into(),

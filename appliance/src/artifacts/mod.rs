@@ -2,7 +2,7 @@
 //!
 //! A version names one architecture's whole artifact set (kernel, initrds, device tree and
 //! command line; see `crate::version`), so a node that was told version N fetches every file of
-//! its boot from N, whatever is published meanwhile (seed 002, "explicit" versioning).
+//! its boot from N, whatever is published meanwhile (the version is explicit in every path).
 //!
 //! This module owns the layout on disk and its three operations:
 //! - `publish` builds every missing version directory from the catalog's sources (the config

@@ -4,8 +4,9 @@
 //! Rules, in order of strength: a fixed address from the MAC database belongs to its machine
 //! only; an address leased (or recently offered) to one MAC is never given to another until the
 //! lease expires; a declined address rests in quarantine; a MAC gets back its own lease when it
-//! can. There is no ICMP probe before an offer: FIRMWARE.md measured ~3 s per offer for it, and
-//! a client that finds the address in use says so with DECLINE.
+//! can. There is no ICMP probe before an offer: it costs the client ~3 s per offer
+//! (docs/firmware.md#dhcp-address-probes), and a client that finds the address in use says so
+//! with DECLINE.
 //!
 //! Pure: no sockets, no files, no clock. Time is Unix seconds passed in by the caller, because
 //! leases outlive a restart of the daemon (a monotonic clock would not). Persistence is `store`'s.
@@ -16,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 /// How long an offered address is held for the MAC it was offered to. OVMF takes ~3.8 s from
-/// DISCOVER to REQUEST (FIRMWARE.md); a minute covers slow clients and retransmissions.
+/// DISCOVER to REQUEST (docs/firmware.md#ovmf-pxe); a minute covers slow clients and retransmissions.
 pub const OFFER_HOLD_SECS: u64 = 60;
 /// How long a declined address is kept out of the pool.
 pub const QUARANTINE_SECS: u64 = 600;

@@ -4,7 +4,7 @@
 //! Layout, pure parts first:
 //! - `wire`: decoding requests safely, encoding replies with ordered options.
 //! - `reply`: the reply to one request and where it goes (PXE, iPXE, UEFI HTTP Boot and
-//!   U-Boot specifics, FIRMWARE.md).
+//!   U-Boot specifics, docs/firmware.md#what-a-reply-must-carry).
 //! - `leases`: the address allocator; `store`: its `leases.json`, written atomically.
 //! - `exchange`: one request through leases, `decide` and `reply`, without I/O.
 //! - `socket`: binding (SO_REUSEADDR, SO_BROADCAST, IP_PKTINFO, SO_BINDTODEVICE) and

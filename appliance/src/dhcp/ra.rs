@@ -1,7 +1,7 @@
 //! IPv6 router advertisements on the boot interface, so iPXE stops waiting for one.
 //!
 //! iPXE 2019 waits ~13 s for an IPv6 router advertisement after DHCPv4 at every iPXE stage
-//! (FIRMWARE.md). An RA from us that says "no default router (lifetime 0), no prefixes, no
+//! (docs/firmware.md#ipxe-wait-times). An RA from us that says "no default router (lifetime 0), no prefixes, no
 //! DHCPv6 (M and O clear)" ends the wait at once and configures nothing. We answer router
 //! solicitations and repeat the advertisement every few seconds.
 //!

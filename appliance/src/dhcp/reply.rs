@@ -4,7 +4,8 @@
 //! what the lease bookkeeping settled (server mode). Out: the reply message with its options in
 //! wire order, or `None` when this request gets no answer. What a machine boots is `decide`'s
 //! call; this module only says it in DHCP (which field, which option, which echo each firmware
-//! needs, see FIRMWARE.md) and keeps the reply within the client's size limit.
+//! needs, see docs/firmware.md#what-a-reply-must-carry) and keeps the reply within the client's
+//! size limit.
 //!
 //! Architecture invariant: pure. No sockets, no clock, no lease table; everything arrives as
 //! arguments, so every reply is unit-tested from request bytes.
@@ -25,7 +26,7 @@ pub const CLIENT_PORT: u16 = 68;
 /// name is in this offer: download it, no boot-server discovery or menu", then End.
 pub const PXE_VENDOR_OPTIONS: [u8; 4] = [6, 1, 8, 255];
 /// iPXE's encapsulated options (option 175): `no-pxedhcp` (176) = 1, so iPXE does not wait
-/// ~3 s for ProxyDHCP offers after ours (FIRMWARE.md, timing traps).
+/// ~3 s for ProxyDHCP offers after ours (docs/firmware.md#ipxe-wait-times).
 pub const IPXE_ENCAPSULATED: [u8; 3] = [176, 1, 1];
 
 /// Which of our sockets a request arrived on.
@@ -199,7 +200,8 @@ pub fn destination(req: &Message, reply: &Reply, port: Port, source: SocketAddrV
 }
 
 /// Boot clients a ProxyDHCP server answers. U-Boot is answered although stock U-Boot ignores
-/// proxy offers (FIRMWARE.md): the answer is harmless, and builds that read it boot.
+/// proxy offers (docs/firmware.md#u-boot-behind-proxydhcp): the answer is harmless, and builds
+/// that read it boot.
 fn is_boot_client(fw: Firmware) -> bool {
     matches!(fw, Firmware::BiosPxe | Firmware::UefiPxe | Firmware::UefiHttp | Firmware::Ipxe { .. } | Firmware::Uboot)
 }

@@ -1,6 +1,6 @@
 //! In-process tests of the DHCP service over loopback (127.0.0.1, ephemeral ports only, no
-//! root): real request bytes as each firmware of FIRMWARE.md sends them, the whole server, and
-//! the replies decoded again. Shared fixtures live here; the cases in `tests/`.
+//! root): real request bytes as each firmware sends them (docs/firmware.md#dhcp-requests-by-client),
+//! the whole server, and the replies decoded again. Shared fixtures live here; the cases in `tests/`.
 
 pub(crate) mod firmware;
 mod leases;

@@ -41,7 +41,8 @@ pub enum BadPacket {
 
 /// Decodes a datagram received on a server port into a client's DHCP request.
 ///
-/// Plain BOOTP (no option 53) is refused: every firmware in FIRMWARE.md speaks DHCP.
+/// Plain BOOTP (no option 53) is refused: every firmware in docs/firmware.md#dhcp-requests-by-client
+/// speaks DHCP.
 pub fn decode_request(bytes: &[u8]) -> Result<Message, BadPacket> {
     if bytes.len() < HEADER_LEN {
         return Err(BadPacket::TooShort(bytes.len()));

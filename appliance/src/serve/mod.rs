@@ -175,7 +175,8 @@ pub async fn run(
         let sh = shared.clone();
         tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });
     }
-    // IPv6 router advertisements on the boot interface save iPXE ~13 s per stage (FIRMWARE.md).
+    // IPv6 router advertisements on the boot interface save iPXE ~13 s per stage
+    // (docs/firmware.md#ipxe-wait-times).
     if let Some(iface) = &opts.interface {
         let (ra_stop, ra_done) = (stopped(stop_rx.clone()), stopped(stop_rx.clone()));
         let iface = iface.clone();

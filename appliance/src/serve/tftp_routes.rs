@@ -1,6 +1,7 @@
 //! The TFTP router: turns a requested path into bytes, by asking the core. Rendered configs for
-//! every U-Boot and GRUB path of FIRMWARE.md, the U-Boot script image, bootloader binaries,
-//! versioned artifacts, and a read-only fallback file root (seed 002).
+//! every path U-Boot and GRUB try (docs/firmware.md#u-boot-pxelinux-lookup,
+//! docs/firmware.md#grub-config-lookup), the U-Boot script image, bootloader binaries,
+//! versioned artifacts, and a read-only fallback file root.
 //!
 //! No policy here: what a machine gets is `decide`'s; this file only gathers the client's facts
 //! (path, source address → MAC, what it said in DHCP) and fetches the bytes.

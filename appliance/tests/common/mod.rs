@@ -1,5 +1,5 @@
 //! Shared fixtures for the core's tests: the test catalog and DHCP clients as real firmware
-//! identifies itself (option values from FIRMWARE.md).
+//! identifies itself (option values from docs/firmware.md#dhcp-requests-by-client).
 #![allow(dead_code)]
 
 use appliance::catalog::Catalog;
@@ -32,7 +32,7 @@ pub fn dhcp(m: &str, arch: Option<u16>, vendor: Option<&str>, user: Option<&str>
     })
 }
 
-// The clients of FIRMWARE.md's table.
+// The clients of docs/firmware.md#dhcp-requests-by-client.
 pub fn seabios_ipxe_rom(m: &str) -> Client {
     dhcp(m, Some(0), Some("PXEClient:Arch:00000:UNDI:002001"), Some("iPXE"))
 }

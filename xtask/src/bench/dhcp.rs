@@ -70,7 +70,7 @@ fn start_dnsmasq(ctx: &Ctx, ns: &str, case: Case, n: usize) -> Result<Proc> {
             ]);
         }
         Case::Dora => {
-            // --no-ping: our server does not probe addresses either (FIRMWARE.md: ~3 s per offer).
+            // --no-ping: our server does not probe addresses either (docs/firmware.md#dhcp-address-probes).
             cmd.args([
                 "--dhcp-range=10.213.1.1,10.213.250.254,255.255.0.0,1h",
                 "--dhcp-lease-max=100000",

@@ -1,6 +1,6 @@
 //! DHCP requests as the load generators send them (built with dhcproto): a BIOS PXE ROM and
-//! the iPXE it chains, with the options those firmwares send (FIRMWARE.md), the broadcast
-//! flag set, padded to 300 bytes like real clients. And the few fields of a reply we read.
+//! the iPXE it chains, with the options those firmwares send (docs/firmware.md#dhcp-requests-by-client),
+//! the broadcast flag set, padded to 300 bytes like real clients. And the few fields of a reply we read.
 
 use std::net::Ipv4Addr;
 

@@ -5,7 +5,7 @@
 //!
 //! Used by `cargo xtask vm` and by the image's end-to-end test (`xtask/tests/image.rs`
 //! includes this file), so it depends on std and anyhow only. x86 guests run under TCG:
-//! KVM is a broken nested hypervisor on the build machines (FIRMWARE.md).
+//! KVM is a broken nested hypervisor on the build machines (docs/firmware.md#kvm-and-tcg).
 
 #![allow(dead_code)]
 

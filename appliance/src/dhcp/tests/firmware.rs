@@ -1,5 +1,5 @@
-//! Every client of FIRMWARE.md's DHCP table, as request bytes with the options that firmware
-//! sends, against the whole server in server and proxy mode.
+//! Every client of docs/firmware.md#dhcp-requests-by-client, as request bytes with the options
+//! that firmware sends, against the whole server in server and proxy mode.
 
 use super::*;
 use crate::catalog::DhcpMode;
@@ -58,7 +58,7 @@ pub(crate) fn seabios_ipxe_rom(m: [u8; 6]) -> Options {
     ]
 }
 
-/// `undionly.kpxe` chained from that ROM: byte-identical options (FIRMWARE.md).
+/// `undionly.kpxe` chained from that ROM: byte-identical options (docs/firmware.md#ipxe-rom-and-undionly).
 pub(crate) fn undionly_chained(m: [u8; 6]) -> Options {
     seabios_ipxe_rom(m)
 }
