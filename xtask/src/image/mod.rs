@@ -19,7 +19,6 @@ pub mod gpt;
 pub mod host;
 pub mod initramfs;
 pub mod kmod;
-pub mod qemu;
 pub mod recipe;
 
 use std::collections::BTreeMap;
