@@ -89,7 +89,7 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("cannot start QEMU, missing: {}", missing.join(", "));
     }
     let link = Link { appliance_port: args.port, client_port: args.port.checked_add(1).context("--port too large")? };
-    let recipe = crate::image::recipe::load(&input_path(&args.recipe))
+    let recipe = crate::image::recipe::load(&crate::image::input_path(&args.recipe))
         .map_err(|e| anyhow::anyhow!("{e}\n{} error(s) in the recipe", e.0.len()))?;
     let dir = project_root().join("target/vm").join(&recipe.name);
 
@@ -207,12 +207,4 @@ pub fn run(args: &Args) -> Result<()> {
     let status = vm.wait()?;
     println!("appliance VM exited ({status})");
     Ok(())
-}
-
-fn input_path(p: &std::path::Path) -> PathBuf {
-    if p.is_absolute() || p.exists() {
-        p.to_path_buf()
-    } else {
-        project_root().join(p)
-    }
 }
