@@ -34,7 +34,7 @@ impl TestConfig {
         copy_tree(profiles, dir)?;
         edit_yaml(&dir.join("appliance.yaml"), |doc| {
             let server = child_map(doc, "server")?;
-            server.insert("address".into(), crate::netns::SERVER_IP.into());
+            server.insert("address".into(), testkit::lab::SERVER_IP.into());
             let dhcp = child_map(doc, "dhcp")?;
             dhcp.insert("mode".into(), spec.mode.to_string().into());
             Ok(())

@@ -1,12 +1,12 @@
 //! `appliance serve` inside the test's server namespace, bound to the bridge, logging to
 //! `daemon.log`.
 
-use crate::netns::{Lab, BRIDGE, SERVER_IP};
-use crate::procs::{render_cmdline, Logged};
 use anyhow::Result;
 use appliance::catalog::DhcpMode;
 use std::path::Path;
 use std::time::Duration;
+use testkit::lab::{Lab, BRIDGE, SERVER_IP};
+use testkit::procs::{render_cmdline, Logged};
 
 pub struct DaemonSpec<'a> {
     pub bin: &'a Path,
@@ -18,7 +18,7 @@ pub struct DaemonSpec<'a> {
     /// 67 normally. A test that must keep the daemon from overhearing the site's DHCP (to show
     /// what it decides without option 93) moves it to a port no client sends to.
     pub dhcp_port: u16,
-    /// Hard upper bound on the daemon's run time (see `Netns::command`).
+    /// Hard upper bound on the daemon's run time (see `testkit::netns::command_in`).
     pub lifetime: Duration,
 }
 
@@ -31,7 +31,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Daemon {
     pub fn start(lab: &Lab, spec: &DaemonSpec<'_>, out: &Path) -> Result<Daemon> {
-        let mut cmd = lab.server().command(spec.bin, spec.lifetime);
+        let mut cmd = lab.server().command(spec.bin, Some(spec.lifetime));
         cmd.arg("serve")
             .arg("--config")
             .arg(spec.config)

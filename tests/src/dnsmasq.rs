@@ -2,11 +2,12 @@
 //! own namespace, joined to the bridge by a veth pair), DHCP only (`--port=0`: no DNS), no
 //! config file, everything logged to `dnsmasq.log`.
 
-use crate::netns::{Netns, SERVER_IP};
-use crate::procs::{render_cmdline, Logged};
 use anyhow::Result;
 use std::path::Path;
 use std::time::Duration;
+use testkit::lab::SERVER_IP;
+use testkit::netns::Netns;
+use testkit::procs::{render_cmdline, Logged};
 
 /// The site's address pool, apart from ours (10.77.0.100–199) so leases show who gave them.
 pub const SITE_POOL: (&str, &str) = ("10.77.0.200", "10.77.0.250");
@@ -25,7 +26,7 @@ pub struct Dnsmasq {
 
 impl Dnsmasq {
     pub fn start(ns: &Netns, kind: &SiteDhcp, out: &Path, scratch: &Path, lifetime: Duration) -> Result<Dnsmasq> {
-        let mut cmd = ns.command("dnsmasq", lifetime);
+        let mut cmd = ns.command("dnsmasq", Some(lifetime));
         cmd.args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0", "--bind-interfaces"])
             .arg(format!("--dhcp-range={},{},255.255.255.0,1h", SITE_POOL.0, SITE_POOL.1))
             .args(["--log-dhcp", "--log-facility=-", "--no-ping", "--user=root", "--group=root"])

@@ -4,11 +4,12 @@
 //! fails the test with its name and where to get it (a Debian package, `cargo xtask fetch`): the
 //! matrix never skips silently.
 
-use crate::qemu::Firmware;
+use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use testkit::procs::find_program;
 
 /// `cargo xtask test` sets these; without them the default `target/` folders are used.
 pub const BOOTLOADERS_ENV: &str = "APPLIANCE_BOOTLOADERS";
@@ -163,20 +164,11 @@ fn newest_source_time() -> Option<std::time::SystemTime> {
 pub const BOOTLOADERS: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetx64.efi", "grubnetaa64.efi"];
 
 pub struct Needs<'a> {
-    pub firmware: Firmware,
+    pub client: Client,
     /// dnsmasq for the proxy and off columns.
     pub site_dhcp: bool,
     pub bootloaders: &'a Path,
     pub blobs: &'a Path,
-}
-
-/// Searches `$PATH` plus the sbin folders (root tools live there).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 /// Everything missing, one line each; empty when the cell can run.
@@ -188,8 +180,7 @@ pub fn missing(needs: &Needs<'_>) -> Vec<String> {
     if !Path::new("/dev/net/tun").exists() {
         missing.push("/dev/net/tun: the kernel's tun/tap driver (modprobe tun)".into());
     }
-    let (qemu, qemu_pkg) = needs.firmware.qemu_binary();
-    let mut programs = vec![("ip", "iproute2"), ("timeout", "coreutils"), (qemu, qemu_pkg)];
+    let mut programs = vec![("ip", "iproute2"), ("timeout", "coreutils")];
     if needs.site_dhcp {
         programs.push(("dnsmasq", "dnsmasq-base"));
     }
@@ -198,10 +189,8 @@ pub fn missing(needs: &Needs<'_>) -> Vec<String> {
             missing.push(format!("{program}: install the Debian package {package}"));
         }
     }
-    for (file, package) in needs.firmware.files() {
-        if !Path::new(file).is_file() {
-            missing.push(format!("{file}: install the Debian package {package}"));
-        }
+    for m in testkit::qemu::firmware::missing(&[needs.client.firmware()], needs.client.extra_files()) {
+        missing.push(format!("{}: install the Debian package {}", m.what, m.package));
     }
     for name in BOOTLOADERS {
         let p = needs.bootloaders.join(name);

@@ -3,15 +3,12 @@
 //! judge, clean up. Everything a cell starts is owned by a guard that stops it by PID and
 //! removes its namespaces on every exit path, panics included.
 
+use crate::client::Client;
 use crate::config::{ConfigSpec, TestConfig};
 use crate::daemon::{Daemon, DaemonSpec};
 use crate::dnsmasq::{Dnsmasq, SiteDhcp};
 use crate::host;
-use crate::netns::Lab;
-use crate::procs;
-use crate::qemu::{Firmware, Vm, VmSpec};
 use crate::reference::{self, ReferenceStack};
-use crate::serial::{find_marker, kvm_error, tail, Marker};
 use anyhow::{anyhow, bail, Result};
 use appliance::arch::Arch;
 use appliance::catalog::DhcpMode;
@@ -20,6 +17,10 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+use testkit::lab::{Lab, NS_PREFIX};
+use testkit::procs::{self, tail};
+use testkit::qemu::console::{find_marker, Marker, MARKER};
+use testkit::qemu::Vm;
 
 /// The file name the site DHCP hands every client in off mode.
 pub const OFF_MODE_BOOT_FILE: &str = "undionly.kpxe";
@@ -56,7 +57,7 @@ pub enum Stack {
 #[derive(Clone, Debug)]
 pub struct Cell {
     pub name: String,
-    pub firmware: Firmware,
+    pub client: Client,
     pub mode: DhcpMode,
     pub mac: String,
     pub config: ConfigSpec,
@@ -82,21 +83,21 @@ pub struct Outcome {
 }
 
 impl Cell {
-    pub fn new(name: &str, firmware: Firmware, mode: DhcpMode) -> Cell {
+    pub fn new(name: &str, client: Client, mode: DhcpMode) -> Cell {
         let secs = |var: &str| std::env::var(var).ok().and_then(|s| s.parse().ok()).map(Duration::from_secs);
         let timeout = secs("BOOT_TESTS_TIMEOUT").unwrap_or(DEFAULT_TIMEOUT);
         let stall = secs("BOOT_TESTS_STALL").unwrap_or(DEFAULT_STALL);
         Cell {
             name: name.to_string(),
-            firmware,
+            client,
             mode,
             mac: String::new(),
             config: ConfigSpec { mode, ..ConfigSpec::default() },
-            expect: Expect::Boot { profile: "tiny-live".into(), arch: firmware.arch() },
+            expect: Expect::Boot { profile: "tiny-live".into(), arch: client.arch() },
             timeout,
             stall,
             daemon_dhcp_port: 67,
-            serial_shows: firmware.path_texts().iter().map(|t| t.to_string()).collect(),
+            serial_shows: client.path_texts().iter().map(|t| t.to_string()).collect(),
             daemon_log_shows: Vec::new(),
             stack: Stack::Ours,
         }
@@ -134,7 +135,7 @@ impl Cell {
     }
 
     pub fn expect_boot(mut self, profile: &str) -> Cell {
-        self.expect = Expect::Boot { profile: profile.to_string(), arch: self.firmware.arch() };
+        self.expect = Expect::Boot { profile: profile.to_string(), arch: self.client.arch() };
         self
     }
 
@@ -163,7 +164,7 @@ impl Cell {
     fn check_path(&self, run: &Running) -> Result<()> {
         let mut problems = Vec::new();
         if let Some(vm) = &run.vm {
-            let console = crate::serial::strip_control(&vm.serial_text());
+            let console = vm.text();
             for want in &self.serial_shows {
                 if !console.contains(want.as_str()) {
                     problems.push(format!("the serial console never shows {want:?}"));
@@ -244,16 +245,12 @@ impl Cell {
     }
 
     fn run_in(&self, out: &Path) -> Result<Outcome> {
-        crate::netns::remove_stale_namespaces_once();
+        testkit::netns::remove_stale_once(NS_PREFIX);
         let bootloaders = host::bootloaders_dir();
         let blobs = host::blobs_dir();
         let site = self.site();
-        let needs = host::Needs {
-            firmware: self.firmware,
-            site_dhcp: site.is_some(),
-            bootloaders: &bootloaders,
-            blobs: &blobs,
-        };
+        let needs =
+            host::Needs { client: self.client, site_dhcp: site.is_some(), bootloaders: &bootloaders, blobs: &blobs };
         let mut missing = host::missing(&needs);
         let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
         let config_dir = scratch.path().join("config");
@@ -303,7 +300,7 @@ impl Cell {
             let mut daemon = Daemon::start(lab, &lender, out)?;
             let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             let root = reference::root_in(scratch.path());
-            let files = reference::files(self.firmware, mac, profile, version)?;
+            let files = reference::files(self.client, mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;
             // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
             if config.catalog.machines.get(&mac).is_some_and(|m| m.chain_ipxe) {
@@ -316,7 +313,8 @@ impl Cell {
             run.daemon = Some(Daemon::start(lab, &spec, out)?);
             println!("{}: daemon ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
         }
-        run.vm = Some(Vm::start(lab, &VmSpec { firmware: self.firmware, mac: &self.mac, tap: &tap, lifetime }, out)?);
+        let machine = self.client.machine(&self.mac, &tap, out, lifetime);
+        run.vm = Some(Vm::start("qemu", &machine, Some(lab.server()))?);
 
         let result = match &expected {
             Some((profile, arch, version)) => self.watch_boot(&mut run, profile, *arch, version),
@@ -366,7 +364,7 @@ impl Cell {
                 bail!("QEMU exited ({status}) after {:.1} s without the marker", started.elapsed().as_secs_f64());
             }
             if Instant::now() > deadline {
-                bail!("no {} marker within {:?} (timeout)", crate::serial::MARKER, self.timeout);
+                bail!("no {} marker within {:?} (timeout)", MARKER, self.timeout);
             }
             if progress.stalled((console.len(), daemon_log_len), self.stall) {
                 bail!(
@@ -406,7 +404,7 @@ impl Cell {
     /// Errors that end a cell at once: KVM's emulation failure, a dead daemon or dnsmasq.
     fn check_fatal(&self, run: &mut Running) -> Result<()> {
         if let Some(vm) = run.vm.as_ref() {
-            if let Some(e) = kvm_error(&vm.stderr_text()).or_else(|| kvm_error(&vm.serial_text())) {
+            if let Some(e) = vm.kvm_failure() {
                 bail!(
                     "QEMU reports \"{e}\": this machine's KVM cannot run the guest; use TCG (unset BOOT_TESTS_ACCEL, \
                      see docs/firmware.md#kvm-and-tcg)"
@@ -470,7 +468,7 @@ impl Running {
             let _ = write!(
                 s,
                 "--- serial console (last 40 lines of {}):\n{}",
-                vm.serial.display(),
+                vm.serial.as_deref().unwrap_or(Path::new("serial.log")).display(),
                 tail(&vm.serial_text(), 40)
             );
             let stderr = vm.stderr_text();

@@ -7,13 +7,14 @@
 //! fetched, by TFTP and HTTP, from the daemon running with DHCP off (`mirror`), which then
 //! stops. So a comparison measures the servers, not different files.
 
-use crate::netns::{Netns, BRIDGE, SERVER_IP};
-use crate::procs::{render_cmdline, run, Logged};
-use crate::qemu::Firmware;
+use crate::client::Client;
 use anyhow::{bail, Context, Result};
 use appliance::mac::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use testkit::lab::{BRIDGE, SERVER_IP};
+use testkit::netns::Netns;
+use testkit::procs::{render_cmdline, run, Logged};
 
 /// The reference's HTTP server: `http.server` with one addition, `<path>.first`, served instead
 /// of `<path>` on a client's first request for it (dnsmasq cannot tell iPXE's ROM from the
@@ -41,7 +42,7 @@ http.server.ThreadingHTTPServer((sys.argv[2], 80), Handler).serve_forever()
 
 /// What a firmware's boot fetches, as (where it goes under the reference root, the URL our
 /// daemon serves it at).
-pub fn files(firmware: Firmware, mac: MacAddr, profile: &str, version: &str) -> Result<Vec<(String, String)>> {
+pub fn files(client: Client, mac: MacAddr, profile: &str, version: &str) -> Result<Vec<(String, String)>> {
     let dashed = mac.dashed();
     let http = |p: &str| format!("http://{SERVER_IP}/{p}");
     let tftp = |p: &str| format!("tftp://{SERVER_IP}/{p}");
@@ -49,18 +50,18 @@ pub fn files(firmware: Firmware, mac: MacAddr, profile: &str, version: &str) -> 
         let script = format!("ipxe/script?mac={dashed}&buildarch={buildarch}&platform={platform}");
         vec![("boot.ipxe".to_string(), http("boot.ipxe")), ("ipxe/script".to_string(), http(&script))]
     };
-    let mut list = match firmware {
-        Firmware::SeaBiosIpxeRom => {
+    let mut list = match client {
+        Client::SeaBiosIpxeRom => {
             let mut l = ipxe("i386", "pcbios");
             l.push(("undionly.kpxe".into(), tftp("undionly.kpxe")));
             l
         }
-        Firmware::OvmfPxe => {
+        Client::OvmfPxe => {
             let mut l = ipxe("x86_64", "efi");
             l.push(("ipxe.efi".into(), tftp("ipxe.efi")));
             l
         }
-        Firmware::ArmVirtEdk2 => {
+        Client::ArmVirtEdk2 => {
             let cfg = format!("grub/grub.cfg-01-{dashed}");
             vec![("grubnetaa64.efi".into(), tftp("grubnetaa64.efi")), (cfg.clone(), tftp(&cfg))]
         }
@@ -79,7 +80,7 @@ pub fn mirror(ns: &Netns, root: &Path, files: &[(String, String)]) -> Result<()>
     for (rel, url) in files {
         let dest = root.join(rel);
         std::fs::create_dir_all(dest.parent().context("no parent")?)?;
-        let mut cmd = ns.command("curl", Duration::from_secs(60));
+        let mut cmd = ns.command("curl", Some(Duration::from_secs(60)));
         cmd.args(["-sS", "--fail", "-o"]).arg(&dest).arg(url);
         run(&mut cmd).with_context(|| format!("mirroring {url} from the daemon"))?;
     }
@@ -94,7 +95,7 @@ pub fn chain_undionly_first(root: &Path) -> Result<()> {
 }
 
 pub struct ReferenceStack {
-    // Stopped on drop, by PID (see `procs`).
+    // Stopped on drop, by PID (see `testkit::procs`).
     _dnsmasq: Logged,
     _http: Logged,
 }
@@ -104,7 +105,7 @@ impl ReferenceStack {
     /// in the server namespace. The bridge gets a ULA prefix so dnsmasq has one to advertise.
     pub fn start(ns: &Netns, root: &Path, out: &Path, scratch: &Path, lifetime: Duration) -> Result<ReferenceStack> {
         ns.ip(&["-6", "addr", "add", "fd77::1/64", "dev", BRIDGE, "nodad"])?;
-        let mut cmd = ns.command("dnsmasq", lifetime);
+        let mut cmd = ns.command("dnsmasq", Some(lifetime));
         cmd.args(["--no-daemon", "--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
             .arg(format!("--interface={BRIDGE}"))
             .args(["--dhcp-range=10.77.0.100,10.77.0.199,255.255.255.0,1h", "--dhcp-range=fd77::,ra-only"])
@@ -132,13 +133,13 @@ impl ReferenceStack {
 
         let script = scratch.join("reference_http.py");
         std::fs::write(&script, HTTP_SERVER_PY)?;
-        let mut cmd = ns.command("python3", lifetime);
+        let mut cmd = ns.command("python3", Some(lifetime));
         cmd.arg("-u").arg(&script).arg(root).arg(SERVER_IP);
         std::fs::write(out.join("http.cmdline"), render_cmdline(&cmd) + "\n")?;
         let http = Logged::spawn("python3 http.server (reference)", &mut cmd, out.join("http.log"), 25)?;
         // Ready when it accepts a connection.
         let probe = || {
-            let mut c = ns.command("curl", Duration::from_secs(5));
+            let mut c = ns.command("curl", Some(Duration::from_secs(5)));
             c.args(["-s", "-o", "/dev/null", &format!("http://{SERVER_IP}/")]);
             run(&mut c).is_ok()
         };

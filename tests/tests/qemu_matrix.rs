@@ -14,10 +14,10 @@
 //! `BOOT_TESTS_TIMEOUT` (seconds) changes the per-cell limit.
 
 use appliance::catalog::DhcpMode::{Off, Proxy, Server};
+use boot_tests::client::Client::*;
 use boot_tests::matrix::Cell;
-use boot_tests::netns::SITE_IP;
-use boot_tests::qemu::Firmware::*;
 use std::time::Duration;
+use testkit::lab::SITE_IP;
 
 const TINY_LIVE: &str = "profile: tiny-live";
 

@@ -10,13 +10,13 @@
 //! the table goes to stdout and `target/qemu-tests/reference-comparison.md`.
 
 use appliance::catalog::DhcpMode::Server;
+use boot_tests::client::Client::{self, ArmVirtEdk2, OvmfPxe, SeaBiosIpxeRom};
 use boot_tests::matrix::Cell;
-use boot_tests::qemu::Firmware::{self, ArmVirtEdk2, OvmfPxe, SeaBiosIpxeRom};
 use std::fmt::Write as _;
 
 struct Case {
     name: &'static str,
-    firmware: Firmware,
+    client: Client,
     mac: &'static str,
     entry: &'static str,
     /// The reference stack's figure for the cell as observed before this test existed (tuned where
@@ -27,28 +27,28 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "seabios_ipxe_rom",
-        firmware: SeaBiosIpxeRom,
+        client: SeaBiosIpxeRom,
         mac: "52:54:00:4d:11:01",
         entry: "{ hostname: bios-ipxe, profile: tiny-live }",
         firmware_md: 6.3,
     },
     Case {
         name: "seabios_chain_undionly",
-        firmware: SeaBiosIpxeRom,
+        client: SeaBiosIpxeRom,
         mac: "52:54:00:4d:12:01",
         entry: "{ hostname: bios-chain, profile: tiny-live, chain_ipxe: true }",
         firmware_md: 16.2,
     },
     Case {
         name: "ovmf_pxe",
-        firmware: OvmfPxe,
+        client: OvmfPxe,
         mac: "52:54:00:4d:13:01",
         entry: "{ hostname: uefi-pxe, profile: tiny-live }",
         firmware_md: 17.1,
     },
     Case {
         name: "armvirt_grub",
-        firmware: ArmVirtEdk2,
+        client: ArmVirtEdk2,
         mac: "52:54:00:4d:16:01",
         // The architecture in the entry: the reference's files are mirrored from our daemon
         // before any DHCP, and without it the daemon answers a GRUB config request for an
@@ -86,7 +86,7 @@ fn ours_against_the_reference_stack() {
         for round in 0..rounds {
             // One output folder per run: `target/qemu-tests/cmp_<case>_r<round>[-reference]`.
             let name = format!("cmp_{}_r{round}", case.name);
-            let cell = || Cell::new(&name, case.firmware, Server).machine(case.mac, case.entry);
+            let cell = || Cell::new(&name, case.client, Server).machine(case.mac, case.entry);
             // Alternate which stack goes first, so neither always follows the other.
             let order = if round % 2 == 0 { [false, true] } else { [true, false] };
             for use_reference in order {

@@ -13,7 +13,6 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
-use sha2::{Digest, Sha256};
 use xshell::{cmd, Shell};
 
 use crate::{human_size, project_root};
@@ -321,12 +320,10 @@ fn normalize(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Lowercase hex sha256 of a file's contents.
+/// Lowercase hex sha256 of a file's contents, hashed as the daemon hashes its artifacts.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path).with_context(|| format!("failed to open {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher).with_context(|| format!("failed to read {}", path.display()))?;
-    Ok(hex::encode(hasher.finalize()))
+    let digest = appliance::config::sha256_file(path).with_context(|| format!("failed to hash {}", path.display()))?;
+    Ok(hex::encode(digest))
 }
 
 pub fn file_size(path: &Path) -> Result<u64> {

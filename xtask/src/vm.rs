@@ -7,7 +7,9 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::image::qemu::{self, Firmware, Link, Machine, Serial, Side, Vm};
+use testkit::qemu::firmware::{self, E1000_ROM};
+use testkit::qemu::{Disk, Firmware, Link, Machine, Net, Nic, Serial, Side, Vm};
+
 use crate::project_root;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -20,14 +22,30 @@ pub enum FirmwareArg {
     UbootArm64,
 }
 
-impl From<FirmwareArg> for Firmware {
-    fn from(f: FirmwareArg) -> Firmware {
-        match f {
-            FirmwareArg::Bios => Firmware::Bios,
-            FirmwareArg::Uefi => Firmware::Uefi,
+impl FirmwareArg {
+    fn firmware(self) -> Firmware {
+        match self {
+            FirmwareArg::Bios => Firmware::SeaBios,
+            FirmwareArg::Uefi => Firmware::Ovmf,
             FirmwareArg::UbootArm64 => Firmware::UBootArm64,
         }
     }
+
+    /// As on the command line; also the name of the machine's folder under target/vm/<recipe>/.
+    fn name(self) -> &'static str {
+        match self {
+            FirmwareArg::Bios => "bios",
+            FirmwareArg::Uefi => "uefi",
+            FirmwareArg::UbootArm64 => "uboot-arm64",
+        }
+    }
+}
+
+/// What QEMU needs for the appliance VM and its clients, as "path (Debian package p)".
+fn missing_prerequisites() -> Vec<String> {
+    let firmwares = [Firmware::SeaBios, Firmware::Ovmf, Firmware::UBootArm64];
+    let files = [(E1000_ROM, "ipxe-qemu"), ("/usr/bin/qemu-img", "qemu-utils")];
+    firmware::missing(&firmwares, &files).iter().map(ToString::to_string).collect()
 }
 
 #[derive(clap::Args, Debug)]
@@ -66,44 +84,42 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let missing = qemu::missing_prerequisites();
+    let missing = missing_prerequisites();
     if !missing.is_empty() {
         bail!("cannot start QEMU, missing: {}", missing.join(", "));
     }
     let link = Link { appliance_port: args.port, client_port: args.port.checked_add(1).context("--port too large")? };
-    let recipe = crate::image::recipe::load(&input_path(&args.recipe))
+    let recipe = crate::image::recipe::load(&crate::image::input_path(&args.recipe))
         .map_err(|e| anyhow::anyhow!("{e}\n{} error(s) in the recipe", e.0.len()))?;
     let dir = project_root().join("target/vm").join(&recipe.name);
 
     if let Some(client) = args.client {
-        let firmware = Firmware::from(client);
-        let arm = firmware == Firmware::UBootArm64;
-        let machine = Machine {
-            firmware,
-            memory_mb: if arm { 1024 } else { 512 },
-            disk: None,
-            disk_ide: false,
-            nic: if arm { "virtio-net-device" } else { "e1000" },
-            nic_rom: true,
+        let arm = client.firmware() == Firmware::UBootArm64;
+        let nic = Nic {
+            model: if arm { "virtio-net-device" } else { "e1000" },
             mac: args.mac.clone(),
-            link,
-            side: Side::Client,
-            boot_network: true,
-            dir: dir.join(format!("client-{}", firmware.name())),
-            serial: Serial::Stdio,
-            gui: args.gui,
-            no_reboot: false,
-            lifetime: None,
+            rom: true,
+            boot_first: true,
         };
+        let mut machine = Machine::new(
+            client.firmware(),
+            nic,
+            Net::Udp(link, Side::Client),
+            dir.join(format!("client-{}", client.name())),
+        );
+        machine.memory_mb = if arm { 1024 } else { 512 };
+        machine.serial = Serial::Stdio;
+        machine.monitor = true;
+        machine.gui = args.gui;
         println!(
             "client {} ({}, {}) network-booting from the appliance VM on UDP 127.0.0.1:{}",
             args.mac,
-            firmware.name(),
+            client.name(),
             if arm { "virtio-net-device" } else { "e1000 with QEMU's iPXE ROM" },
             link.appliance_port
         );
         println!("serial console below; Ctrl-A X quits\n");
-        let mut vm = Vm::spawn("client", &machine)?;
+        let mut vm = Vm::start("client", &machine, None)?;
         vm.wait()?;
         return Ok(());
     }
@@ -126,11 +142,11 @@ pub fn run(args: &Args) -> Result<()> {
             args.recipe.display()
         );
     }
-    let firmware = Firmware::from(args.firmware);
-    if firmware == Firmware::UBootArm64 {
+    let firmware = args.firmware.firmware();
+    if firmware.is_arm64() {
         bail!("the appliance runs on x86-64 (--firmware bios or uefi); U-Boot arm64 is for --client");
     }
-    let vm_dir = dir.join(firmware.name());
+    let vm_dir = dir.join(args.firmware.name());
     std::fs::create_dir_all(&vm_dir)?;
     // The appliance writes its state (leases) to a qcow2 overlay, kept between runs as long as
     // the image stays the same.
@@ -157,25 +173,14 @@ pub fn run(args: &Args) -> Result<()> {
         println!("keeping the appliance's state from the last run ({}); --fresh forgets it", overlay.display());
     }
 
-    let machine = Machine {
-        firmware,
-        memory_mb: 512,
-        disk: Some((overlay, "qcow2")),
-        disk_ide: false,
-        nic: "virtio-net-pci",
-        nic_rom: false,
-        mac: "52:54:00:77:00:fe".into(),
-        link,
-        side: Side::Appliance,
-        boot_network: false,
-        dir: vm_dir,
-        serial: Serial::Stdio,
-        gui: args.gui,
-        no_reboot: false,
-        lifetime: None,
-    };
+    let nic = Nic { model: "virtio-net-pci", mac: "52:54:00:77:00:fe".into(), rom: false, boot_first: false };
+    let mut machine = Machine::new(firmware, nic, Net::Udp(link, Side::Appliance), vm_dir);
+    machine.disk = Some(Disk { path: overlay, format: "qcow2", ide: false });
+    machine.serial = Serial::Stdio;
+    machine.monitor = true;
+    machine.gui = args.gui;
     let client_cmd = format!(
-        "qemu-system-x86_64 -accel tcg -m 512 -nographic -boot n -netdev {} -device e1000,netdev=lan,mac={}",
+        "qemu-system-x86_64 -accel tcg -m 512 -nographic -boot n -netdev {} -device e1000,netdev=net0,mac={}",
         link.netdev(Side::Client),
         args.mac
     );
@@ -183,7 +188,7 @@ pub fn run(args: &Args) -> Result<()> {
         "\nappliance VM: {} ({}), {} firmware, TCG",
         image.display(),
         recipe.name,
-        if firmware == Firmware::Bios { "SeaBIOS" } else { "OVMF" }
+        if firmware == Firmware::SeaBios { "SeaBIOS" } else { "OVMF" }
     );
     println!(
         "private network: a point-to-point Ethernet link over UDP 127.0.0.1:{} (appliance) <-> 127.0.0.1:{} (client)",
@@ -198,16 +203,8 @@ pub fn run(args: &Args) -> Result<()> {
         "stop: `poweroff` in the appliance's shell (press Enter), or `system_powerdown` in QEMU's monitor \
          (Ctrl-A C); Ctrl-A X quits QEMU at once\n"
     );
-    let mut vm = Vm::spawn("appliance", &machine)?;
+    let mut vm = Vm::start("appliance", &machine, None)?;
     let status = vm.wait()?;
     println!("appliance VM exited ({status})");
     Ok(())
-}
-
-fn input_path(p: &std::path::Path) -> PathBuf {
-    if p.is_absolute() || p.exists() {
-        p.to_path_buf()
-    } else {
-        project_root().join(p)
-    }
 }

@@ -11,15 +11,15 @@
 //! (never a skip). One scenario runs at a time: the machines have two cores. The image bundles
 //! the debug build of the daemon unless APPLIANCE_IMAGE_TEST_DAEMON=release.
 
-#[path = "../src/image/qemu.rs"]
-mod qemu;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use qemu::{Firmware, Link, Machine, Serial, Side, Vm};
+use testkit::procs::find_program;
+use testkit::qemu::console::{find_marker, MARKER};
+use testkit::qemu::firmware::{self, E1000_ROM};
+use testkit::qemu::{Disk, Firmware, Link, Machine, Net, Nic, Side, Vm};
 
 /// The test clients, all in the image's on-site overlay, booting the tiny-live profile.
 const PROFILE: &str = "tiny-live";
@@ -49,6 +49,14 @@ impl Client {
             _ => "x86_64",
         }
     }
+
+    fn firmware(self) -> Firmware {
+        match self {
+            Client::SeaBios => Firmware::SeaBios,
+            Client::Ovmf => Firmware::Ovmf,
+            Client::UBootArm64 => Firmware::UBootArm64,
+        }
+    }
 }
 
 const CLIENTS: [Client; 3] = [Client::SeaBios, Client::Ovmf, Client::UBootArm64];
@@ -70,10 +78,11 @@ fn exclusive() -> MutexGuard<'static, ()> {
 }
 
 fn require_prerequisites() {
-    let mut missing = qemu::missing_prerequisites();
     // qemu-img is installed by `xtask image` itself when we are root.
-    missing.retain(|m| !m.contains("qemu-utils"));
-    if Command::new("timeout").arg("--version").output().is_err() {
+    let firmwares = [Firmware::SeaBios, Firmware::Ovmf, Firmware::UBootArm64];
+    let mut missing: Vec<String> =
+        firmware::missing(&firmwares, &[(E1000_ROM, "ipxe-qemu")]).iter().map(ToString::to_string).collect();
+    if find_program("timeout").is_none() {
         missing.push("timeout (Debian package coreutils)".into());
     }
     assert!(missing.is_empty(), "the image boot test needs: {} (.ci/run installs them)", missing.join(", "));
@@ -171,54 +180,37 @@ fn expected_version(arch: &str) -> String {
 }
 
 fn appliance_vm(firmware: Firmware, disk: &Path, link: Link, dir: &Path) -> Vm {
-    let machine = Machine {
-        firmware,
-        memory_mb: 512,
-        disk: Some((disk.to_path_buf(), "qcow2")),
-        // BIOS: virtio disk and NIC; UEFI: AHCI disk and an e1000e, so both driver sets are used.
-        disk_ide: firmware == Firmware::Uefi,
-        nic: if firmware == Firmware::Bios { "virtio-net-pci" } else { "e1000e" },
-        nic_rom: false,
+    // SeaBIOS: virtio disk and NIC; OVMF: AHCI disk and an e1000e, so both driver sets are used.
+    let bios = firmware == Firmware::SeaBios;
+    let nic = Nic {
+        model: if bios { "virtio-net-pci" } else { "e1000e" },
         mac: "52:54:00:77:e2:fe".into(),
-        link,
-        side: Side::Appliance,
-        boot_network: false,
-        dir: dir.to_path_buf(),
-        serial: Serial::File(dir.join("serial.log")),
-        gui: false,
-        no_reboot: false,
-        lifetime: Some(Duration::from_secs(600)),
+        rom: false,
+        boot_first: false,
     };
-    Vm::spawn(&format!("appliance VM ({})", firmware.name()), &machine).expect("appliance VM starts")
+    let mut machine = Machine::new(firmware, nic, Net::Udp(link, Side::Appliance), dir.to_path_buf());
+    machine.disk = Some(Disk { path: disk.to_path_buf(), format: "qcow2", ide: !bios });
+    machine.monitor = true;
+    machine.lifetime = Some(Duration::from_secs(600));
+    Vm::start(&format!("appliance VM ({})", firmware.name()), &machine, None).expect("appliance VM starts")
 }
 
 fn client_vm(client: Client, link: Link, dir: &Path) -> Vm {
     let arm = client == Client::UBootArm64;
-    let machine = Machine {
-        firmware: match client {
-            Client::SeaBios => Firmware::Bios,
-            Client::Ovmf => Firmware::Uefi,
-            Client::UBootArm64 => Firmware::UBootArm64,
-        },
-        // arm64: U-Boot loads the 33 MB uncompressed kernel and the initrd at fixed addresses.
-        memory_mb: if arm { 1024 } else { 512 },
-        disk: None,
-        disk_ide: false,
-        // U-Boot reports a wrong MAC for virtio-net-pci (docs/firmware.md#u-boot-nic-and-mac); the MMIO device
-        // is right.
-        nic: if arm { "virtio-net-device" } else { "e1000" },
-        nic_rom: true,
+    // U-Boot reports a wrong MAC for virtio-net-pci (docs/firmware.md#u-boot-nic-and-mac); the MMIO
+    // device is right.
+    let nic = Nic {
+        model: if arm { "virtio-net-device" } else { "e1000" },
         mac: client.mac().into(),
-        link,
-        side: Side::Client,
-        boot_network: true,
-        dir: dir.to_path_buf(),
-        serial: Serial::File(dir.join("serial.log")),
-        gui: false,
-        no_reboot: true, // the payload powers off; never loop
-        lifetime: Some(Duration::from_secs(300)),
+        rom: true,
+        boot_first: true,
     };
-    Vm::spawn(&format!("client VM ({client:?})"), &machine).expect("client VM starts")
+    let mut machine = Machine::new(client.firmware(), nic, Net::Udp(link, Side::Client), dir.to_path_buf());
+    // arm64: U-Boot loads the 33 MB uncompressed kernel and the initrd at fixed addresses.
+    machine.memory_mb = if arm { 1024 } else { 512 };
+    machine.no_reboot = true; // the payload powers off; never loop
+    machine.lifetime = Some(Duration::from_secs(300));
+    Vm::start(&format!("client VM ({client:?})"), &machine, None).expect("client VM starts")
 }
 
 fn ok<T>(r: anyhow::Result<T>) -> T {
@@ -230,18 +222,16 @@ fn ok<T>(r: anyhow::Result<T>) -> T {
 fn netboot_client(appliance: &mut Vm, from: usize, link: Link, dir: &Path, client: Client) -> String {
     let version = expected_version(client.arch());
     let mut vm = client_vm(client, link, dir);
-    let (took, end) = ok(vm.wait_for("APPLIANCE-BOOT-OK", 0, Duration::from_secs(180)));
-    let text = vm.text();
-    let line = text[end..].lines().next().unwrap_or_default().to_owned();
-    let words = [
-        format!("appliance.profile={PROFILE}"),
-        format!("appliance.arch={}", client.arch()),
-        format!("appliance.version={version}"),
-    ];
-    for word in words {
-        assert!(line.contains(&word), "{client:?} booted something else: {line:?} lacks {word:?}");
+    let (took, end) = ok(vm.wait_for(MARKER, 0, Duration::from_secs(180)));
+    // The command line after the marker is whole once its line ends.
+    ok(vm.wait_for("\n", end, Duration::from_secs(10)));
+    let marker = find_marker(&vm.text()).unwrap_or_else(|| panic!("{client:?}: no marker line; {}", vm.tail()));
+    for (key, want) in
+        [("appliance.profile", PROFILE), ("appliance.arch", client.arch()), ("appliance.version", &version)]
+    {
+        assert_eq!(marker.param(key), Some(want), "{client:?} booted something else: {:?}", marker.cmdline);
     }
-    eprintln!("  {client:?} client: APPLIANCE-BOOT-OK after {:.1}s: {}", took.as_secs_f64(), line.trim());
+    eprintln!("  {client:?} client: {MARKER} after {:.1}s: {}", took.as_secs_f64(), marker.cmdline);
     let _ = vm.wait_exit(Duration::from_secs(30));
     // The address the appliance leased it: from its DHCP exchanges with that MAC.
     let log = appliance.text();
@@ -320,10 +310,10 @@ fn boot_scenario(firmware: Firmware, clients: &[Client], reboot: bool) {
 
 #[test]
 fn bios_appliance_netboots_a_client_and_keeps_leases_across_reboot() {
-    boot_scenario(Firmware::Bios, &[Client::SeaBios], true);
+    boot_scenario(Firmware::SeaBios, &[Client::SeaBios], true);
 }
 
 #[test]
 fn uefi_appliance_netboots_bios_uefi_and_uboot_arm64_clients() {
-    boot_scenario(Firmware::Uefi, &CLIENTS, false);
+    boot_scenario(Firmware::Ovmf, &CLIENTS, false);
 }

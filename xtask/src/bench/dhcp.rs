@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::netns::{NsPair, CLIENT_IF, SERVER_IF};
+use super::netns::{self, CLIENT_IF, SERVER_IF};
 use super::ours;
 use super::packets::{self, Firmware, Reply};
 use super::peers::Proc;
@@ -48,7 +48,7 @@ fn start_dnsmasq(ctx: &Ctx, ns: &str, case: Case, n: usize) -> Result<Proc> {
     let log = ctx.work.join(format!("dnsmasq-dhcp-{n}.log"));
     let leases = ctx.work.join(format!("dnsmasq-{n}.leases"));
     let _ = std::fs::remove_file(&leases);
-    let mut cmd = NsPair::command(ns, &ctx.peers.dnsmasq);
+    let mut cmd = netns::command(ns, &ctx.peers.dnsmasq);
     cmd.env("LD_LIBRARY_PATH", ctx.peers.library_path());
     cmd.args([
         "--keep-in-foreground",
@@ -87,7 +87,7 @@ fn start_dnsmasq(ctx: &Ctx, ns: &str, case: Case, n: usize) -> Result<Proc> {
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let plan = &ctx.plan;
-    let ns = NsPair::create().context("creating the network namespaces")?;
+    let ns = netns::create().context("creating the network namespaces")?;
     let config = ctx.scratch("dhcp-config")?;
     ours::write_config(
         &config,
@@ -107,9 +107,9 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 n += 1;
                 let proc = if server == "ours" {
                     let mode = if case == Case::Dora { "server" } else { "proxy" };
-                    ours::start_in_ns(ctx, &format!("dhcp-ours-{n}"), &ns.server, &config, mode, None)?.proc
+                    ours::start_in_ns(ctx, &format!("dhcp-ours-{n}"), ns.server.name(), &config, mode, None)?.proc
                 } else {
-                    start_dnsmasq(ctx, &ns.server, case, n)?
+                    start_dnsmasq(ctx, ns.server.name(), case, n)?
                 };
                 let secs = if case == Case::ProxyRate { plan.dhcp_rate_secs } else { plan.dhcp_max_secs };
                 let spec = json!({
@@ -120,10 +120,11 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 });
                 let log = ctx.work.join(format!("dhcp-gen-{n}.log"));
                 let cpu_before = proc.cpu_secs();
-                let drops_before = (udp_drops(&ns.server), udp_drops(&ns.client));
-                let out = super::run_internal(&ns.client, &spec, &log, Duration::from_secs(300));
+                let drops_before = (udp_drops(ns.server.name()), udp_drops(ns.client.name()));
+                let out = super::run_internal(ns.client.name(), &spec, &log, Duration::from_secs(300));
                 let cpu = proc.cpu_secs() - cpu_before;
-                let drops = (udp_drops(&ns.server) - drops_before.0, udp_drops(&ns.client) - drops_before.1);
+                let drops =
+                    (udp_drops(ns.server.name()) - drops_before.0, udp_drops(ns.client.name()) - drops_before.1);
                 drop(proc);
                 let mut out = out.with_context(|| format!("{server} {}", case.name()))?;
                 out["server_cpu_s"] = json!(cpu);

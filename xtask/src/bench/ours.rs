@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::netns::{NsPair, SERVER_IP};
+use super::netns::{self, SERVER_IP};
 use super::peers::{self, Proc};
 use super::Ctx;
 
@@ -98,7 +98,7 @@ pub struct Ours {
 /// `appliance serve` on `config` with `state` (and its blobs under it), in `ns` if given.
 fn serve_command(ctx: &Ctx, ns: Option<&str>, config: &Path, state: &Path) -> Command {
     let mut c = match ns {
-        Some(ns) => NsPair::command(ns, &ctx.appliance),
+        Some(ns) => netns::command(ns, &ctx.appliance),
         None => Command::new(&ctx.appliance),
     };
     c.env("RUST_LOG", "info");

@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use testkit::procs;
 
 /// The unpacked peers.
 pub struct Peers {
@@ -329,34 +330,30 @@ impl OtherMeter {
     }
 }
 
-/// A process we started; stopped (SIGTERM, then SIGKILL after 5 s) and reaped on drop.
+/// A process we started, with its CPU group; stopped (SIGTERM, then SIGKILL after 5 s) by its
+/// PID and reaped on drop (`testkit::procs::Proc`).
 pub struct Proc {
     pub name: String,
-    child: Option<Child>,
+    child: Option<procs::Proc>,
     pub log: PathBuf,
     cgroup: Option<CpuGroup>,
 }
 
 impl Proc {
-    /// Starts `cmd` with stdout and stderr going to `log`.
+    /// Starts `cmd` with stdout and stderr going to `log` (emptied first).
     pub fn start(name: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
-        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
+        fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let cgroup = CpuGroup::create();
         if let Some(g) = &cgroup {
             cmd = g.wrap(&cmd);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        let mut child = procs::Proc::spawn(name, &mut cmd, log)?;
+        child.grace = Duration::from_secs(5);
         Ok(Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf(), cgroup })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.as_ref().map_or(0, procs::Proc::pid)
     }
 
     /// CPU seconds used so far by the process and everything it forked (its cgroup), else
@@ -367,11 +364,9 @@ impl Proc {
 
     /// Fails with the log's tail if the process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
-        if let Some(c) = self.child.as_mut() {
-            if let Some(status) = c.try_wait()? {
-                self.child = None;
-                bail!("{} exited ({status}); log {}:\n{}", self.name, self.log.display(), self.log_tail(20));
-            }
+        if let Some(status) = self.child.as_mut().and_then(procs::Proc::exited) {
+            self.child = None;
+            bail!("{} exited ({status}); log {}:\n{}", self.name, self.log.display(), self.log_tail(20));
         }
         Ok(())
     }
@@ -385,20 +380,7 @@ impl Proc {
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };
         let _cgroup = self.cgroup.take(); // removed once the process is gone
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        child.stop();
     }
 }
 

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use appliance::tftp::client::{get, ClientOptions};
 use serde_json::{json, Value};
+use testkit::netns::Pair;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Barrier};
 
 use super::dhcp::BROADCAST;
 use super::httpc::Conn;
-use super::netns::{NsPair, CLIENT_IF, SERVER_IP};
+use super::netns::{self, CLIENT_IF, SERVER_IP};
 use super::ours;
 use super::packets::{self, Firmware, Reply};
 use super::peers::{self, MemSampler};
@@ -40,14 +41,14 @@ struct Storm {
     cpu_secs: f64,
 }
 
-fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64, sync: bool) -> Result<Storm> {
+fn one_storm(ctx: &Ctx, ns: &Pair, n: usize, kernel: u64, initrd: u64, sync: bool) -> Result<Storm> {
     let plan = &ctx.plan;
     let config = ctx.scratch(&format!("storm-config-{n}"))?;
     let k = ours::data_file(ctx, "storm-kernel", kernel)?;
     let i = ours::data_file(ctx, "storm-initrd", initrd)?;
     ours::write_config(&config, &k, &i)?;
     let boot = ours::bootloaders(ctx)?;
-    let ours = ours::start_in_ns(ctx, &format!("storm-ours-{n}"), &ns.server, &config, "server", Some(&boot))?;
+    let ours = ours::start_in_ns(ctx, &format!("storm-ours-{n}"), ns.server.name(), &config, "server", Some(&boot))?;
     let pid = ours.proc.pid();
     let idle_kib = peers::vm_hwm_kib(pid).unwrap_or(0);
     let cpu_before = ours.proc.cpu_secs();
@@ -57,8 +58,12 @@ fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64, sync: b
         "kernel": kernel, "initrd": initrd, "sync": sync,
         "undionly": std::fs::metadata(boot.join("undionly.kpxe"))?.len(),
     });
-    let out =
-        super::run_internal(&ns.client, &spec, &ctx.work.join(format!("storm-gen-{n}.log")), Duration::from_secs(600));
+    let out = super::run_internal(
+        ns.client.name(),
+        &spec,
+        &ctx.work.join(format!("storm-gen-{n}.log")),
+        Duration::from_secs(600),
+    );
     let mem = sampler.stop();
     let hwm_kib = peers::vm_hwm_kib(pid).unwrap_or(0);
     let cpu_secs = ours.proc.cpu_secs() - cpu_before;
@@ -84,7 +89,7 @@ fn one_storm(ctx: &Ctx, ns: &NsPair, n: usize, kernel: u64, initrd: u64, sync: b
 
 pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let plan = &ctx.plan;
-    let ns = NsPair::create().context("creating the network namespaces")?;
+    let ns = netns::create().context("creating the network namespaces")?;
     eprintln!(
         "bench: storm: {} clients (DHCP -> TFTP undionly.kpxe -> DHCP -> HTTP scripts -> kernel + initrd), {} round(s)",
         plan.storm_clients, plan.rounds

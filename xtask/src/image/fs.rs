@@ -208,7 +208,7 @@ impl Ext4<'_> {
         let conf = self.work.join("mke2fs.conf");
         fs::write(&conf, MKE2FS_CONF)?;
         let entries = walk(self.root)?;
-        let inodes = (entries.len() as u64 + 64).max(1024).to_string();
+        let inodes = super::layout::inodes(entries.len() as u64).to_string();
         let epoch = self.epoch.to_string();
         let (label, uuid) = (self.label, &self.uuid);
         let extended =

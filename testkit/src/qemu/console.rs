@@ -1,10 +1,12 @@
-//! Reading what the VM said: the payload's boot marker on the serial console, and the texts
-//! that mean a run cannot succeed (KVM's emulation failure).
+//! Reading what a VM said on its serial console: terminal control sequences removed, the
+//! boot payload's marker, and the texts that mean a run cannot succeed (KVM's emulation
+//! failure).
 
-/// The payload's `/init` prints `APPLIANCE-BOOT-OK <kernel command line>`.
+/// The boot payload's `/init` prints `APPLIANCE-BOOT-OK <kernel command line>`.
 pub const MARKER: &str = "APPLIANCE-BOOT-OK";
 
-/// What x86 guests die with under this machine's nested KVM (docs/firmware.md#kvm-and-tcg).
+/// What x86 guests die with under the build machines' broken nested KVM
+/// (docs/firmware.md#kvm-and-tcg).
 pub const KVM_ERRORS: &[&str] = &["KVM internal error", "emulation failure"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,27 +30,21 @@ pub fn find_marker(console: &str) -> Option<Marker> {
     Some(Marker { cmdline: rest[..end].trim().to_string() })
 }
 
+/// The KVM failure `text` reports, if any.
 pub fn kvm_error(text: &str) -> Option<&'static str> {
     KVM_ERRORS.iter().copied().find(|e| text.contains(e))
 }
 
-/// The last `n` lines, with terminal control sequences and carriage returns removed (firmware
-/// consoles draw with them).
-pub fn tail(text: &str, n: usize) -> String {
-    let clean = strip_control(text);
-    let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
-    let from = lines.len().saturating_sub(n);
-    lines[from..].iter().map(|l| format!("    | {l}\n")).collect()
-}
-
-/// Removes ANSI escape sequences and other control characters except newlines and tabs.
-pub fn strip_control(text: &str) -> String {
+/// Console text without ANSI escape sequences and other control characters; a carriage
+/// return becomes a newline (firmware consoles redraw lines with them), tabs stay.
+pub fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match c {
             '\u{1b}' => {
-                // CSI: ESC [ params final-byte; other escapes: ESC + one char.
+                // CSI: ESC [ parameters and intermediates, then a final byte in @..~; other
+                // escapes: ESC + one char.
                 if chars.peek() == Some(&'[') {
                     chars.next();
                     for c in chars.by_ref() {
@@ -76,7 +72,7 @@ mod tests {
     #[test]
     fn marker_is_found_only_when_complete() {
         let console = "Linux version 6.1\nAPPLIANCE-BOOT-OK console=ttyS0 appliance.profile=tiny-live \
-                       appliance.arch=x86_64 appliance.version=2e2aa789f925\nreboot: Power down\n";
+                       appliance.arch=x86_64 appliance.version=2e2aa789f925\r\nreboot: Power down\n";
         let m = find_marker(console).unwrap();
         assert_eq!(m.param("appliance.profile"), Some("tiny-live"));
         assert_eq!(m.param("appliance.arch"), Some("x86_64"));
@@ -86,8 +82,19 @@ mod tests {
     }
 
     #[test]
+    fn control_sequences_are_removed() {
+        assert_eq!(clean("a\r\n\u{1b}[2J\u{1b}[01;01Hb\u{1b}7\u{7}\tc\n"), "a\n\nb\tc\n");
+    }
+
+    #[test]
     fn tails_are_readable() {
-        let t = tail("a\r\n\u{1b}[2J\u{1b}[01;01Hb\nc\n", 2);
+        let t = crate::procs::tail("a\r\n\u{1b}[2J\u{1b}[01;01Hb\nc\n", 2);
         assert_eq!(t, "    | b\n    | c\n");
+    }
+
+    #[test]
+    fn kvm_failures_are_recognised() {
+        assert_eq!(kvm_error("KVM internal error. Suberror: 1\nemulation failure"), Some("KVM internal error"));
+        assert_eq!(kvm_error("qemu-system-x86_64: terminating on signal 15"), None);
     }
 }
