@@ -1,8 +1,8 @@
 //! The `appliance` command: parses the command line, sets up logging and dispatches.
 
 use anyhow::{Context, Result};
-use appliance::explain::{self, Query};
-use appliance::mac::MacAddr;
+use appliance_core::explain::{self, Query};
+use appliance_core::mac::MacAddr;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -176,8 +176,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: &std::path::Path, overlay: Option<&std::path::Path>) -> Result<appliance::catalog::Catalog, ExitCode> {
-    appliance::config::load(config, overlay).map_err(|errs| {
+fn load(
+    config: &std::path::Path,
+    overlay: Option<&std::path::Path>,
+) -> Result<appliance_core::catalog::Catalog, ExitCode> {
+    appliance::config_dir::load(config, overlay).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("{e}");
         }
@@ -247,7 +250,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use appliance::catalog::DhcpMode;
+    use appliance_core::catalog::DhcpMode;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let mode = args.dhcp.map(|m| match m {

@@ -1,11 +1,11 @@
 //! The config directory each test serves: a copy of the example `profiles/` with the DHCP mode
 //! set, the test's machines and vendor rules added to `machines.yaml`, and optionally a short
-//! menu timeout. Loaded with `appliance::config::load`, so the test knows the exact artifact
+//! menu timeout. Loaded with `appliance::config_dir::load`, so the test knows the exact artifact
 //! version the daemon will hand out.
 
 use anyhow::{anyhow, bail, Context, Result};
-use appliance::arch::Arch;
-use appliance::catalog::{Catalog, DhcpMode, Source};
+use appliance_core::arch::Arch;
+use appliance_core::catalog::{Catalog, DhcpMode, Source};
 use serde_yaml::{Mapping, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ impl TestConfig {
                 Ok(())
             })?;
         }
-        let catalog = appliance::config::load(dir, None)
+        let catalog = appliance::config_dir::load(dir, None)
             .map_err(|errs| anyhow!("the test config in {} does not load:\n{errs}", dir.display()))?;
         Ok(TestConfig { dir: dir.to_path_buf(), catalog })
     }
@@ -89,7 +89,7 @@ impl TestConfig {
                     let mut sources = vec![&artifact.source];
                     if let Source::Cpio { entries, .. } = &artifact.source {
                         for e in entries {
-                            if let appliance::catalog::CpioSource::File { source, .. } = &e.source {
+                            if let appliance_core::catalog::CpioSource::File { source, .. } = &e.source {
                                 sources.push(source);
                             }
                         }

@@ -4,7 +4,7 @@
 use crate::netns::{Lab, BRIDGE, SERVER_IP};
 use crate::procs::{render_cmdline, Logged};
 use anyhow::Result;
-use appliance::catalog::DhcpMode;
+use appliance_core::catalog::DhcpMode;
 use std::path::Path;
 use std::time::Duration;
 

@@ -13,8 +13,8 @@ use crate::qemu::{Firmware, Vm, VmSpec};
 use crate::reference::{self, ReferenceStack};
 use crate::serial::{find_marker, kvm_error, tail, Marker};
 use anyhow::{anyhow, bail, Result};
-use appliance::arch::Arch;
-use appliance::catalog::DhcpMode;
+use appliance_core::arch::Arch;
+use appliance_core::catalog::DhcpMode;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -301,7 +301,8 @@ impl Cell {
             // Our daemon with DHCP off only lends its files; it stops before the VM starts.
             let lender = DaemonSpec { mode: DhcpMode::Off, dhcp_port: 1067, ..spec };
             let mut daemon = Daemon::start(lab, &lender, out)?;
-            let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
+            let mac =
+                appliance_core::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             let root = reference::root_in(scratch.path());
             let files = reference::files(self.firmware, mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;

@@ -5,7 +5,7 @@
 use crate::netns::Lab;
 use crate::procs::{render_cmdline, Proc};
 use anyhow::{Context, Result};
-use appliance::arch::Arch;
+use appliance_core::arch::Arch;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,7 @@ use crate::netns::{Netns, BRIDGE, SERVER_IP};
 use crate::procs::{render_cmdline, run, Logged};
 use crate::qemu::Firmware;
 use anyhow::{bail, Context, Result};
-use appliance::mac::MacAddr;
+use appliance_core::mac::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The versioned artifact store: `<store>/<profile>/<version>/<file>`.
 //!
 //! A version names one architecture's whole artifact set (kernel, initrds, device tree and
-//! command line; see `crate::version`), so a node that was told version N fetches every file of
+//! command line; see `appliance_core::version`), so a node that was told version N fetches every file of
 //! its boot from N, whatever is published meanwhile (seed 002, "explicit" versioning).
 //!
 //! This module owns the layout on disk and its three operations:
@@ -23,7 +23,7 @@ mod store;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use gc::{gc, plan, Candidate, GcReport, Touches, Verdict};
+pub use gc::{gc, GcReport, Touches};
 pub use publish::{publish, ArtifactProblem, PublishError, PublishReport, PublishedSet, FETCH_COMMAND};
 pub use store::open;
 

@@ -6,10 +6,10 @@
 //! sha256 the catalog pins, and every error names the profile, architecture and artifact.
 
 use super::{is_plain_name, TMP_PREFIX};
-use crate::arch::Arch;
-use crate::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Source};
-use crate::config::DirProbe;
-use crate::cpio::{self, Node};
+use crate::config_dir::DirProbe;
+use appliance_core::arch::Arch;
+use appliance_core::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Source};
+use appliance_core::cpio::{self, Node};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};

@@ -6,8 +6,8 @@
 //! seconds>`) and replaced by an empty table: losing leases is better than not serving. The
 //! allocation rules are `leases`'; this module only moves the table to and from disk.
 
-use super::leases::{Lease, Leases, State};
-use crate::mac::MacAddr;
+use appliance_core::dhcp::leases::{Lease, Leases, State};
+use appliance_core::mac::MacAddr;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;

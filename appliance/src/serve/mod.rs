@@ -11,10 +11,10 @@ pub mod tftp_routes;
 pub mod watcher;
 
 use crate::artifacts::{self, Touches};
-use crate::catalog::{Catalog, DhcpMode};
-use crate::render::ServerInfo;
 use crate::state::Shared;
 use anyhow::{Context, Result};
+use appliance_core::catalog::{Catalog, DhcpMode};
+use appliance_core::render::ServerInfo;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub struct Listeners {
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
 pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let catalog = crate::config::load(&opts.config_dir, opts.overlay.as_deref())
+    let catalog = crate::config_dir::load(&opts.config_dir, opts.overlay.as_deref())
         .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
     let store = opts.store();
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;

@@ -7,14 +7,14 @@
 
 use super::files;
 use super::neighbours;
-use crate::arch::Firmware;
 use crate::artifacts::{self, Touches};
-use crate::catalog::DhcpMode;
-use crate::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
-use crate::decide::{decide, decide_boot_file, BootFile, Decision, Outcome, Stage};
-use crate::render::{self, Format};
 use crate::state::Shared;
 use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
+use appliance_core::arch::Firmware;
+use appliance_core::catalog::DhcpMode;
+use appliance_core::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
+use appliance_core::decide::{decide, decide_boot_file, BootFile, Decision, Outcome, Stage};
+use appliance_core::render::{self, Format};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,7 +93,7 @@ impl TftpRoutes {
         client
     }
 
-    fn mac_for(&self, ip: Ipv4Addr) -> Option<crate::mac::MacAddr> {
+    fn mac_for(&self, ip: Ipv4Addr) -> Option<appliance_core::mac::MacAddr> {
         self.shared.mac_for_ip(ip).or_else(|| neighbours::lookup(ip))
     }
 
@@ -233,8 +233,8 @@ impl Handler for TftpRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::explain::{client_from_query, Query};
-    use crate::mac::MacAddr;
+    use appliance_core::explain::{client_from_query, Query};
+    use appliance_core::mac::MacAddr;
     use std::io::Read;
 
     struct Fixture {
@@ -243,9 +243,9 @@ mod tests {
     }
 
     fn fixture(mode: DhcpMode) -> Fixture {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config");
-        let catalog = crate::config::load(&dir, None).unwrap();
-        let server = crate::render::ServerInfo::from_catalog(&catalog);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config");
+        let catalog = crate::config_dir::load(&dir, None).unwrap();
+        let server = appliance_core::render::ServerInfo::from_catalog(&catalog);
         let shared = Shared::new(Arc::new(catalog), server);
         let boot = tempfile::tempdir().unwrap();
         for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetaa64.efi"] {

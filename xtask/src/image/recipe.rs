@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use appliance::catalog::{Catalog, DhcpMode};
-use appliance::config::position::PosIndex;
-use appliance::config::{ConfigError, ConfigErrors};
+use appliance_core::catalog::{Catalog, DhcpMode};
+use appliance_core::config::position::PosIndex;
+use appliance_core::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
 
 /// Every bootloader `cargo xtask fetch` builds.
@@ -251,7 +251,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
 
     let interface = match wire.network.interface.as_deref() {
         None | Some("auto") => Interface::Auto,
-        Some(s) if looks_like_mac(s) => match appliance::mac::MacAddr::parse(s) {
+        Some(s) if looks_like_mac(s) => match appliance_core::mac::MacAddr::parse(s) {
             Ok(mac) => Interface::Mac(mac.to_string()),
             Err(_) => {
                 errs.at("network.interface", format!("{s:?} is not a MAC address"));
@@ -582,7 +582,7 @@ disk: { state_mib: 0 }
     #[test]
     fn dhcp_server_needs_a_static_address_in_its_subnet() {
         let profiles = crate::project_root().join("profiles");
-        let catalog = appliance::config::load(&profiles, None).unwrap();
+        let catalog = appliance::config_dir::load(&profiles, None).unwrap();
         let path = crate::project_root().join("images/x.yaml");
         let dhcp = parse(&path, "config: ../profiles\nnetwork: { address: dhcp }\n").unwrap();
         let err = dhcp.check_against(&catalog).unwrap_err().to_string();

@@ -3,10 +3,10 @@
 
 mod common;
 
-use appliance::arch::{Arch, Firmware};
-use appliance::client::{Client, Learned};
-use appliance::decide::{decide, BootFile, Outcome, Rule, Stage, Transport};
-use appliance::explain::for_path;
+use appliance_core::arch::{Arch, Firmware};
+use appliance_core::client::{Client, Learned};
+use appliance_core::decide::{decide, BootFile, Outcome, Rule, Stage, Transport};
+use appliance_core::explain::for_path;
 use common::*;
 
 fn tftp(file: BootFile) -> Outcome {
@@ -29,7 +29,7 @@ fn ignored(client: Client, stage: Stage) -> String {
     }
 }
 
-fn boot_of(c: &appliance::catalog::Catalog, profile: &str, arch: Arch) -> Outcome {
+fn boot_of(c: &appliance_core::catalog::Catalog, profile: &str, arch: Arch) -> Outcome {
     let (_, set) = c.profile_set(profile, arch).unwrap();
     Outcome::Boot { profile: profile.into(), version: set.version.clone() }
 }
@@ -218,7 +218,7 @@ fn decisions_are_deterministic() {
 
 mod boot_file_by_name {
     use super::*;
-    use appliance::decide::decide_boot_file;
+    use appliance_core::decide::decide_boot_file;
 
     fn nothing_overheard(m: &str) -> Client {
         Client::new(Firmware::Unknown).with_mac(mac(m), Learned::SourceAddress("10.0.0.50".parse().unwrap()))

@@ -47,6 +47,34 @@ pub struct Input {
     pub profiles: Vec<SourceFile>,
 }
 
+impl Input {
+    /// Sorts the YAML files of the config directory `dir` into their roles by file name
+    /// (`appliance.yaml`, `machines.yaml`, `menus.yaml`; every other one is a profile, taken in
+    /// path order), with the on-site overlay of the MAC database beside them.
+    pub fn from_dir(dir: PathBuf, files: Vec<SourceFile>, overlay: Option<SourceFile>) -> Input {
+        let mut input = Input { dir, overlay, ..Input::default() };
+        for file in files {
+            let slot = match file.path.file_name().and_then(|n| n.to_str()) {
+                Some(crate::config::SETTINGS_FILE) => &mut input.settings,
+                Some(crate::config::MACHINES_FILE) => &mut input.machines,
+                Some(crate::config::MENUS_FILE) => &mut input.menus,
+                _ => {
+                    input.profiles.push(file);
+                    continue;
+                }
+            };
+            *slot = Some(file);
+        }
+        input.profiles.sort_by(|a, b| a.path.cmp(&b.path));
+        input
+    }
+}
+
+/// Whether a file of a config directory is YAML (`*.yaml`, `*.yml`) and so one of its files.
+pub fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
 /// Access to local artifact files, relative to the config directory.
 pub trait FileProbe {
     /// The sha256 of the file, or why it cannot be read.

@@ -4,7 +4,7 @@ use super::*;
 use crate::catalog::Catalog;
 use crate::client::from_dhcp;
 use crate::decide::{decide, Stage};
-use crate::dhcp::tests::{self as fx, firmware, Req, DISCOVER, INFORM, REQUEST};
+use crate::dhcp::fixtures::{self as fx, firmware, Req, DISCOVER, INFORM, REQUEST};
 use crate::dhcp::wire::decode_request;
 
 struct Case {

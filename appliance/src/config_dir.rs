@@ -1,35 +1,19 @@
-//! Loading a config directory: reading the YAML files (the only I/O here), then handing them to
-//! the pure `validate`. A load either yields a complete `Catalog` or every error it found.
-//!
-//! Layout of a config directory:
-//! - `appliance.yaml`: the appliance's settings (addresses, DHCP mode and pool, …)
-//! - `machines.yaml`: the MAC database, vendor (OUI) rules and the unknown-machine policy
-//! - `menus.yaml`: boot menus
-//! - every other `*.yaml`: one profile each
-//! - anything else: local files that profiles name as artifact sources
+//! Loading a config directory from disk: reading the YAML files (the only I/O of a load), then
+//! handing them to the core's pure validation. A load either yields a complete `Catalog` or
+//! every error it found. The layout of a config directory is described in
+//! `appliance_core::config`.
 
-pub mod error;
-pub mod position;
-pub mod validate;
-pub mod wire;
-
-pub use error::{ConfigError, ConfigErrors};
-pub use validate::{FileProbe, Input, SourceFile};
-
-use crate::catalog::{Catalog, Digest};
+use appliance_core::catalog::{Catalog, Digest};
+use appliance_core::config::{self, ConfigError, ConfigErrors, FileProbe, Input, SourceFile};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-
-pub const SETTINGS_FILE: &str = "appliance.yaml";
-pub const MACHINES_FILE: &str = "machines.yaml";
-pub const MENUS_FILE: &str = "menus.yaml";
 
 /// Reads and validates the config directory `dir`, with an optional on-site overlay of the
 /// MAC database that wins entry by entry.
 pub fn load(dir: &Path, overlay: Option<&Path>) -> Result<Catalog, ConfigErrors> {
     let input = read_input(dir, overlay)?;
-    validate::validate(&input, &DirProbe { root: dir.to_path_buf() })
+    config::validate(&input, &DirProbe { root: dir.to_path_buf() })
 }
 
 fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors> {
@@ -46,33 +30,13 @@ fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors>
         let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
         Ok(SourceFile { path: path.to_path_buf(), text })
     };
-    let optional = |name: &str| -> Result<Option<SourceFile>, ConfigErrors> {
-        let p = dir.join(name);
-        if p.exists() {
-            read(&p).map(Some)
-        } else {
-            Ok(None)
-        }
-    };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+    let files = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            ![SETTINGS_FILE, MACHINES_FILE, MENUS_FILE].contains(&name)
-        })
-        .collect();
-    entries.sort();
-    let profiles = entries.iter().map(|p| read(p)).collect::<Result<Vec<_>, _>>()?;
-    Ok(Input {
-        dir: dir.to_path_buf(),
-        settings: optional(SETTINGS_FILE)?,
-        machines: optional(MACHINES_FILE)?,
-        overlay: overlay.map(read).transpose()?,
-        menus: optional(MENUS_FILE)?,
-        profiles,
-    })
+        .filter(|p| p.is_file() && config::is_yaml(p))
+        .map(|p| read(&p))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Input::from_dir(dir.to_path_buf(), files, overlay.map(read).transpose()?))
 }
 
 /// Hashes local artifact files, refusing any that resolve outside the config directory
@@ -103,7 +67,7 @@ impl FileProbe for DirProbe {
     }
 }
 
-pub fn sha256_file(path: &Path) -> std::io::Result<Digest> {
+fn sha256_file(path: &Path) -> std::io::Result<Digest> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];

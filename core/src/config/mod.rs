@@ -1,0 +1,25 @@
+//! The configuration as text and what it becomes: the YAML wire structs (`wire`), their
+//! validation into a `Catalog` (`validate`), and errors that name file, line, column and field
+//! (`error`, `position`). Every mistake is collected, never only the first.
+//!
+//! No I/O: the caller reads the YAML files into an `Input` and hands in a `FileProbe` for the
+//! digests of local artifact files (the daemon's `appliance::config_dir` reads a directory).
+//!
+//! Layout of a config directory:
+//! - `appliance.yaml`: the appliance's settings (addresses, DHCP mode and pool, …)
+//! - `machines.yaml`: the MAC database, vendor (OUI) rules and the unknown-machine policy
+//! - `menus.yaml`: boot menus
+//! - every other `*.yaml`: one profile each
+//! - anything else: local files that profiles name as artifact sources
+
+pub mod error;
+pub mod position;
+pub mod validate;
+pub mod wire;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use validate::{is_yaml, validate, FileProbe, Input, SourceFile};
+
+pub const SETTINGS_FILE: &str = "appliance.yaml";
+pub const MACHINES_FILE: &str = "machines.yaml";
+pub const MENUS_FILE: &str = "menus.yaml";
