@@ -196,16 +196,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let sets: usize = catalog.profiles.values().map(|p| p.arches.len()).sum();
+            let sets: usize = catalog.profiles().map(|p| p.arches.len()).sum();
             println!(
                 "{}: ok: {} profiles ({} artifact sets), {} machines, {} vendor rules, {} menus, dhcp {}",
                 config.display(),
-                catalog.profiles.len(),
+                catalog.profiles().len(),
                 sets,
-                catalog.machines.len(),
-                catalog.vendors.len(),
-                catalog.menus.len(),
-                catalog.settings.dhcp.mode,
+                catalog.machines().len(),
+                catalog.vendors().len(),
+                catalog.menus().len(),
+                catalog.settings().dhcp.mode,
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -159,10 +159,10 @@ pub struct Decision {
 
 /// Decides what `client` gets at `stage`.
 pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
-    let entry = client.mac.and_then(|m| catalog.machines.get(&m));
-    let vendor = client.mac.and_then(|m| catalog.vendors.iter().find(|v| v.oui == m.oui()));
-    let (arch, arch_rule) = if let Some(a) = entry.and_then(|e| e.arch) {
-        (Some(a), Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
+    let entry = client.mac.and_then(|m| catalog.machine(m));
+    let vendor = client.mac.and_then(|m| catalog.vendor_rule(m));
+    let (arch, arch_rule) = if let Some((a, e)) = entry.and_then(|e| e.arch.map(|a| (a, e))) {
+        (Some(a), Rule::ExactMac(e.mac))
     } else if let Some((a, v)) = vendor.and_then(|v| v.arch.map(|a| (a, v))) {
         (Some(a), oui_rule(v.oui))
     } else if let Some((a, learned)) = &client.arch_hint {
@@ -170,17 +170,17 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     } else {
         (None, Rule::None)
     };
-    let (target, target_rule) = if let Some(t) = entry.and_then(|e| e.target.clone()) {
-        (t, Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
-    } else if let Some((t, v)) = vendor.and_then(|v| v.target.clone().map(|t| (t, v))) {
+    let (target, target_rule) = if let Some((t, e)) = entry.and_then(|e| e.target.as_ref().map(|t| (t, e))) {
+        (t, Rule::ExactMac(e.mac))
+    } else if let Some((t, v)) = vendor.and_then(|v| v.target.as_ref().map(|t| (t, v))) {
         (t, oui_rule(v.oui))
     } else {
-        (catalog.unknown.clone(), Rule::UnknownPolicy)
+        (catalog.unknown(), Rule::UnknownPolicy)
     };
     let machine = identity(client.mac, entry);
     let outcome = match stage {
-        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, &target),
-        _ => config_outcome(catalog, arch, &target, &target_rule),
+        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, target),
+        _ => config_outcome(arch, target, &target_rule),
     };
     Decision { stage, outcome, arch, arch_rule, target_rule, machine }
 }
@@ -246,11 +246,11 @@ fn dhcp_outcome(
         return ignore("the MAC database says to ignore this machine");
     }
     if let (Target::Profile(p), Some(a)) = (target, arch) {
-        if catalog.profile_set(p, a).is_none() {
-            return ignore(format!("profile {p:?} has no {a} artifacts"));
+        if !p.arches.contains_key(&a) {
+            return ignore(format!("profile {:?} has no {a} artifacts", p.name));
         }
     }
-    let efi_ipxe = if catalog.settings.ipxe_efi == "snponly.efi" { BootFile::SnponlyEfi } else { BootFile::IpxeEfi };
+    let efi_ipxe = if catalog.settings().ipxe_efi == "snponly.efi" { BootFile::SnponlyEfi } else { BootFile::IpxeEfi };
     let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     match client.firmware {
@@ -283,32 +283,22 @@ fn dhcp_outcome(
     }
 }
 
-fn config_outcome(catalog: &Catalog, arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
+fn config_outcome(arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
+    let arch_unknown =
+        || ignore("architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed");
     match target {
         Target::Ignore => ignore(format!("{rule} says to ignore this machine")),
         Target::Local => Outcome::Local,
         Target::Menu(m) => match arch {
-            Some(_) => Outcome::Menu { menu: m.clone() },
-            None => {
-                ignore("architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed")
-            }
+            Some(_) => Outcome::Menu { menu: m.name.clone() },
+            None => arch_unknown(),
         },
         Target::Profile(p) => {
-            let Some(profile) = catalog.profiles.get(p) else {
-                return ignore(format!("profile {p:?} does not exist"));
-            };
             // A profile built for one architecture only needs no hint.
-            let arch = arch.or_else(|| {
-                (profile.arches.len() == 1).then(|| *profile.arches.keys().next().unwrap_or(&Arch::X86_64))
-            });
-            match arch.and_then(|a| profile.arches.get(&a).map(|s| (a, s))) {
-                Some((_, set)) => Outcome::Boot { profile: p.clone(), version: set.version.clone() },
-                None => match arch {
-                    Some(a) => ignore(format!("profile {p:?} has no {a} artifacts")),
-                    None => ignore(
-                        "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
-                    ),
-                },
+            let Some(arch) = arch.or_else(|| p.only_arch()) else { return arch_unknown() };
+            match p.arches.get(&arch) {
+                Some(set) => Outcome::Boot { profile: p.name.clone(), version: set.version.clone() },
+                None => ignore(format!("profile {:?} has no {arch} artifacts", p.name)),
             }
         }
     }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use appliance_core::catalog::Digest;
+use appliance_core::catalog::{Digest, Target};
 use appliance_core::config::{self, ConfigError, FileProbe, Input, SourceFile};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
@@ -185,9 +185,9 @@ fn error_lines_read_file_line_col_field_message() {
 fn overlay_wins_entry_by_entry() {
     let overlay = "machines:\n  \"52:54:00:00:00:01\": { hostname: renamed, arch: x86_64, profile: x86only }\n";
     let c = common::load(&common::data("config"), Some(overlay)).unwrap();
-    let m = &c.machines[&common::mac("52:54:00:00:00:01")];
+    let m = c.machine(common::mac("52:54:00:00:00:01")).unwrap();
     assert_eq!(m.hostname, "renamed");
-    assert_eq!(m.target, Some(appliance_core::catalog::Target::Profile("x86only".into())));
+    assert!(matches!(&m.target, Some(Target::Profile(p)) if p.name == "x86only"), "{:?}", m.target);
     // The other shipped entries are untouched.
-    assert_eq!(c.machines[&common::mac("52:54:00:00:00:05")].hostname, "board1");
+    assert_eq!(c.machine(common::mac("52:54:00:00:00:05")).unwrap().hostname, "board1");
 }

@@ -74,8 +74,7 @@ impl TestConfig {
 
     /// The version the catalog computes for `profile` on `arch`: what the marker must name.
     pub fn version(&self, profile: &str, arch: Arch) -> Result<String> {
-        let p =
-            self.catalog.profiles.get(profile).ok_or_else(|| anyhow!("the test config has no profile {profile}"))?;
+        let p = self.catalog.profile(profile).ok_or_else(|| anyhow!("the test config has no profile {profile}"))?;
         let set = p.arches.get(&arch).ok_or_else(|| anyhow!("profile {profile} has no {arch} artifacts"))?;
         Ok(set.version.clone())
     }
@@ -83,7 +82,7 @@ impl TestConfig {
     /// Fetched bytes (`deb`/`url` sources, also inside cpio initrds) missing from `blobs`.
     pub fn missing_blobs(&self, blobs: &Path) -> Vec<String> {
         let mut missing = Vec::new();
-        for profile in self.catalog.profiles.values() {
+        for profile in self.catalog.profiles() {
             for (arch, set) in &profile.arches {
                 for artifact in set.files() {
                     let mut sources = vec![&artifact.source];

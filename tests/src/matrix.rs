@@ -307,7 +307,7 @@ impl Cell {
             let files = reference::files(self.firmware, mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;
             // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
-            if config.catalog.machines.get(&mac).is_some_and(|m| m.chain_ipxe) {
+            if config.catalog.machine(mac).is_some_and(|m| m.chain_ipxe) {
                 reference::chain_undionly_first(&root)?;
             }
             daemon.stop();

@@ -32,7 +32,7 @@ struct Wanted {
 
 fn collect(catalog: &Catalog) -> Vec<Wanted> {
     let mut out = Vec::new();
-    for p in catalog.profiles.values() {
+    for p in catalog.profiles() {
         for (arch, set) in &p.arches {
             for a in set.files() {
                 let used_by = format!("profile {} ({arch}) artifact {}", p.name, a.name);

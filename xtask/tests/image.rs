@@ -167,7 +167,7 @@ fn expected_version(arch: &str) -> String {
     let catalog = appliance::config_dir::load(&root().join("profiles"), Some(&work_dir().join("onsite.yaml")))
         .expect("profiles load");
     let arch = appliance_core::arch::Arch::parse(arch).expect("known architecture");
-    catalog.profiles[PROFILE].arches[&arch].version.clone()
+    catalog.profile_set(PROFILE, arch).expect("tiny-live has the architecture").1.version.clone()
 }
 
 fn appliance_vm(firmware: Firmware, disk: &Path, link: Link, dir: &Path) -> Vm {

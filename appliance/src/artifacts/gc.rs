@@ -40,11 +40,8 @@ pub fn gc(
     now: SystemTime,
 ) -> GcReport {
     let mut report = GcReport::default();
-    let referenced: BTreeSet<(String, String)> = catalog
-        .profiles
-        .values()
-        .flat_map(|p| p.arches.values().map(|s| (p.name.clone(), s.version.clone())))
-        .collect();
+    let referenced: BTreeSet<(String, String)> =
+        catalog.profiles().flat_map(|p| p.arches.values().map(|s| (p.name.clone(), s.version.clone()))).collect();
     let mut candidates = Vec::new();
     let mut profile_dirs = Vec::new();
     for (name, is_dir, mtime) in list(store, &mut report.errors) {
@@ -83,7 +80,7 @@ pub fn gc(
         }
     }
     // A profile gone from the catalog leaves an empty directory once its last version goes.
-    for p in profile_dirs.iter().filter(|p| !catalog.profiles.contains_key(*p)) {
+    for p in profile_dirs.iter().filter(|p| catalog.profile(p).is_none()) {
         let _ = fs::remove_dir(store.join(p));
     }
     report

@@ -71,7 +71,7 @@ pub enum ArtifactProblem {
 /// Stops at the first error; versions published before it stay (they are complete).
 pub fn publish(catalog: &Catalog, store: &Path, blobs: &Path) -> Result<PublishReport, PublishError> {
     let mut report = PublishReport::default();
-    for profile in catalog.profiles.values() {
+    for profile in catalog.profiles() {
         for (&arch, set) in &profile.arches {
             let entry = PublishedSet { profile: profile.name.clone(), arch, version: set.version.clone() };
             if publish_set(catalog, store, blobs, &entry, set)? {
@@ -174,7 +174,7 @@ fn write_artifact(catalog: &Catalog, blobs: &Path, artifact: &Artifact, dst: &Pa
 fn locate(catalog: &Catalog, blobs: &Path, source: &Source) -> Result<PathBuf, ArtifactProblem> {
     let (sha256, what) = match source {
         Source::Path(rel) => {
-            let probe = DirProbe { root: catalog.dir.clone() };
+            let probe = DirProbe { root: catalog.dir().to_path_buf() };
             return probe.resolve(rel).map_err(|message| ArtifactProblem::Source { path: rel.clone(), message });
         }
         Source::Deb { package, deb_arch, file, sha256 } => {

@@ -289,7 +289,7 @@ async fn serve_one(
     let server = shared.server();
     let ctx = Context {
         catalog: &catalog,
-        mode: opts.mode.unwrap_or(catalog.settings.dhcp.mode),
+        mode: opts.mode.unwrap_or(catalog.settings().dhcp.mode),
         port,
         server: &server,
         source: rx.source,

@@ -96,7 +96,7 @@ pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::Publ
 }
 
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> ServerInfo {
-    let s = &catalog.settings;
+    let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
     let http_base = if opts.advertise.is_none() && http_port == s.http_port {
         s.http_base.clone()
@@ -127,9 +127,9 @@ pub async fn run(
     let server = server_info(&catalog, &opts, http_port);
     info!(
         config = %opts.config_dir.display(),
-        profiles = catalog.profiles.len(),
-        machines = catalog.machines.len(),
-        dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings.dhcp.mode),
+        profiles = catalog.profiles().len(),
+        machines = catalog.machines().len(),
+        dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode),
         http = %server.http_base,
         tftp = %listeners.tftp.local_addr()?,
         "serving"
@@ -245,7 +245,7 @@ async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port
         Ok(Ok((catalog, report))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port);
-            info!(profiles = catalog.profiles.len(), machines = catalog.machines.len(), "config reloaded");
+            info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
             shared.set_server(server);
             shared.replace_catalog(Arc::new(catalog));
         }
@@ -256,7 +256,7 @@ async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port
 
 async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>, started: SystemTime) {
     let catalog = shared.catalog();
-    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings.gc_grace_secs));
+    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
     let store = opts.store();
     let t = touches.clone();
     let result = tokio::task::spawn_blocking(move || {

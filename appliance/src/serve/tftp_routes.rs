@@ -123,7 +123,7 @@ impl TftpRoutes {
     }
 
     fn mode(&self) -> DhcpMode {
-        self.mode.unwrap_or(self.shared.catalog().settings.dhcp.mode)
+        self.mode.unwrap_or(self.shared.catalog().settings().dhcp.mode)
     }
 
     /// A request for one of our boot program names. With `--dhcp off` the site's DHCP gives

@@ -99,7 +99,7 @@ pub fn handle(state: &mut State, ctx: &Context<'_>, req: &Message, client: &Clie
         return out;
     }
     let decision = decide(ctx.catalog, client, Stage::Dhcp);
-    let settings = &ctx.catalog.settings.dhcp;
+    let settings = &ctx.catalog.settings().dhcp;
     let grant = if ctx.mode == DhcpMode::Server && ctx.port == Port::Dhcp {
         lease_step(state, ctx, req, client, kind, &mut out)
     } else {
@@ -156,7 +156,7 @@ fn lease_step(
         out.note = Some("no Ethernet hardware address: no lease".into());
         return None;
     };
-    let settings = &ctx.catalog.settings.dhcp;
+    let settings = &ctx.catalog.settings().dhcp;
     let Some(pool) = Pool::new(settings, ctx.catalog.fixed_addresses(), ctx.server.address) else {
         out.note = Some("server mode without dhcp.subnet and dhcp.pool: no addresses to lease".into());
         return None;

@@ -35,7 +35,7 @@ impl Case {
             port: self.port,
             server: fx::SERVER,
             http_base: &self.http_base,
-            settings: &self.catalog.settings.dhcp,
+            settings: &self.catalog.settings().dhcp,
             grant: self.grant.as_ref(),
         };
         build(&msg, &client, &decision, &p)

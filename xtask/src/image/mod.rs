@@ -272,8 +272,8 @@ pub fn build(args: &Args) -> Result<Output> {
         image_id: &ids.image_id,
         kernel_version: &kernel_version,
         data_uuid: &ids.data_uuid,
-        config_address: catalog.settings.address,
-        http_port: catalog.settings.http_port,
+        config_address: catalog.settings().address,
+        http_port: catalog.settings().http_port,
         has_overlay: overlay.is_some(),
     };
     let daemon_line = format!(
@@ -785,7 +785,7 @@ fn contents_text(
         }
         Ipv4::Dhcp => "DHCP client (udhcpc)".into(),
     };
-    let d = &catalog.settings.dhcp;
+    let d = &catalog.settings().dhcp;
     let pool = d.pool.map(|(s, e)| format!(", pool {s}-{e}")).unwrap_or_default();
     let _ = writeln!(t, "network: interface {}, address {net}; serving DHCP mode {}{pool}", recipe.interface, d.mode);
     let _ = writeln!(
@@ -809,9 +809,9 @@ fn contents_text(
             let _ = writeln!(t, "  {file:<16} {size:>10}  sha256 {}  {package}", &sha[..16.min(sha.len())]);
         }
     }
-    let _ = writeln!(t, "profiles ({} in the artifact store):", catalog.profiles.len());
+    let _ = writeln!(t, "profiles ({} in the artifact store):", catalog.profiles().len());
     let mut rows: BTreeMap<(String, String), String> = BTreeMap::new();
-    for p in catalog.profiles.values() {
+    for p in catalog.profiles() {
         for (arch, set) in &p.arches {
             let files: Vec<String> = set
                 .files()
@@ -914,10 +914,10 @@ mod tests {
         let changed = apply_dhcp_overrides(&recipe, &config).unwrap();
         assert_eq!(changed, ["dhcp.mode = proxy", "dhcp.pool = 10.77.0.150..10.77.0.160"]);
         let catalog = appliance::config_dir::load(&config, None).unwrap();
-        assert_eq!(catalog.settings.dhcp.mode, appliance_core::catalog::DhcpMode::Proxy);
-        assert_eq!(catalog.settings.dhcp.pool.unwrap().0.to_string(), "10.77.0.150");
+        assert_eq!(catalog.settings().dhcp.mode, appliance_core::catalog::DhcpMode::Proxy);
+        assert_eq!(catalog.settings().dhcp.pool.unwrap().0.to_string(), "10.77.0.150");
         // Everything else is kept.
-        assert_eq!(catalog.settings.dhcp.domain.as_deref(), Some("lab.internal"));
+        assert_eq!(catalog.settings().dhcp.domain.as_deref(), Some("lab.internal"));
         recipe.check_against(&catalog).unwrap();
     }
 

@@ -420,14 +420,14 @@ impl Recipe {
     /// iPXE binary the config hands to UEFI clients must be in the image.
     pub fn check_against(&self, catalog: &Catalog) -> Result<(), ConfigErrors> {
         let mut errs = Errors { file: &self.path, index: PosIndex::build(&self.text), list: Vec::new() };
-        let mode = catalog.settings.dhcp.mode;
+        let mode = catalog.settings().dhcp.mode;
         match (&self.ipv4, mode) {
             (Ipv4::Dhcp, DhcpMode::Server) => errs.at(
                 "network.address",
                 "a DHCP server needs a static address: set ADDRESS/PREFIX, or dhcp.mode proxy or off",
             ),
             (Ipv4::Static { address, .. }, DhcpMode::Server) => {
-                if let Some(subnet) = catalog.settings.dhcp.subnet {
+                if let Some(subnet) = catalog.settings().dhcp.subnet {
                     if !subnet.contains(*address) {
                         errs.at(
                             "network.address",
@@ -441,7 +441,7 @@ impl Recipe {
             }
             _ => {}
         }
-        let efi = &catalog.settings.ipxe_efi;
+        let efi = &catalog.settings().ipxe_efi;
         if !self.bootloaders.iter().any(|b| b == efi) {
             errs.at(
                 "bootloaders",

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// One YAML file's name (as it should appear in messages) and text.
 #[derive(Debug, Clone)]
@@ -222,7 +223,7 @@ pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigE
     let (machines, vendors, unknown) = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
     match (errs.0.is_empty(), settings) {
         (true, Some(settings)) => {
-            Ok(Catalog { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus })
+            Ok(Catalog::new(Parts { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus }))
         }
         _ => Err(ConfigErrors(errs.0)),
     }

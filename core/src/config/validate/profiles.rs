@@ -2,7 +2,11 @@
 
 use super::*;
 
-pub(super) fn validate_profiles(input: &Input, probe: &dyn FileProbe, errs: &mut Errors) -> BTreeMap<String, Profile> {
+pub(super) fn validate_profiles(
+    input: &Input,
+    probe: &dyn FileProbe,
+    errs: &mut Errors,
+) -> BTreeMap<String, Arc<Profile>> {
     let mut out = BTreeMap::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for src in &input.profiles {
@@ -72,7 +76,7 @@ pub(super) fn validate_profiles(input: &Input, probe: &dyn FileProbe, errs: &mut
         }
         out.insert(
             wire.name.clone(),
-            Profile { name: wire.name.clone(), description: wire.description.clone(), arches },
+            Arc::new(Profile { name: wire.name.clone(), description: wire.description.clone(), arches }),
         );
     }
     out
