@@ -9,6 +9,7 @@
 //! `Arc` and swaps it whole on reload.
 
 use crate::arch::Arch;
+use crate::boot_file::BootFile;
 use crate::mac::{MacAddr, Oui};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -71,8 +72,9 @@ pub struct Settings {
     pub http_base: String,
     pub interface: Option<String>,
     pub dhcp: DhcpSettings,
-    /// The iPXE binary for x86-64 UEFI clients: `ipxe.efi` (all drivers) or `snponly.efi`.
-    pub ipxe_efi: String,
+    /// The iPXE binary for x86-64 UEFI clients: one of `BootFile::IPXE_EFI`, `ipxe.efi` (all
+    /// drivers) or `snponly.efi`.
+    pub ipxe_efi: BootFile,
     /// How long an unreferenced artifact version is kept after its last transfer.
     pub gc_grace_secs: u64,
 }

@@ -6,6 +6,7 @@
 //! to iPXE?) arrives as a field of `Client`.
 
 use crate::arch::{Arch, Firmware};
+use crate::boot_file::BootFile;
 use crate::catalog::{Catalog, Machine, Target};
 use crate::client::{Client, Learned};
 use crate::mac::{MacAddr, Oui};
@@ -35,53 +36,6 @@ impl fmt::Display for Stage {
             Stage::Pxelinux => "pxelinux.cfg",
             Stage::Grub => "grub.cfg",
         })
-    }
-}
-
-/// Boot programs we hand out.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
-pub enum BootFile {
-    /// iPXE for BIOS, chained through the ROM's UNDI driver.
-    Undionly,
-    /// iPXE for x86-64 UEFI with all its drivers.
-    IpxeEfi,
-    /// iPXE for x86-64 UEFI using the firmware's SNP driver.
-    SnponlyEfi,
-    /// GRUB network image for x86-64 UEFI.
-    GrubX64,
-    /// GRUB network image for ARM64 UEFI.
-    GrubAa64,
-    /// The U-Boot script image that runs `pxe get; pxe boot`.
-    UbootScript,
-}
-
-impl BootFile {
-    pub fn file_name(self) -> &'static str {
-        match self {
-            BootFile::Undionly => "undionly.kpxe",
-            BootFile::IpxeEfi => "ipxe.efi",
-            BootFile::SnponlyEfi => "snponly.efi",
-            BootFile::GrubX64 => "grubnetx64.efi",
-            BootFile::GrubAa64 => "grubnetaa64.efi",
-            BootFile::UbootScript => "boot.scr.uimg",
-        }
-    }
-
-    pub fn from_file_name(name: &str) -> Option<BootFile> {
-        [
-            BootFile::Undionly,
-            BootFile::IpxeEfi,
-            BootFile::SnponlyEfi,
-            BootFile::GrubX64,
-            BootFile::GrubAa64,
-            BootFile::UbootScript,
-        ]
-        .into_iter()
-        .find(|b| b.file_name() == name)
-    }
-
-    pub fn is_ipxe(self) -> bool {
-        matches!(self, BootFile::Undionly | BootFile::IpxeEfi | BootFile::SnponlyEfi)
     }
 }
 
@@ -250,7 +204,7 @@ fn dhcp_outcome(
             return ignore(format!("profile {:?} has no {a} artifacts", p.name));
         }
     }
-    let efi_ipxe = if catalog.settings().ipxe_efi == "snponly.efi" { BootFile::SnponlyEfi } else { BootFile::IpxeEfi };
+    let efi_ipxe = catalog.settings().ipxe_efi;
     let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     match client.firmware {

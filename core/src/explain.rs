@@ -4,6 +4,7 @@
 //! Pure: returns text and file lists; the CLI prints and writes them.
 
 use crate::arch::Arch;
+use crate::boot_file::BootFile;
 use crate::catalog::{Catalog, Target};
 use crate::client::{self, Client, Learned, TftpRequest};
 use crate::decide::{decide, Decision, Outcome, Stage, Transport};
@@ -93,9 +94,7 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         (_, Some(f)) => Some((stage, f)),
         (Outcome::IpxeScript, None) => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file, .. }, None) if file.is_ipxe() => Some((Stage::IpxeScript, Format::Ipxe)),
-        (Outcome::BootFile { file: crate::decide::BootFile::UbootScript, .. }, None) => {
-            Some((Stage::Pxelinux, Format::Pxelinux))
-        }
+        (Outcome::BootFile { file: BootFile::UbootScript, .. }, None) => Some((Stage::Pxelinux, Format::Pxelinux)),
         (Outcome::BootFile { .. }, None) => Some((Stage::Grub, Format::Grub)),
         _ => None,
     };

@@ -5,7 +5,8 @@
 //! - `config`: the YAML wire format and its validation into a `catalog::Catalog`, with errors
 //!   that name file, line, column and field.
 //! - `client`: who is asking, from a DHCP message, a TFTP path or an iPXE query.
-//! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it.
+//! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
+//!   `boot_file`: the boot programs handed out, by name.
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
@@ -21,6 +22,7 @@
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod arch;
+pub mod boot_file;
 pub mod catalog;
 pub mod client;
 pub mod config;

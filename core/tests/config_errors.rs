@@ -4,27 +4,14 @@
 
 mod common;
 
-use appliance_core::catalog::{Digest, Target};
-use appliance_core::config::{self, ConfigError, FileProbe, Input, SourceFile};
-use sha2::{Digest as _, Sha256};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use appliance_core::catalog::Target;
+use appliance_core::config::ConfigError;
 
 const SETTINGS: &str = "server: { address: 10.0.0.1 }\ndhcp:\n  mode: server\n  subnet: 10.0.0.0/24\n  pool: { start: 10.0.0.100, end: 10.0.0.199 }\n";
 const PROFILE: &str = "name: live\ncmdline: \"console=ttyS0\"\narch:\n  x86_64:\n    kernel: { path: files/k }\n";
 
-/// The config directory's other files, by relative path.
-struct Files(BTreeMap<PathBuf, Vec<u8>>);
-
-impl FileProbe for Files {
-    fn digest(&self, rel: &Path) -> Result<Digest, String> {
-        let bytes = self.0.get(rel).ok_or("not found")?;
-        Ok(Sha256::digest(bytes).into())
-    }
-}
-
 /// Validates a config (defaults for settings and one profile, overridable) and returns its
-/// errors: YAML files are the config's, any other file is a local artifact.
+/// errors.
 fn errors(files: &[(&str, &str)]) -> Vec<ConfigError> {
     let mut all: Vec<(&str, &str)> =
         vec![("appliance.yaml", SETTINGS), ("live.yaml", PROFILE), ("files/k", "kernel bytes\n")];
@@ -32,11 +19,7 @@ fn errors(files: &[(&str, &str)]) -> Vec<ConfigError> {
         all.retain(|(n, _)| n != name);
         all.push((name, text));
     }
-    let dir = PathBuf::from("/config");
-    let (yaml, other): (Vec<_>, Vec<_>) = all.into_iter().partition(|(name, _)| config::is_yaml(Path::new(name)));
-    let yaml = yaml.into_iter().map(|(name, text)| SourceFile { path: dir.join(name), text: text.into() }).collect();
-    let files = Files(other.into_iter().map(|(name, text)| (PathBuf::from(name), text.as_bytes().to_vec())).collect());
-    match config::validate(&Input::from_dir(dir, yaml, None), &files) {
+    match common::validate_files(&all) {
         Ok(_) => vec![],
         Err(e) => e.0,
     }
@@ -118,6 +101,15 @@ fn template_that_does_not_compile() {
         "name: live\ncmdline: \"console={{ oops\"\narch:\n  x86_64:\n    kernel: { path: files/k }\n",
     )]);
     check(&e, "live.yaml", 2, 1, "cmdline", "template does not compile");
+}
+
+#[test]
+fn efi_binary_is_an_ipxe_build() {
+    let e = errors(&[(
+        "appliance.yaml",
+        "server: { address: 10.0.0.1 }\ndhcp: { mode: proxy }\nipxe:\n  efi_binary: grubnetx64.efi\n",
+    )]);
+    check(&e, "appliance.yaml", 4, 3, "ipxe.efi_binary", "\"grubnetx64.efi\" is not one of ipxe.efi, snponly.efi");
 }
 
 #[test]

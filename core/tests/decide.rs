@@ -4,8 +4,9 @@
 mod common;
 
 use appliance_core::arch::{Arch, Firmware};
+use appliance_core::boot_file::BootFile;
 use appliance_core::client::{Client, Learned};
-use appliance_core::decide::{decide, BootFile, Outcome, Rule, Stage, Transport};
+use appliance_core::decide::{decide, Outcome, Rule, Stage, Transport};
 use appliance_core::explain::for_path;
 use common::*;
 
@@ -247,5 +248,24 @@ mod boot_file_by_name {
     fn an_ignored_machine_stays_ignored() {
         let d = decide_boot_file(&catalog(), &nothing_overheard("52:54:00:00:00:06"), BootFile::Undionly);
         assert!(matches!(d.outcome, Outcome::Ignore { .. }), "{d:?}");
+    }
+}
+
+#[test]
+fn the_efi_binary_setting_picks_the_uefi_ipxe_build() {
+    let catalog = |ipxe: &str| {
+        let settings = format!("server: {{ address: 10.0.0.1 }}\ndhcp: {{ mode: proxy }}\n{ipxe}");
+        validate_files(&[
+            ("appliance.yaml", &settings),
+            ("machines.yaml", "unknown: { profile: live }\n"),
+            ("live.yaml", "name: live\narch:\n  x86_64:\n    kernel: { path: k }\n"),
+            ("k", "kernel"),
+        ])
+        .unwrap()
+    };
+    for (ipxe, want) in [("", BootFile::IpxeEfi), ("ipxe: { efi_binary: snponly.efi }\n", BootFile::SnponlyEfi)] {
+        let c = catalog(ipxe);
+        assert_eq!(decide(&c, &ovmf_pxe("52:54:00:00:00:03"), Stage::Dhcp).outcome, tftp(want), "{ipxe}");
+        assert_eq!(decide(&c, &uefi_http_x64("52:54:00:00:00:03"), Stage::Dhcp).outcome, http(want), "{ipxe}");
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::qemu::Firmware;
 use anyhow::{bail, Context, Result};
+use appliance_core::boot_file::BootFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -159,9 +160,6 @@ fn newest_source_time() -> Option<std::time::SystemTime> {
 
 // --- prerequisites ---------------------------------------------------------------------------
 
-/// Bootloaders the daemon hands out (`cargo xtask fetch` fills the folder).
-pub const BOOTLOADERS: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetx64.efi", "grubnetaa64.efi"];
-
 pub struct Needs<'a> {
     pub firmware: Firmware,
     /// dnsmasq for the proxy and off columns.
@@ -203,8 +201,9 @@ pub fn missing(needs: &Needs<'_>) -> Vec<String> {
             missing.push(format!("{file}: install the Debian package {package}"));
         }
     }
-    for name in BOOTLOADERS {
-        let p = needs.bootloaders.join(name);
+    // The bootloaders the daemon hands out (`cargo xtask fetch` fills the folder).
+    for file in BootFile::bootloaders() {
+        let p = needs.bootloaders.join(file.file_name());
         if !p.is_file() {
             missing.push(format!("{}: run `cargo xtask fetch` (bootloaders)", p.display()));
         }

@@ -11,9 +11,10 @@ use crate::artifacts::{self, Touches};
 use crate::state::Shared;
 use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
 use appliance_core::arch::Firmware;
+use appliance_core::boot_file::BootFile;
 use appliance_core::catalog::DhcpMode;
 use appliance_core::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
-use appliance_core::decide::{decide, decide_boot_file, BootFile, Decision, Outcome, Stage};
+use appliance_core::decide::{decide, decide_boot_file, Decision, Outcome, Stage};
 use appliance_core::render::{self, Format};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -129,10 +130,9 @@ impl TftpRoutes {
     /// A request for one of our boot program names. With `--dhcp off` the site's DHCP gives
     /// every machine the same name, so the name says nothing: decide from what the machine said
     /// in its (overheard) DHCP request and serve the right bytes under that name.
-    fn boot_file(&self, req: &ReadRequest, name: &str, named: BootFile) -> Result<Content, TftpError> {
-        // `named` is `name` as a boot program.
+    fn boot_file(&self, req: &ReadRequest, named: BootFile) -> Result<Content, TftpError> {
         if self.mode() != DhcpMode::Off {
-            return self.bootloader(name);
+            return self.bootloader(named);
         }
         let now = Instant::now();
         let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
@@ -146,7 +146,7 @@ impl TftpRoutes {
                 }
                 match file {
                     BootFile::UbootScript => self.uboot_script(),
-                    f => self.bootloader(f.file_name()),
+                    f => self.bootloader(*f),
                 }
             }
             Outcome::IpxeScript => render::ipxe_entry(&self.shared.server())
@@ -156,9 +156,10 @@ impl TftpRoutes {
         }
     }
 
-    fn bootloader(&self, name: &str) -> Result<Content, TftpError> {
+    fn bootloader(&self, file: BootFile) -> Result<Content, TftpError> {
         let dir = self.bootloaders.as_ref().ok_or_else(TftpError::not_found)?;
-        if name.starts_with("grubnet") {
+        let name = file.file_name();
+        if file.is_grub() {
             // Our address goes into the image (see render::grub_image).
             let path = files::resolve(dir, name).map_err(|_| TftpError::not_found())?;
             let bytes =
@@ -207,7 +208,7 @@ impl Handler for TftpRoutes {
             }
             TftpRequest::Other(name) => match BootFile::from_file_name(&name) {
                 Some(BootFile::UbootScript) => self.uboot_script(),
-                Some(b) => self.boot_file(req, &name, b),
+                Some(b) => self.boot_file(req, b),
                 None => {
                     let root = self.root.as_ref().ok_or_else(TftpError::not_found)?;
                     match files::open(root, &name) {

@@ -12,6 +12,7 @@ use appliance_core::config::{self, ConfigErrors, FileProbe, Input, SourceFile};
 use appliance_core::explain::{client_from_query, Query};
 use appliance_core::mac::MacAddr;
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub fn data(rel: &str) -> PathBuf {
@@ -41,6 +42,27 @@ impl FileProbe for DirFiles {
         let bytes = std::fs::read(self.0.join(rel)).map_err(|e| e.to_string())?;
         Ok(Sha256::digest(bytes).into())
     }
+}
+
+/// The files of a config directory, by path relative to it.
+struct MemFiles(BTreeMap<PathBuf, Vec<u8>>);
+
+impl FileProbe for MemFiles {
+    fn digest(&self, rel: &Path) -> Result<Digest, String> {
+        let bytes = self.0.get(rel).ok_or("not found")?;
+        Ok(Sha256::digest(bytes).into())
+    }
+}
+
+/// Validates a config given as `(path, text)` pairs, without a directory: YAML files are the
+/// config's, any other file is a local artifact.
+pub fn validate_files(files: &[(&str, &str)]) -> Result<Catalog, ConfigErrors> {
+    let dir = PathBuf::from("/config");
+    let (yaml, other): (Vec<_>, Vec<_>) = files.iter().partition(|(name, _)| config::is_yaml(Path::new(name)));
+    let yaml =
+        yaml.into_iter().map(|(name, text)| SourceFile { path: dir.join(name), text: text.to_string() }).collect();
+    let probe = MemFiles(other.iter().map(|(name, text)| (PathBuf::from(name), text.as_bytes().to_vec())).collect());
+    config::validate(&Input::from_dir(dir, yaml, None), &probe)
 }
 
 pub fn catalog() -> Catalog {

@@ -6,14 +6,11 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use appliance_core::boot_file::BootFile;
 use appliance_core::catalog::{Catalog, DhcpMode};
 use appliance_core::config::position::PosIndex;
 use appliance_core::config::{ConfigError, ConfigErrors};
 use serde::Deserialize;
-
-/// Every bootloader `cargo xtask fetch` builds.
-pub const ALL_BOOTLOADERS: [&str; 5] =
-    ["grubnetaa64.efi", "grubnetx64.efi", "ipxe.efi", "snponly.efi", "undionly.kpxe"];
 
 /// NIC drivers a lab machine needs; always in the image.
 pub const NIC_MODULES: [&str; 6] = ["e1000", "e1000e", "igb", "ixgbe", "r8169", "virtio_net"];
@@ -333,13 +330,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
     };
 
     let bootloaders = match &wire.bootloaders {
-        None => ALL_BOOTLOADERS.iter().map(|s| s.to_string()).collect(),
+        // Every bootloader `cargo xtask fetch` builds.
+        None => BootFile::bootloaders().map(|b| b.file_name().to_owned()).collect(),
         Some(list) => {
             let mut seen = BTreeSet::new();
             for (i, b) in list.iter().enumerate() {
                 let field = format!("bootloaders[{i}]");
-                if !ALL_BOOTLOADERS.contains(&b.as_str()) {
-                    errs.at(&field, format!("unknown bootloader {b:?} (known: {})", ALL_BOOTLOADERS.join(", ")));
+                if !BootFile::from_file_name(b).is_some_and(BootFile::is_bootloader) {
+                    let known: Vec<&str> = BootFile::bootloaders().map(BootFile::file_name).collect();
+                    errs.at(&field, format!("unknown bootloader {b:?} (known: {})", known.join(", ")));
                 } else if !seen.insert(b.clone()) {
                     errs.at(&field, format!("{b} is listed twice"));
                 }
@@ -441,8 +440,8 @@ impl Recipe {
             }
             _ => {}
         }
-        let efi = &catalog.settings().ipxe_efi;
-        if !self.bootloaders.iter().any(|b| b == efi) {
+        let efi = catalog.settings().ipxe_efi;
+        if !self.bootloaders.iter().any(|b| b == efi.file_name()) {
             errs.at(
                 "bootloaders",
                 format!("the config hands {efi} to x86-64 UEFI clients (ipxe.efi_binary), but the image leaves it out"),
@@ -533,7 +532,7 @@ mod tests {
         assert_eq!(r.name, "lab");
         assert_eq!(r.interface, Interface::Auto);
         assert_eq!(r.ipv4, Ipv4::Static { address: Ipv4Addr::new(10, 77, 0, 1), prefix: 24, gateway: None });
-        assert_eq!(r.bootloaders.len(), ALL_BOOTLOADERS.len());
+        assert_eq!(r.bootloaders.len(), BootFile::bootloaders().count());
         assert_eq!(r.console_args(), "console=tty0 console=ttyS0,115200n8");
         assert_eq!(r.state_mib, 8);
     }

@@ -1,6 +1,7 @@
 //! `appliance.yaml`: addresses, DHCP mode, pool and options.
 
 use super::*;
+use crate::boot_file::BootFile;
 
 pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Settings> {
     let Some(src) = &input.settings else {
@@ -74,10 +75,14 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
             errs.at(&doc, "dhcp", "server mode needs dhcp.pool");
         }
     }
-    let ipxe_efi = wire.ipxe.efi_binary.clone().unwrap_or_else(|| "ipxe.efi".into());
-    if !matches!(ipxe_efi.as_str(), "ipxe.efi" | "snponly.efi") {
-        errs.at(&doc, "ipxe.efi_binary", format!("{ipxe_efi:?} is not one of ipxe.efi, snponly.efi"));
-    }
+    let ipxe_efi = match wire.ipxe.efi_binary.as_deref() {
+        None => BootFile::IpxeEfi,
+        Some(name) => BootFile::from_file_name(name).filter(|b| BootFile::IPXE_EFI.contains(b)).unwrap_or_else(|| {
+            let choices: Vec<&str> = BootFile::IPXE_EFI.iter().map(|b| b.file_name()).collect();
+            errs.at(&doc, "ipxe.efi_binary", format!("{name:?} is not one of {}", choices.join(", ")));
+            BootFile::IpxeEfi
+        }),
+    };
     if errs.0.len() > before {
         return None;
     }
