@@ -70,7 +70,7 @@ pub enum Rule {
     /// The machine's own entry in the MAC database.
     ExactMac(MacAddr),
     /// A vendor rule for this OUI.
-    Oui(String),
+    Oui(Oui),
     /// What the client said about itself.
     Client(Learned),
     /// The policy for machines without an entry.
@@ -118,7 +118,7 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     let (arch, arch_rule) = if let Some((a, e)) = entry.and_then(|e| e.arch.map(|a| (a, e))) {
         (Some(a), Rule::ExactMac(e.mac))
     } else if let Some((a, v)) = vendor.and_then(|v| v.arch.map(|a| (a, v))) {
-        (Some(a), oui_rule(v.oui))
+        (Some(a), Rule::Oui(v.oui))
     } else if let Some((a, learned)) = &client.arch_hint {
         (Some(*a), Rule::Client(learned.clone()))
     } else {
@@ -127,7 +127,7 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     let (target, target_rule) = if let Some((t, e)) = entry.and_then(|e| e.target.as_ref().map(|t| (t, e))) {
         (t, Rule::ExactMac(e.mac))
     } else if let Some((t, v)) = vendor.and_then(|v| v.target.as_ref().map(|t| (t, v))) {
-        (t, oui_rule(v.oui))
+        (t, Rule::Oui(v.oui))
     } else {
         (catalog.unknown(), Rule::UnknownPolicy)
     };
@@ -161,10 +161,6 @@ pub fn decide_boot_file(catalog: &Catalog, client: &Client, named: BootFile) -> 
         }
         _ => d,
     }
-}
-
-fn oui_rule(oui: Oui) -> Rule {
-    Rule::Oui(oui.to_string())
 }
 
 fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {

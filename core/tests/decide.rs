@@ -8,7 +8,12 @@ use appliance_core::boot_file::BootFile;
 use appliance_core::client::{Client, Learned};
 use appliance_core::decide::{decide, Outcome, Rule, Stage, Transport};
 use appliance_core::explain::for_path;
+use appliance_core::mac::Oui;
 use common::*;
+
+fn oui(s: &str) -> Oui {
+    Oui::parse(s).unwrap()
+}
 
 fn tftp(file: BootFile) -> Outcome {
     Outcome::BootFile { file, transport: Transport::Tftp }
@@ -127,7 +132,7 @@ fn oui_rule_decides_arch_where_option_93_is_absent_or_wrong() {
     // A Raspberry Pi OUI sending x64 UEFI's option 93: the vendor rule says arm64.
     let d = decide(&catalog(), &ovmf_pxe("b8:27:eb:00:00:01"), Stage::Dhcp);
     assert_eq!(d.arch, Some(Arch::Arm64));
-    assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
+    assert_eq!(d.arch_rule, Rule::Oui(oui("b8:27:eb")));
     assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
     // With no option 93 at all, a pxelinux request is still decided by the OUI rule.
     let (stage, _, c) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/01-b8-27-eb-00-00-01");
@@ -140,7 +145,7 @@ fn oui_rule_decides_arch_where_option_93_is_absent_or_wrong() {
 fn oui_rule_can_name_a_profile() {
     let c = catalog();
     let d = decide(&c, &ipxe_efi("02:00:00:00:00:01"), Stage::IpxeScript);
-    assert_eq!(d.target_rule, Rule::Oui("02:00:00".into()));
+    assert_eq!(d.target_rule, Rule::Oui(oui("02:00:00")));
     assert_eq!(d.outcome, boot_of(&c, "x86only", Arch::X86_64));
 }
 
@@ -234,7 +239,7 @@ mod boot_file_by_name {
     #[test]
     fn arm64_by_oui_rule_gets_grub_when_nothing_was_overheard() {
         let d = decide_boot_file(&catalog(), &nothing_overheard("b8:27:eb:00:00:09"), BootFile::Undionly);
-        assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
+        assert_eq!(d.arch_rule, Rule::Oui(oui("b8:27:eb")));
         assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
     }
 
