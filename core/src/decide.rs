@@ -50,7 +50,7 @@ pub enum Transport {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Outcome {
     /// Do not serve this client (no DHCP answer; "not found" for a config file).
-    Ignore { reason: String },
+    Ignore { reason: IgnoreReason },
     /// Hand out a boot program.
     BootFile { file: BootFile, transport: Transport },
     /// The client is iPXE: hand it the entry script URL.
@@ -61,6 +61,56 @@ pub enum Outcome {
     Menu { menu: String },
     /// Boot from the local disk.
     Local,
+}
+
+/// Why a client is not served. `Display` is the sentence logs, `explain` and the iPXE "not
+/// served" script show.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum IgnoreReason {
+    /// At the DHCP stage, the target (the machine's entry, its vendor rule or the
+    /// unknown-machine policy) is `ignore`.
+    Database,
+    /// At a config stage, this rule's target is `ignore`.
+    Rule(Rule),
+    /// The target profile is not built for the client's architecture.
+    NoArtifacts { profile: String, arch: Arch },
+    /// Nothing marks the client as boot firmware (an installed OS renewing its lease).
+    NotBootClient,
+    /// GRUB asking DHCP: it reuses the firmware's lease.
+    Grub,
+    /// A UEFI client (`http`: HTTP Boot) of an architecture we have no boot program for.
+    NoUefiProgram { arch: Arch, http: bool },
+    /// A UEFI client (`http`: HTTP Boot) whose architecture nothing told.
+    UefiArchUnknown { http: bool },
+    /// A config request whose architecture nothing told, for a target that needs it.
+    ArchUnknown,
+}
+
+impl fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let http = |http: bool| if http { " HTTP" } else { "" };
+        match self {
+            IgnoreReason::Database => f.write_str("the MAC database says to ignore this machine"),
+            IgnoreReason::Rule(rule) => write!(f, "{rule} says to ignore this machine"),
+            IgnoreReason::NoArtifacts { profile, arch } => write!(f, "profile {profile:?} has no {arch} artifacts"),
+            IgnoreReason::NotBootClient => {
+                f.write_str("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)")
+            }
+            IgnoreReason::Grub => f.write_str("GRUB reuses the firmware's lease"),
+            IgnoreReason::NoUefiProgram { arch, http: h } => write!(f, "no UEFI{} boot program for {arch}", http(*h)),
+            IgnoreReason::UefiArchUnknown { http: h } => write!(f, "UEFI{} client of unknown architecture", http(*h)),
+            IgnoreReason::ArchUnknown => f.write_str(
+                "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
+            ),
+        }
+    }
+}
+
+/// Serialised as its sentence, as when the reason was a string.
+impl Serialize for IgnoreReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Which rule settled a part of the decision.
@@ -181,8 +231,8 @@ fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {
     }
 }
 
-fn ignore(reason: impl Into<String>) -> Outcome {
-    Outcome::Ignore { reason: reason.into() }
+fn ignore(reason: IgnoreReason) -> Outcome {
+    Outcome::Ignore { reason }
 }
 
 fn dhcp_outcome(
@@ -193,19 +243,19 @@ fn dhcp_outcome(
     target: &Target,
 ) -> Outcome {
     if *target == Target::Ignore {
-        return ignore("the MAC database says to ignore this machine");
+        return ignore(IgnoreReason::Database);
     }
     if let (Target::Profile(p), Some(a)) = (target, arch) {
         if !p.arches.contains_key(&a) {
-            return ignore(format!("profile {:?} has no {a} artifacts", p.name));
+            return ignore(IgnoreReason::NoArtifacts { profile: p.name.clone(), arch: a });
         }
     }
     let efi_ipxe = catalog.settings().ipxe_efi;
     let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     match client.firmware {
-        Firmware::Unknown => ignore("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)"),
-        Firmware::Grub => ignore("GRUB reuses the firmware's lease"),
+        Firmware::Unknown => ignore(IgnoreReason::NotBootClient),
+        Firmware::Grub => ignore(IgnoreReason::Grub),
         Firmware::Ipxe { efi } => {
             // FIRMWARE.md: the QEMU iPXE ROM and the undionly.kpxe it chains send byte-identical
             // options, so "chain once per MAC" is remembered by the caller, not read from the packet.
@@ -220,24 +270,23 @@ fn dhcp_outcome(
         Firmware::UefiPxe => match arch {
             Some(Arch::X86_64) => tftp(efi_ipxe),
             Some(Arch::Arm64) => tftp(BootFile::GrubAa64),
-            Some(a) => ignore(format!("no UEFI boot program for {a}")),
-            None => ignore("UEFI client of unknown architecture"),
+            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: false }),
+            None => ignore(IgnoreReason::UefiArchUnknown { http: false }),
         },
         Firmware::UefiHttp => match arch {
             Some(Arch::X86_64) => http(efi_ipxe),
             Some(Arch::Arm64) => http(BootFile::GrubAa64),
-            Some(a) => ignore(format!("no UEFI HTTP boot program for {a}")),
-            None => ignore("UEFI HTTP client of unknown architecture"),
+            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: true }),
+            None => ignore(IgnoreReason::UefiArchUnknown { http: true }),
         },
         Firmware::Uboot => tftp(BootFile::UbootScript),
     }
 }
 
 fn config_outcome(arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
-    let arch_unknown =
-        || ignore("architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed");
+    let arch_unknown = || ignore(IgnoreReason::ArchUnknown);
     match target {
-        Target::Ignore => ignore(format!("{rule} says to ignore this machine")),
+        Target::Ignore => ignore(IgnoreReason::Rule(rule.clone())),
         Target::Local => Outcome::Local,
         Target::Menu(m) => match arch {
             Some(_) => Outcome::Menu { menu: m.name.clone() },
@@ -248,8 +297,44 @@ fn config_outcome(arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
             let Some(arch) = arch.or_else(|| p.only_arch()) else { return arch_unknown() };
             match p.arches.get(&arch) {
                 Some(set) => Outcome::Boot { profile: p.name.clone(), version: set.version.clone() },
-                None => ignore(format!("profile {:?} has no {arch} artifacts", p.name)),
+                None => ignore(IgnoreReason::NoArtifacts { profile: p.name.clone(), arch }),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each reason reads as the sentence logs, `explain` and the iPXE "not served" script have
+    /// always shown.
+    #[test]
+    fn ignore_reasons_read_as_sentences() {
+        let rule = Rule::ExactMac(MacAddr([0x52, 0x54, 0, 0, 0, 6]));
+        let cases = [
+            (IgnoreReason::Database, "the MAC database says to ignore this machine"),
+            (IgnoreReason::Rule(rule), "MAC database entry 52:54:00:00:00:06 says to ignore this machine"),
+            (
+                IgnoreReason::NoArtifacts { profile: "live".into(), arch: Arch::Arm64 },
+                "profile \"live\" has no arm64 artifacts",
+            ),
+            (
+                IgnoreReason::NotBootClient,
+                "not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)",
+            ),
+            (IgnoreReason::Grub, "GRUB reuses the firmware's lease"),
+            (IgnoreReason::NoUefiProgram { arch: Arch::Riscv64, http: false }, "no UEFI boot program for riscv64"),
+            (IgnoreReason::NoUefiProgram { arch: Arch::X86, http: true }, "no UEFI HTTP boot program for x86"),
+            (IgnoreReason::UefiArchUnknown { http: false }, "UEFI client of unknown architecture"),
+            (IgnoreReason::UefiArchUnknown { http: true }, "UEFI HTTP client of unknown architecture"),
+            (
+                IgnoreReason::ArchUnknown,
+                "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
         }
     }
 }

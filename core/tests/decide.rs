@@ -6,7 +6,7 @@ mod common;
 use appliance_core::arch::{Arch, Firmware};
 use appliance_core::boot_file::BootFile;
 use appliance_core::client::{Client, Learned};
-use appliance_core::decide::{decide, Outcome, Rule, Stage, Transport};
+use appliance_core::decide::{decide, IgnoreReason, Outcome, Rule, Stage, Transport};
 use appliance_core::explain::for_path;
 use appliance_core::mac::Oui;
 use common::*;
@@ -28,7 +28,7 @@ fn check_dhcp(client: Client, want: Outcome) {
     assert_eq!(d.outcome, want, "client {client:?}\ndecision {d:?}");
 }
 
-fn ignored(client: Client, stage: Stage) -> String {
+fn ignored(client: Client, stage: Stage) -> IgnoreReason {
     match decide(&catalog(), &client, stage).outcome {
         Outcome::Ignore { reason } => reason,
         other => panic!("expected ignore, got {other:?}"),
@@ -108,14 +108,14 @@ fn arm64_uefi_gets_grub() {
 
 #[test]
 fn plain_os_dhcp_client_is_not_a_boot_client() {
-    let reason = ignored(os_client("52:54:00:00:00:01"), Stage::Dhcp);
-    assert!(reason.contains("not a network-boot client"), "{reason}");
+    assert_eq!(ignored(os_client("52:54:00:00:00:01"), Stage::Dhcp), IgnoreReason::NotBootClient);
 }
 
 #[test]
 fn ignored_machine_gets_nothing() {
-    let reason = ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::Dhcp);
-    assert!(reason.contains("ignore"), "{reason}");
+    assert_eq!(ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::Dhcp), IgnoreReason::Database);
+    let entry = Rule::ExactMac(mac("52:54:00:00:00:06"));
+    assert_eq!(ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::IpxeScript), IgnoreReason::Rule(entry));
 }
 
 #[test]
@@ -176,10 +176,9 @@ fn local_boot_machine() {
 
 #[test]
 fn profile_without_the_clients_arch_is_refused_with_a_reason() {
-    let reason = ignored(uboot("52:54:00:00:00:08"), Stage::Pxelinux);
-    assert!(reason.contains("no arm64 artifacts"), "{reason}");
-    let reason = ignored(uboot("52:54:00:00:00:08"), Stage::Dhcp);
-    assert!(reason.contains("no arm64 artifacts"), "{reason}");
+    let want = IgnoreReason::NoArtifacts { profile: "x86only".into(), arch: Arch::Arm64 };
+    assert_eq!(ignored(uboot("52:54:00:00:00:08"), Stage::Pxelinux), want);
+    assert_eq!(ignored(uboot("52:54:00:00:00:08"), Stage::Dhcp), want);
 }
 
 #[test]

@@ -121,7 +121,7 @@ pub fn handle(state: &mut State, ctx: &Context<'_>, req: &Message, client: &Clie
         }
     }
     let ignored = match &decision.outcome {
-        Outcome::Ignore { reason } => Some(reason.as_str()),
+        Outcome::Ignore { reason } => Some(reason),
         _ => None,
     };
     if out.note.is_none() {
