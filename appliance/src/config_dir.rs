@@ -4,7 +4,7 @@
 //! `appliance_core::config`.
 
 use appliance_core::catalog::{Catalog, Digest};
-use appliance_core::config::{self, ConfigError, ConfigErrors, FileProbe, Input, SourceFile};
+use appliance_core::config::{self, ConfigError, ConfigErrors, FileProbe, Input, ProbeError, SourceFile};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -47,23 +47,24 @@ pub struct DirProbe {
 
 impl DirProbe {
     /// The file's real path, if it stays inside the root.
-    pub fn resolve(&self, rel: &Path) -> Result<PathBuf, String> {
-        let root = self.root.canonicalize().map_err(|e| format!("config directory: {e}"))?;
-        let full = root.join(rel).canonicalize().map_err(|e| format!("not found in {} ({e})", self.root.display()))?;
+    pub fn resolve(&self, rel: &Path) -> Result<PathBuf, ProbeError> {
+        let root = self.root.canonicalize().map_err(ProbeError::ConfigDir)?;
+        let full =
+            root.join(rel).canonicalize().map_err(|error| ProbeError::NotFound { dir: self.root.clone(), error })?;
         if !full.starts_with(&root) {
-            return Err(format!("resolves outside the config directory (to {})", full.display()));
+            return Err(ProbeError::Outside(full));
         }
         if !full.is_file() {
-            return Err("is not a regular file".into());
+            return Err(ProbeError::NotAFile);
         }
         Ok(full)
     }
 }
 
 impl FileProbe for DirProbe {
-    fn digest(&self, rel: &Path) -> Result<Digest, String> {
+    fn digest(&self, rel: &Path) -> Result<Digest, ProbeError> {
         let full = self.resolve(rel)?;
-        sha256_file(&full).map_err(|e| e.to_string())
+        sha256_file(&full).map_err(ProbeError::Read)
     }
 }
 

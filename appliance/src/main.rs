@@ -144,6 +144,8 @@ struct ServeArgs {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct CpuLatencyArg(Option<i32>);
 
+/// clap's value parser: clap prints the message and exits, no caller branches on it, so a
+/// `String` is all the error needs to be.
 fn parse_cpu_latency(s: &str) -> Result<CpuLatencyArg, String> {
     if s == "off" {
         return Ok(CpuLatencyArg(None));

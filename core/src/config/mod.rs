@@ -15,10 +15,11 @@
 pub mod error;
 pub mod position;
 pub mod validate;
+pub mod values;
 pub mod wire;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use validate::{is_yaml, validate, FileProbe, Input, SourceFile};
+pub use validate::{is_yaml, validate, FileProbe, Input, ProbeError, SourceFile};
 
 pub const SETTINGS_FILE: &str = "appliance.yaml";
 pub const MACHINES_FILE: &str = "machines.yaml";

@@ -8,7 +8,7 @@
 
 use appliance_core::catalog::{Catalog, Digest};
 use appliance_core::client::Client;
-use appliance_core::config::{self, ConfigErrors, FileProbe, Input, SourceFile};
+use appliance_core::config::{self, ConfigErrors, FileProbe, Input, ProbeError, SourceFile};
 use appliance_core::explain::{client_from_query, Query};
 use appliance_core::mac::MacAddr;
 use sha2::{Digest as _, Sha256};
@@ -38,8 +38,8 @@ pub fn load(dir: &Path, overlay: Option<&str>) -> Result<Catalog, ConfigErrors> 
 struct DirFiles(PathBuf);
 
 impl FileProbe for DirFiles {
-    fn digest(&self, rel: &Path) -> Result<Digest, String> {
-        let bytes = std::fs::read(self.0.join(rel)).map_err(|e| e.to_string())?;
+    fn digest(&self, rel: &Path) -> Result<Digest, ProbeError> {
+        let bytes = std::fs::read(self.0.join(rel)).map_err(ProbeError::Read)?;
         Ok(Sha256::digest(bytes).into())
     }
 }
@@ -48,8 +48,9 @@ impl FileProbe for DirFiles {
 struct MemFiles(BTreeMap<PathBuf, Vec<u8>>);
 
 impl FileProbe for MemFiles {
-    fn digest(&self, rel: &Path) -> Result<Digest, String> {
-        let bytes = self.0.get(rel).ok_or("not found")?;
+    fn digest(&self, rel: &Path) -> Result<Digest, ProbeError> {
+        let not_found = || ProbeError::NotFound { dir: "/config".into(), error: std::io::ErrorKind::NotFound.into() };
+        let bytes = self.0.get(rel).ok_or_else(not_found)?;
         Ok(Sha256::digest(bytes).into())
     }
 }

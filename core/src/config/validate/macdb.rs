@@ -204,7 +204,7 @@ fn machine(
             return None;
         }
     }
-    let address = match w.address.as_deref().map(parse_ip) {
+    let address = match w.address.as_deref().map(parse_ipv4) {
         Some(Err(e)) => {
             errs.at(doc, &key(base, "address"), e);
             return None;

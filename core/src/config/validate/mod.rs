@@ -11,10 +11,10 @@ mod profiles;
 mod settings;
 
 pub use profiles::debian_arch;
-pub use settings::parse_subnet;
 
 use super::error::{ConfigError, ConfigErrors};
 use super::position::{index, key, PosIndex};
+use super::values::{parse_arch, parse_ipv4, parse_sha256, parse_subnet, valid_hostname, valid_name};
 use super::wire::*;
 use crate::arch::Arch;
 use crate::catalog::*;
@@ -76,10 +76,29 @@ pub fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-/// Access to local artifact files, relative to the config directory.
+/// Access to local artifact files, relative to the config directory: the one thing validation
+/// needs from the file system, handed in by the caller.
 pub trait FileProbe {
     /// The sha256 of the file, or why it cannot be read.
-    fn digest(&self, rel: &Path) -> Result<Digest, String>;
+    fn digest(&self, rel: &Path) -> Result<Digest, ProbeError>;
+}
+
+/// Why a local artifact file gives no digest. Reported as `artifact file "PATH": <this>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The config directory itself cannot be resolved.
+    #[error("config directory: {0}")]
+    ConfigDir(std::io::Error),
+    #[error("not found in {} ({error})", dir.display())]
+    NotFound { dir: PathBuf, error: std::io::Error },
+    /// The path leaves the config directory (through `..` or a symlink).
+    #[error("resolves outside the config directory (to {})", .0.display())]
+    Outside(PathBuf),
+    #[error("is not a regular file")]
+    NotAFile,
+    /// The file exists but reading it failed.
+    #[error("{0}")]
+    Read(std::io::Error),
 }
 
 struct Doc<'a> {
@@ -171,42 +190,6 @@ fn strip_location(msg: &str) -> String {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
     }
-}
-
-fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
-    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address"))
-}
-
-fn parse_sha256(s: &str) -> Result<Digest, String> {
-    let bytes = hex::decode(s.trim()).map_err(|_| format!("{s:?} is not a hex sha256"))?;
-    bytes.try_into().map_err(|_| format!("{s:?} is not 64 hex digits"))
-}
-
-fn parse_arch(s: &str) -> Result<Arch, String> {
-    Arch::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = Arch::ALL.iter().map(|a| a.as_str()).collect();
-        format!("unknown architecture {s:?} (expected one of {})", all.join(", "))
-    })
-}
-
-/// Names that end up in URLs and file paths.
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-fn valid_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
 }
 
 /// A relative path that cannot climb out of the directory it is relative to.

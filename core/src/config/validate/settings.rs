@@ -17,7 +17,7 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
     let doc = Doc::new(src);
     let wire: SettingsFile = parse_required(src, &doc, errs)?;
     let before = errs.0.len();
-    let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ip(s) {
+    let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ipv4(s) {
         Ok(ip) => Some(ip),
         Err(e) => {
             errs.at(&doc, field, e);
@@ -103,15 +103,4 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
         ipxe_efi,
         gc_grace_secs: wire.artifacts.gc_grace_minutes.unwrap_or(30) * 60,
     })
-}
-
-pub fn parse_subnet(s: &str) -> Result<Subnet, String> {
-    let bad = || format!("{s:?} is not a subnet like 10.0.0.0/24");
-    let (net, prefix) = s.split_once('/').ok_or_else(bad)?;
-    let network: Ipv4Addr = net.trim().parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
-    if prefix > 32 {
-        return Err(bad());
-    }
-    Ok(Subnet { network, prefix })
 }
