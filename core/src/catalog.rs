@@ -53,6 +53,15 @@ pub enum DhcpMode {
     Off,
 }
 
+impl DhcpMode {
+    pub const ALL: [DhcpMode; 3] = [DhcpMode::Server, DhcpMode::Proxy, DhcpMode::Off];
+
+    /// `server`, `proxy` or `off`, as the config spells them.
+    pub fn parse(s: &str) -> Option<DhcpMode> {
+        DhcpMode::ALL.into_iter().find(|m| m.to_string() == s)
+    }
+}
+
 impl std::fmt::Display for DhcpMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -50,6 +50,13 @@ fn unknown_field_names_its_line_and_path() {
 }
 
 #[test]
+fn serde_error_names_the_field_once() {
+    let e = errors(&[("appliance.yaml", "server: { address: 10.0.0.1, adress: 1 }\n")]);
+    let line = e[0].to_string();
+    assert!(line.ends_with("appliance.yaml:1:30: server.adress: unknown field `adress`, expected one of `address`, `http_port`, `http_base`, `interface`"), "{line}");
+}
+
+#[test]
 fn malformed_mac_and_oui() {
     let e = errors(&[(
         "machines.yaml",

@@ -1,6 +1,11 @@
 //! The configuration as text and what it becomes: the YAML wire structs (`wire`), their
 //! validation into a `Catalog` (`validate`), and errors that name file, line, column and field
-//! (`error`, `position`). Every mistake is collected, never only the first.
+//! (`error`, `position`, `yaml`). Every mistake is collected, never only the first.
+//!
+//! `yaml` (documents, serde errors at their positions, the error collector), `position` (field
+//! paths and where they sit) and `values` (parsers of addresses, subnets, digests and
+//! architectures; name and host name rules) are public API: the image recipes in `xtask`
+//! validate with the same machinery and the same rules.
 //!
 //! No I/O: the caller reads the YAML files into an `Input` and hands in a `FileProbe` for the
 //! digests of local artifact files (the daemon's `appliance::config_dir` reads a directory).
@@ -17,6 +22,7 @@ pub mod position;
 pub mod validate;
 pub mod values;
 pub mod wire;
+pub mod yaml;
 
 pub use error::{ConfigError, ConfigErrors};
 pub use validate::{is_yaml, validate, FileProbe, Input, ProbeError, SourceFile};

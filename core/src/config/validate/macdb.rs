@@ -63,8 +63,8 @@ pub(super) fn validate_macdb(
     let mut unknown = Target::Ignore;
     let docs: Vec<&SourceFile> = input.machines.iter().chain(input.overlay.iter()).collect();
     for (file_no, src) in docs.iter().enumerate() {
-        let doc = Doc::new(src);
-        let Some(db) = parse_doc::<MacDbFile>(src, &doc, errs) else {
+        let doc = src.doc();
+        let Some(db) = doc.parse_or_default::<MacDbFile>(errs) else {
             continue;
         };
         let mut in_this_file: HashMap<MacAddr, String> = HashMap::new();
@@ -82,11 +82,11 @@ pub(super) fn validate_macdb(
                 }
             };
             if let Some(prev) = in_this_file.insert(mac, kstr.to_string()) {
-                let (line, _) = doc.index.at(&key("machines", &prev));
+                let (line, _) = doc.position(&key("machines", &prev));
                 errs.at(&doc, &base, format!("duplicate MAC {mac} (also at line {line} as {prev:?})"));
                 continue;
             }
-            let Some(w) = parse_value::<MachineWire>(v, &base, &doc, errs) else {
+            let Some(w) = doc.parse_value::<MachineWire>(v, &base, errs) else {
                 continue;
             };
             if let Some(m) = machine(mac, &w, &base, profiles, menus, &db, settings, &doc, errs) {
@@ -98,7 +98,7 @@ pub(super) fn validate_macdb(
             let mut file_vendors = Vec::new();
             for (i, v) in db.vendors.iter().enumerate() {
                 let base = index("vendors", i);
-                let Some(w) = parse_value::<VendorWire>(v, &base, &doc, errs) else {
+                let Some(w) = doc.parse_value::<VendorWire>(v, &base, errs) else {
                     continue;
                 };
                 let oui = match Oui::parse(&w.oui) {
@@ -147,7 +147,7 @@ pub(super) fn validate_macdb(
             if let Some(other) = by_addr.insert(a, *mac) {
                 let src = docs.get(machines[mac].2).copied();
                 if let Some(src) = src {
-                    let doc = Doc::new(src);
+                    let doc = src.doc();
                     errs.at(
                         &doc,
                         &key(&key("machines", &mac.to_string()), "address"),

@@ -9,8 +9,8 @@ pub(super) fn validate_menus(
 ) -> BTreeMap<String, Arc<Menu>> {
     let mut out = BTreeMap::new();
     let Some(src) = &input.menus else { return out };
-    let doc = Doc::new(src);
-    let Some(file) = parse_doc::<MenusFile>(src, &doc, errs) else {
+    let doc = src.doc();
+    let Some(file) = doc.parse_or_default::<MenusFile>(errs) else {
         return out;
     };
     for (name, m) in &file.menus {

@@ -13,19 +13,18 @@ mod settings;
 pub use profiles::debian_arch;
 
 use super::error::{ConfigError, ConfigErrors};
-use super::position::{index, key, PosIndex};
+use super::position::{index, key};
 use super::values::{parse_arch, parse_ipv4, parse_sha256, parse_subnet, valid_hostname, valid_name};
 use super::wire::*;
+use super::yaml::{Doc, Errors};
 use crate::arch::Arch;
 use crate::catalog::*;
 use crate::mac::{MacAddr, Oui};
 use macdb::validate_macdb;
 use menus::validate_menus;
 use profiles::validate_profiles;
-use serde::de::DeserializeOwned;
 use settings::validate_settings;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
 use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +34,12 @@ use std::sync::Arc;
 pub struct SourceFile {
     pub path: PathBuf,
     pub text: String,
+}
+
+impl SourceFile {
+    pub fn doc(&self) -> Doc<'_> {
+        Doc::new(&self.path, &self.text)
+    }
 }
 
 /// All the files of one configuration.
@@ -101,97 +106,6 @@ pub enum ProbeError {
     Read(std::io::Error),
 }
 
-struct Doc<'a> {
-    file: &'a Path,
-    index: PosIndex,
-}
-
-impl<'a> Doc<'a> {
-    fn new(src: &'a SourceFile) -> Self {
-        Doc { file: &src.path, index: PosIndex::build(&src.text) }
-    }
-}
-
-#[derive(Default)]
-struct Errors(Vec<ConfigError>);
-
-impl Errors {
-    fn at(&mut self, doc: &Doc<'_>, field: &str, message: impl Display) {
-        let (line, col) = doc.index.at(field);
-        self.0.push(ConfigError {
-            file: doc.file.to_path_buf(),
-            line,
-            col,
-            field: field.to_string(),
-            message: message.to_string(),
-        });
-    }
-}
-
-/// Deserialises a whole document; on failure records one error with serde's position and path.
-fn parse_doc<T: DeserializeOwned + Default>(src: &SourceFile, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
-    if src.text.trim().is_empty() || src.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-        return Some(T::default());
-    }
-    parse_required(src, doc, errs)
-}
-
-fn parse_required<T: DeserializeOwned>(src: &SourceFile, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
-    let de = serde_yaml::Deserializer::from_str(&src.text);
-    match serde_path_to_error::deserialize::<_, T>(de) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let field = field_path("", e.path());
-            let inner = e.into_inner();
-            let (line, col) = match inner.location() {
-                Some(l) => (l.line(), l.column()),
-                None => doc.index.at(&field),
-            };
-            errs.0.push(ConfigError {
-                file: doc.file.to_path_buf(),
-                line,
-                col,
-                field,
-                message: strip_location(&inner.to_string()),
-            });
-            None
-        }
-    }
-}
-
-/// Deserialises one entry that was kept as raw YAML, reporting errors at `base`'s position.
-fn parse_value<T: DeserializeOwned>(v: &serde_yaml::Value, base: &str, doc: &Doc<'_>, errs: &mut Errors) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v.clone()) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let field = field_path(base, e.path());
-            errs.at(doc, &field, strip_location(&e.into_inner().to_string()));
-            None
-        }
-    }
-}
-
-fn field_path(base: &str, path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = base.to_string();
-    for seg in path.iter() {
-        out = match seg {
-            Segment::Seq { index: i } => index(&out, *i),
-            Segment::Map { key: k } => key(&out, k),
-            Segment::Enum { variant } => key(&out, variant),
-            Segment::Unknown => out,
-        };
-    }
-    out
-}
-
-fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
-    }
-}
-
 /// A relative path that cannot climb out of the directory it is relative to.
 fn contained(rel: &str) -> bool {
     let p = Path::new(rel);
@@ -204,11 +118,11 @@ pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigE
     let profiles = validate_profiles(input, probe, &mut errs);
     let menus = validate_menus(input, &profiles, &mut errs);
     let (machines, vendors, unknown) = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
-    match (errs.0.is_empty(), settings) {
+    match (errs.is_empty(), settings) {
         (true, Some(settings)) => {
             Ok(Catalog::new(Parts { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus }))
         }
-        _ => Err(ConfigErrors(errs.0)),
+        _ => Err(errs.into()),
     }
 }
 

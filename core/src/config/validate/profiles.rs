@@ -10,8 +10,8 @@ pub(super) fn validate_profiles(
     let mut out = BTreeMap::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for src in &input.profiles {
-        let doc = Doc::new(src);
-        let Some(wire) = parse_required::<ProfileFile>(src, &doc, errs) else {
+        let doc = src.doc();
+        let Some(wire) = doc.parse::<ProfileFile>(errs) else {
             continue;
         };
         if !valid_name(&wire.name) {

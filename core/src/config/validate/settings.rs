@@ -5,7 +5,7 @@ use crate::boot_file::BootFile;
 
 pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Settings> {
     let Some(src) = &input.settings else {
-        errs.0.push(ConfigError {
+        errs.push(ConfigError {
             file: input.dir.join(crate::config::SETTINGS_FILE),
             line: 1,
             col: 1,
@@ -14,9 +14,9 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
         });
         return None;
     };
-    let doc = Doc::new(src);
-    let wire: SettingsFile = parse_required(src, &doc, errs)?;
-    let before = errs.0.len();
+    let doc = src.doc();
+    let wire: SettingsFile = doc.parse(errs)?;
+    let before = errs.len();
     let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ipv4(s) {
         Ok(ip) => Some(ip),
         Err(e) => {
@@ -83,7 +83,7 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
             BootFile::IpxeEfi
         }),
     };
-    if errs.0.len() > before {
+    if errs.len() > before {
         return None;
     }
     Some(Settings {
