@@ -1,8 +1,9 @@
 //! The versioned artifact store: `<store>/<profile>/<version>/<file>`.
 //!
 //! A version names one architecture's whole artifact set (kernel, initrds, device tree and
-//! command line; see `appliance_core::version`), so a node that was told version N fetches every file of
-//! its boot from N, whatever is published meanwhile (seed 002, "explicit" versioning).
+//! command line; see `appliance_core::version`), so a node that was told version N fetches
+//! every file of its boot from N, whatever is published meanwhile (seed 002, "explicit"
+//! versioning).
 //!
 //! This module owns the layout on disk and its three operations:
 //! - `publish` builds every missing version directory from the catalog's sources (the config
@@ -11,7 +12,7 @@
 //! - `open` hands out one file of one version, refusing anything that is not a plain name and
 //!   anything that resolves outside the store;
 //! - `gc` removes versions that no catalog set references and no transfer touched within a
-//!   grace period, the decision being the pure `gc::plan`.
+//!   grace period, the decision being the core's pure `appliance_core::gc::plan`.
 //!
 //! Architecture invariant: no sockets and no policy about which machine gets which version; the
 //! TFTP and HTTP servers call `open` and record transfers in `Touches`.

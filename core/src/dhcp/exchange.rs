@@ -2,8 +2,9 @@
 //! (offer, bind, decline, release), `decide`, the reply and its destination, and the facts the
 //! caller records afterwards (an address was bound, an iPXE binary was accepted).
 //!
-//! Architecture invariant: pure. The socket loop owns the state passed in here and does every
-//! side effect (sending, persisting, `Shared` memory, logging) from the returned `Handled`.
+//! Architecture invariant: pure. The daemon's socket loop (`appliance::dhcp::server`) owns the
+//! state passed in here and does every side effect (sending, persisting, the daemon's per-MAC
+//! memory, logging) from the returned `Handled`.
 //! Policy (what a machine boots) is `decide`'s alone.
 
 use super::leases::{Leases, Pool};
