@@ -1,22 +1,20 @@
-//! The network-boot appliance: DHCP (server and proxy), TFTP and HTTP, driven by YAML profiles.
+//! The network-boot appliance daemon: DHCP (server and proxy), TFTP and HTTP, driven by YAML
+//! profiles. This crate owns sockets, files and clocks; everything that decides what a machine
+//! gets and how it is said is the pure core, `appliance_core` (config validation, catalog,
+//! client identification, `decide`, `render`, DHCP messages and leases), which the modules
+//! here call with what they read from the world.
 //!
-//! The pure core (`mac`, `arch`, `client`, `catalog`, `config::validate`, `decide`, `render`,
-//! `version`, `cpio`) does no I/O and is tested without sockets; see ARCHITECTURE.md.
+//! - `config_dir`: reading a config directory for the core's validation.
+//! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
+//! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them.
+//! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
+//!   latency request.
 
-pub mod arch;
 pub mod artifacts;
-pub mod catalog;
-pub mod client;
-pub mod config;
-pub mod cpio;
-pub mod decide;
+pub mod config_dir;
 pub mod dhcp;
-pub mod explain;
 pub mod http;
 pub mod latency;
-pub mod mac;
-pub mod render;
 pub mod serve;
 pub mod state;
 pub mod tftp;
-pub mod version;

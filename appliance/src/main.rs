@@ -1,8 +1,8 @@
 //! The `appliance` command: parses the command line, sets up logging and dispatches.
 
 use anyhow::{Context, Result};
-use appliance::explain::{self, Query};
-use appliance::mac::MacAddr;
+use appliance_core::explain::{self, Query};
+use appliance_core::mac::MacAddr;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -144,6 +144,8 @@ struct ServeArgs {
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct CpuLatencyArg(Option<i32>);
 
+/// clap's value parser: clap prints the message and exits, no caller branches on it, so a
+/// `String` is all the error needs to be.
 fn parse_cpu_latency(s: &str) -> Result<CpuLatencyArg, String> {
     if s == "off" {
         return Ok(CpuLatencyArg(None));
@@ -176,8 +178,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(config: &std::path::Path, overlay: Option<&std::path::Path>) -> Result<appliance::catalog::Catalog, ExitCode> {
-    appliance::config::load(config, overlay).map_err(|errs| {
+fn load(
+    config: &std::path::Path,
+    overlay: Option<&std::path::Path>,
+) -> Result<appliance_core::catalog::Catalog, ExitCode> {
+    appliance::config_dir::load(config, overlay).map_err(|errs| {
         for e in &errs.0 {
             eprintln!("{e}");
         }
@@ -193,16 +198,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let sets: usize = catalog.profiles.values().map(|p| p.arches.len()).sum();
+            let sets: usize = catalog.profiles().map(|p| p.arches.len()).sum();
             println!(
                 "{}: ok: {} profiles ({} artifact sets), {} machines, {} vendor rules, {} menus, dhcp {}",
                 config.display(),
-                catalog.profiles.len(),
+                catalog.profiles().len(),
                 sets,
-                catalog.machines.len(),
-                catalog.vendors.len(),
-                catalog.menus.len(),
-                catalog.settings.dhcp.mode,
+                catalog.machines().len(),
+                catalog.vendors().len(),
+                catalog.menus().len(),
+                catalog.settings().dhcp.mode,
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -247,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
-    use appliance::catalog::DhcpMode;
+    use appliance_core::catalog::DhcpMode;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let mode = args.dhcp.map(|m| match m {

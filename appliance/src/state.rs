@@ -4,10 +4,10 @@
 //!
 //! No policy here: `decide` reads what this remembers through fields of `Client`.
 
-use crate::catalog::Catalog;
-use crate::client::Client;
-use crate::mac::MacAddr;
-use crate::render::ServerInfo;
+use appliance_core::catalog::Catalog;
+use appliance_core::client::Client;
+use appliance_core::mac::MacAddr;
+use appliance_core::render::ServerInfo;
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, RwLock};

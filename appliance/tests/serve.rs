@@ -1,8 +1,6 @@
 //! The whole daemon in-process on loopback ephemeral ports, with real clients: curl and
 //! tftp-hpa for TFTP, curl for HTTP. Republishing, GC and reload behaviour.
 
-mod common;
-
 use appliance::serve::{Listeners, ServeOptions};
 use appliance::tftp::client::{self, ClientOptions};
 use std::net::SocketAddr;
@@ -38,6 +36,11 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The core's test config (profiles, machines, menus and their files).
+fn test_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config")
+}
+
 /// 20 MB of a deterministic pattern, so ranges can be checked.
 fn big_bytes() -> Vec<u8> {
     (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
@@ -46,7 +49,7 @@ fn big_bytes() -> Vec<u8> {
 impl Daemon {
     async fn start(tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
         let config = tempfile::tempdir().unwrap();
-        copy_dir(&common::data("config"), config.path());
+        copy_dir(&test_config(), config.path());
         std::fs::write(config.path().join("files/big.img"), big_bytes()).unwrap();
         std::fs::write(
             config.path().join("big.yaml"),
@@ -114,8 +117,8 @@ impl Daemon {
         self.state.path().join("artifacts")
     }
 
-    fn catalog(&self) -> appliance::catalog::Catalog {
-        appliance::config::load(self.config.path(), None).unwrap()
+    fn catalog(&self) -> appliance_core::catalog::Catalog {
+        appliance::config_dir::load(self.config.path(), None).unwrap()
     }
 }
 
@@ -220,7 +223,7 @@ async fn http_scripts_ranges_and_refusals() {
     assert!(String::from_utf8(body).unwrap().contains("menu Test menu"));
 
     let c = d.catalog();
-    let version = &c.profile_set("big", appliance::arch::Arch::X86_64).unwrap().1.version;
+    let version = &c.profile_set("big", appliance_core::arch::Arch::X86_64).unwrap().1.version;
     let url = d.url(&format!("/artifacts/big/{version}/big.img"));
     let big = big_bytes();
     let (ok, head, _) = curl(&["-I", &url]);
@@ -248,7 +251,7 @@ async fn republish_keeps_old_version_until_grace_then_gc_removes_it() {
         o.gc_grace = Some(Duration::from_secs(2));
     })
     .await;
-    let old = d.catalog().profile_set("live", appliance::arch::Arch::Arm64).unwrap().1.version.clone();
+    let old = d.catalog().profile_set("live", appliance_core::arch::Arch::Arm64).unwrap().1.version.clone();
     // A node fetched its kernel of version N...
     let kernel_n = tftp_get(&d, &format!("artifacts/live/{old}/Image")).await.unwrap();
     // ...then the operator publishes N+1 (a new command line) and reloads.
@@ -256,7 +259,7 @@ async fn republish_keeps_old_version_until_grace_then_gc_removes_it() {
     let text = std::fs::read_to_string(&live).unwrap().replace("console=ttyAMA0", "console=ttyAMA0 loglevel=7");
     std::fs::write(&live, text).unwrap();
     d.reload.notify_one();
-    let new = d.catalog().profile_set("live", appliance::arch::Arch::Arm64).unwrap().1.version.clone();
+    let new = d.catalog().profile_set("live", appliance_core::arch::Arch::Arm64).unwrap().1.version.clone();
     assert_ne!(old, new);
     let mut served_new = false;
     for _ in 0..50 {
@@ -357,7 +360,7 @@ async fn cpu_latency_is_requested_while_transfers_run_and_released_after() {
 
     // HTTP: a 20 MB response whose client stops reading stays in flight.
     let catalog = d.catalog();
-    let version = &catalog.profile_set("big", appliance::arch::Arch::X86_64).unwrap().1.version;
+    let version = &catalog.profile_set("big", appliance_core::arch::Arch::X86_64).unwrap().1.version;
     let mut conn = tokio::net::TcpStream::connect(d.http).await.unwrap();
     let req = format!("GET /artifacts/big/{version}/big.img HTTP/1.1\r\nHost: x\r\n\r\n");
     tokio::io::AsyncWriteExt::write_all(&mut conn, req.as_bytes()).await.unwrap();

@@ -1,6 +1,17 @@
 //! The appliance's pure core: everything that decides what a machine gets and how it is said,
 //! and nothing that touches the world.
 //!
+//! - `mac`, `arch`: MAC addresses and OUIs; architectures, firmware kinds, DHCP option 93.
+//! - `config`: the YAML wire format and its validation into a `catalog::Catalog`, with errors
+//!   that name file, line, column and field.
+//! - `client`: who is asking, from a DHCP message, a TFTP path or an iPXE query.
+//! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
+//!   `boot_file`: the boot programs handed out, by name.
+//! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
+//! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
+//! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
+//! - `gc`: which artifact versions may be removed.
+//!
 //! Architecture invariant: no I/O and no clock. Files arrive as bytes, time as an argument,
 //! and answers leave as values; the daemon crate (`appliance`) owns sockets, files and clocks.
 //! The compiler keeps it so: this crate's manifest has no async runtime, socket or mapping
@@ -9,3 +20,17 @@
 
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod arch;
+pub mod boot_file;
+pub mod catalog;
+pub mod client;
+pub mod config;
+pub mod cpio;
+pub mod decide;
+pub mod dhcp;
+pub mod explain;
+pub mod gc;
+pub mod mac;
+pub mod render;
+pub mod version;

@@ -3,7 +3,7 @@
 //! bridge, its serial console in `serial.log`, QEMU's own messages in `qemu.log`, the command
 //! line in `qemu.cmdline`.
 
-use appliance::arch::Arch;
+use appliance_core::arch::Arch;
 use std::path::Path;
 use std::time::Duration;
 use testkit::qemu::firmware::E1000_ROM;

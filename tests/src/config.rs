@@ -1,11 +1,11 @@
 //! The config directory each test serves: a copy of the example `profiles/` with the DHCP mode
 //! set, the test's machines and vendor rules added to `machines.yaml`, and optionally a short
-//! menu timeout. Loaded with `appliance::config::load`, so the test knows the exact artifact
+//! menu timeout. Loaded with `appliance::config_dir::load`, so the test knows the exact artifact
 //! version the daemon will hand out.
 
 use anyhow::{anyhow, bail, Context, Result};
-use appliance::arch::Arch;
-use appliance::catalog::{Catalog, DhcpMode, Source};
+use appliance_core::arch::Arch;
+use appliance_core::catalog::{Catalog, DhcpMode, Source};
 use serde_yaml::{Mapping, Value};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,15 +67,14 @@ impl TestConfig {
                 Ok(())
             })?;
         }
-        let catalog = appliance::config::load(dir, None)
+        let catalog = appliance::config_dir::load(dir, None)
             .map_err(|errs| anyhow!("the test config in {} does not load:\n{errs}", dir.display()))?;
         Ok(TestConfig { dir: dir.to_path_buf(), catalog })
     }
 
     /// The version the catalog computes for `profile` on `arch`: what the marker must name.
     pub fn version(&self, profile: &str, arch: Arch) -> Result<String> {
-        let p =
-            self.catalog.profiles.get(profile).ok_or_else(|| anyhow!("the test config has no profile {profile}"))?;
+        let p = self.catalog.profile(profile).ok_or_else(|| anyhow!("the test config has no profile {profile}"))?;
         let set = p.arches.get(&arch).ok_or_else(|| anyhow!("profile {profile} has no {arch} artifacts"))?;
         Ok(set.version.clone())
     }
@@ -83,13 +82,13 @@ impl TestConfig {
     /// Fetched bytes (`deb`/`url` sources, also inside cpio initrds) missing from `blobs`.
     pub fn missing_blobs(&self, blobs: &Path) -> Vec<String> {
         let mut missing = Vec::new();
-        for profile in self.catalog.profiles.values() {
+        for profile in self.catalog.profiles() {
             for (arch, set) in &profile.arches {
                 for artifact in set.files() {
                     let mut sources = vec![&artifact.source];
                     if let Source::Cpio { entries, .. } = &artifact.source {
                         for e in entries {
-                            if let appliance::catalog::CpioSource::File { source, .. } = &e.source {
+                            if let appliance_core::catalog::CpioSource::File { source, .. } = &e.source {
                                 sources.push(source);
                             }
                         }

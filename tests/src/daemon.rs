@@ -2,7 +2,7 @@
 //! `daemon.log`.
 
 use anyhow::Result;
-use appliance::catalog::DhcpMode;
+use appliance_core::catalog::DhcpMode;
 use std::path::Path;
 use std::time::Duration;
 use testkit::lab::{Lab, BRIDGE, SERVER_IP};

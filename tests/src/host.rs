@@ -6,6 +6,7 @@
 
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
+use appliance_core::boot_file::BootFile;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -160,9 +161,6 @@ fn newest_source_time() -> Option<std::time::SystemTime> {
 
 // --- prerequisites ---------------------------------------------------------------------------
 
-/// Bootloaders the daemon hands out (`cargo xtask fetch` fills the folder).
-pub const BOOTLOADERS: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetx64.efi", "grubnetaa64.efi"];
-
 pub struct Needs<'a> {
     pub client: Client,
     /// dnsmasq for the proxy and off columns.
@@ -192,8 +190,9 @@ pub fn missing(needs: &Needs<'_>) -> Vec<String> {
     for m in testkit::qemu::firmware::missing(&[needs.client.firmware()], needs.client.extra_files()) {
         missing.push(format!("{}: install the Debian package {}", m.what, m.package));
     }
-    for name in BOOTLOADERS {
-        let p = needs.bootloaders.join(name);
+    // The bootloaders the daemon hands out (`cargo xtask fetch` fills the folder).
+    for file in BootFile::bootloaders() {
+        let p = needs.bootloaders.join(file.file_name());
         if !p.is_file() {
             missing.push(format!("{}: run `cargo xtask fetch` (bootloaders)", p.display()));
         }

@@ -10,8 +10,8 @@ use crate::dnsmasq::{Dnsmasq, SiteDhcp};
 use crate::host;
 use crate::reference::{self, ReferenceStack};
 use anyhow::{anyhow, bail, Result};
-use appliance::arch::Arch;
-use appliance::catalog::DhcpMode;
+use appliance_core::arch::Arch;
+use appliance_core::catalog::DhcpMode;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -298,12 +298,13 @@ impl Cell {
             // Our daemon with DHCP off only lends its files; it stops before the VM starts.
             let lender = DaemonSpec { mode: DhcpMode::Off, dhcp_port: 1067, ..spec };
             let mut daemon = Daemon::start(lab, &lender, out)?;
-            let mac = appliance::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
+            let mac =
+                appliance_core::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             let root = reference::root_in(scratch.path());
             let files = reference::files(self.client, mac, profile, version)?;
             reference::mirror(lab.server(), &root, &files)?;
             // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
-            if config.catalog.machines.get(&mac).is_some_and(|m| m.chain_ipxe) {
+            if config.catalog.machine(mac).is_some_and(|m| m.chain_ipxe) {
                 reference::chain_undionly_first(&root)?;
             }
             daemon.stop();

@@ -9,7 +9,7 @@
 
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
-use appliance::mac::MacAddr;
+use appliance_core::mac::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testkit::lab::{BRIDGE, SERVER_IP};

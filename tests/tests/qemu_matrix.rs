@@ -1,6 +1,6 @@
 //! The QEMU boot matrix (issue 4): real firmware netboots from `appliance serve` on a private
 //! bridge in a network namespace; a cell passes when the payload prints its marker naming the
-//! expected profile, architecture and version (the one `appliance::config::load` computes).
+//! expected profile, architecture and version (the one `appliance::config_dir::load` computes).
 //!
 //! Columns: `server` (we are the DHCP server), `proxy` (a foreign dnsmasq hands out addresses,
 //! we add boot information), `off` (the foreign dnsmasq names us as next-server with one fixed
@@ -13,7 +13,7 @@
 //! `target/qemu-tests/summary.tsv`. At most two VMs run at once (`BOOT_TESTS_VMS`);
 //! `BOOT_TESTS_TIMEOUT` (seconds) changes the per-cell limit.
 
-use appliance::catalog::DhcpMode::{Off, Proxy, Server};
+use appliance_core::catalog::DhcpMode::{Off, Proxy, Server};
 use boot_tests::client::Client::*;
 use boot_tests::matrix::Cell;
 use std::time::Duration;

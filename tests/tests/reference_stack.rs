@@ -9,7 +9,7 @@
 //! (`REFERENCE_ROUNDS`, default 3). Every run of either stack must boot the right payload;
 //! the table goes to stdout and `target/qemu-tests/reference-comparison.md`.
 
-use appliance::catalog::DhcpMode::Server;
+use appliance_core::catalog::DhcpMode::Server;
 use boot_tests::client::Client::{self, ArmVirtEdk2, OvmfPxe, SeaBiosIpxeRom};
 use boot_tests::matrix::Cell;
 use std::fmt::Write as _;

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use appliance::catalog::{Catalog, CpioSource, Source};
+use appliance_core::catalog::{Catalog, CpioSource, Source};
 use xshell::{cmd, Shell};
 
 use crate::debian::{self, Lock};
@@ -32,7 +32,7 @@ struct Wanted {
 
 fn collect(catalog: &Catalog) -> Vec<Wanted> {
     let mut out = Vec::new();
-    for p in catalog.profiles.values() {
+    for p in catalog.profiles() {
         for (arch, set) in &p.arches {
             for a in set.files() {
                 let used_by = format!("profile {} ({arch}) artifact {}", p.name, a.name);
@@ -57,7 +57,7 @@ fn collect(catalog: &Catalog) -> Vec<Wanted> {
 
 /// Fetches every remote source of the profiles in `config` into `blobs`.
 pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()> {
-    let catalog = appliance::config::load(config, None)
+    let catalog = appliance::config_dir::load(config, None)
         .map_err(|e| anyhow::anyhow!("{} does not validate ({} errors):\n{e}", config.display(), e.0.len()))?;
     fs::create_dir_all(blobs).with_context(|| format!("failed to create {}", blobs.display()))?;
     let extracted = project_root().join("target/cache/extracted");

@@ -322,7 +322,8 @@ fn normalize(path: &Path) -> Result<PathBuf> {
 
 /// Lowercase hex sha256 of a file's contents, hashed as the daemon hashes its artifacts.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let digest = appliance::config::sha256_file(path).with_context(|| format!("failed to hash {}", path.display()))?;
+    let digest =
+        appliance::config_dir::sha256_file(path).with_context(|| format!("failed to hash {}", path.display()))?;
     Ok(hex::encode(digest))
 }
 

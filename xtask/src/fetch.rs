@@ -244,7 +244,7 @@ fn build_grub_image(
     let format = image.format;
     // The appliance writes its address into this config when it serves the image.
     let early = work.join("early.cfg");
-    fs::write(&early, appliance::render::grub_image::early_config()).context("failed to write early.cfg")?;
+    fs::write(&early, appliance_core::render::grub_image::early_config()).context("failed to write early.cfg")?;
     let mut outputs = Vec::new();
     for attempt in ["a", "b"] {
         let output = work.join(format!("{}.{attempt}", image.file));
@@ -259,7 +259,7 @@ fn build_grub_image(
     if first != second {
         bail!("grub-mkimage output for {} is not reproducible (two builds differ)", image.file);
     }
-    let placeholder = appliance::render::grub_image::SERVER_PLACEHOLDER.as_bytes();
+    let placeholder = appliance_core::render::grub_image::SERVER_PLACEHOLDER.as_bytes();
     ensure!(
         first.windows(placeholder.len()).any(|w| w == placeholder),
         "{}: the embedded config's server placeholder is not stored verbatim in the image",

@@ -173,10 +173,10 @@ fn two_builds_are_byte_identical() {
 
 /// The tiny-live version the appliance must hand out for `arch`.
 fn expected_version(arch: &str) -> String {
-    let catalog = appliance::config::load(&root().join("profiles"), Some(&work_dir().join("onsite.yaml")))
+    let catalog = appliance::config_dir::load(&root().join("profiles"), Some(&work_dir().join("onsite.yaml")))
         .expect("profiles load");
-    let arch = appliance::arch::Arch::parse(arch).expect("known architecture");
-    catalog.profiles[PROFILE].arches[&arch].version.clone()
+    let arch = appliance_core::arch::Arch::parse(arch).expect("known architecture");
+    catalog.profile_set(PROFILE, arch).expect("tiny-live has the architecture").1.version.clone()
 }
 
 fn appliance_vm(firmware: Firmware, disk: &Path, link: Link, dir: &Path) -> Vm {

@@ -3,57 +3,18 @@
 //! A version directory is removed only when no set of the current catalog references it and
 //! no transfer touched it within the grace period: a node that was handed version N just before
 //! a reload keeps fetching N's files, and each fetch postpones N's removal. The decision is the
-//! pure `plan`; `gc` only gathers its inputs from the disk and carries it out.
+//! core's pure `appliance_core::gc::plan`; `gc` only gathers its inputs from the disk and
+//! carries it out.
 
 use super::{is_plain_name, GC_PREFIX, TMP_PREFIX};
-use crate::catalog::Catalog;
+use appliance_core::catalog::Catalog;
+use appliance_core::gc::{plan, Candidate, Verdict};
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
-
-/// A version directory found in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    pub profile: String,
-    pub version: String,
-    /// The later of its last recorded transfer and its directory's mtime (publish time).
-    pub last_used: SystemTime,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// A set of the current catalog names this version: keep.
-    Referenced,
-    /// Unreferenced, but used within the grace period (or "in the future", after a clock step):
-    /// keep for now.
-    Recent,
-    /// Unreferenced and idle for longer than the grace period.
-    Remove,
-}
-
-/// Decides, for each candidate in order, whether it goes. Pure.
-pub fn plan(
-    referenced: &BTreeSet<(String, String)>,
-    candidates: &[Candidate],
-    now: SystemTime,
-    grace: Duration,
-) -> Vec<Verdict> {
-    candidates
-        .iter()
-        .map(|c| {
-            if referenced.contains(&(c.profile.clone(), c.version.clone())) {
-                return Verdict::Referenced;
-            }
-            match now.duration_since(c.last_used) {
-                Ok(idle) if idle > grace => Verdict::Remove,
-                _ => Verdict::Recent,
-            }
-        })
-        .collect()
-}
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
@@ -79,11 +40,8 @@ pub fn gc(
     now: SystemTime,
 ) -> GcReport {
     let mut report = GcReport::default();
-    let referenced: BTreeSet<(String, String)> = catalog
-        .profiles
-        .values()
-        .flat_map(|p| p.arches.values().map(|s| (p.name.clone(), s.version.clone())))
-        .collect();
+    let referenced: BTreeSet<(String, String)> =
+        catalog.profiles().flat_map(|p| p.arches.values().map(|s| (p.name.clone(), s.version.clone()))).collect();
     let mut candidates = Vec::new();
     let mut profile_dirs = Vec::new();
     for (name, is_dir, mtime) in list(store, &mut report.errors) {
@@ -104,14 +62,14 @@ pub fn gc(
         for (version, is_dir, mtime) in list(&store.join(&name), &mut report.errors) {
             if is_dir && is_plain_name(&version) {
                 let last_used = last_touch(&name, &version).map_or(mtime, |t| t.max(mtime));
-                candidates.push(Candidate { profile: name.clone(), version, last_used });
+                candidates.push(Candidate { profile: name.clone(), version, last_used: since_epoch(last_used) });
             }
         }
         profile_dirs.push(name);
     }
     candidates.sort_by(|a, b| (&a.profile, &a.version).cmp(&(&b.profile, &b.version)));
 
-    for (c, verdict) in candidates.iter().zip(plan(&referenced, &candidates, now, grace)) {
+    for (c, verdict) in candidates.iter().zip(plan(&referenced, &candidates, since_epoch(now), grace)) {
         if verdict != Verdict::Remove {
             report.kept.push((c.profile.clone(), c.version.clone(), verdict));
             continue;
@@ -122,10 +80,15 @@ pub fn gc(
         }
     }
     // A profile gone from the catalog leaves an empty directory once its last version goes.
-    for p in profile_dirs.iter().filter(|p| !catalog.profiles.contains_key(*p)) {
+    for p in profile_dirs.iter().filter(|p| catalog.profile(p).is_none()) {
         let _ = fs::remove_dir(store.join(p));
     }
     report
+}
+
+/// The plan's time scale; a time before 1970 (an mtime of a file from nowhere) counts as 1970.
+fn since_epoch(t: SystemTime) -> Duration {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Entries of `dir` as (name, is a directory (not following symlinks), mtime).
@@ -203,43 +166,8 @@ impl Touches {
 mod tests {
     use super::*;
 
-    const GRACE: Duration = Duration::from_secs(1800);
-
     fn t(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn check(referenced: &[(&str, &str)], candidate: (&str, &str, u64), now: u64, expected: Verdict) {
-        let referenced = referenced.iter().map(|(p, v)| (p.to_string(), v.to_string())).collect();
-        let (profile, version, last) = candidate;
-        let c = Candidate { profile: profile.into(), version: version.into(), last_used: t(last) };
-        assert_eq!(plan(&referenced, &[c], t(now), GRACE), vec![expected], "{candidate:?} at {now}");
-    }
-
-    #[test]
-    fn referenced_version_is_kept_however_old() {
-        check(&[("live", "v1")], ("live", "v1", 0), 1_000_000, Verdict::Referenced);
-    }
-
-    #[test]
-    fn unreferenced_version_is_kept_within_grace() {
-        check(&[("live", "v2")], ("live", "v1", 1000), 1000 + 1800, Verdict::Recent);
-        check(&[], ("live", "v1", 1000), 1001, Verdict::Recent);
-    }
-
-    #[test]
-    fn unreferenced_version_goes_after_grace() {
-        check(&[("live", "v2")], ("live", "v1", 1000), 1000 + 1801, Verdict::Remove);
-    }
-
-    #[test]
-    fn same_version_of_another_profile_is_not_a_reference() {
-        check(&[("rescue", "v1")], ("live", "v1", 0), 1_000_000, Verdict::Remove);
-    }
-
-    #[test]
-    fn use_in_the_future_keeps_the_version() {
-        check(&[], ("live", "v1", 5000), 1000, Verdict::Recent);
     }
 
     #[test]

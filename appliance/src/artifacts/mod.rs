@@ -1,8 +1,9 @@
 //! The versioned artifact store: `<store>/<profile>/<version>/<file>`.
 //!
 //! A version names one architecture's whole artifact set (kernel, initrds, device tree and
-//! command line; see `crate::version`), so a node that was told version N fetches every file of
-//! its boot from N, whatever is published meanwhile (the version is explicit in every path).
+//! command line; see `appliance_core::version`), so a node that was told version N fetches
+//! every file of its boot from N, whatever is published meanwhile (the version is explicit in
+//! every path).
 //!
 //! This module owns the layout on disk and its three operations:
 //! - `publish` builds every missing version directory from the catalog's sources (the config
@@ -11,7 +12,7 @@
 //! - `open` hands out one file of one version, refusing anything that is not a plain name and
 //!   anything that resolves outside the store;
 //! - `gc` removes versions that no catalog set references and no transfer touched within a
-//!   grace period, the decision being the pure `gc::plan`.
+//!   grace period, the decision being the core's pure `appliance_core::gc::plan`.
 //!
 //! Architecture invariant: no sockets and no policy about which machine gets which version; the
 //! TFTP and HTTP servers call `open` and record transfers in `Touches`.
@@ -23,7 +24,7 @@ mod store;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use gc::{gc, plan, Candidate, GcReport, Touches, Verdict};
+pub use gc::{gc, GcReport, Touches};
 pub use publish::{publish, ArtifactProblem, PublishError, PublishReport, PublishedSet, FETCH_COMMAND};
 pub use store::open;
 

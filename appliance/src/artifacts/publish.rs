@@ -6,10 +6,11 @@
 //! sha256 the catalog pins, and every error names the profile, architecture and artifact.
 
 use super::{is_plain_name, TMP_PREFIX};
-use crate::arch::Arch;
-use crate::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Source};
-use crate::config::DirProbe;
-use crate::cpio::{self, Node};
+use crate::config_dir::DirProbe;
+use appliance_core::arch::Arch;
+use appliance_core::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Source};
+use appliance_core::config::ProbeError;
+use appliance_core::cpio::{self, Node};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -54,8 +55,8 @@ pub enum ArtifactProblem {
     Checksum { path: PathBuf, expected: String, actual: String },
     #[error("{what} (sha256 {sha256}) is not in the blob cache {}; fetch it with `{FETCH_COMMAND}`", blobs.display())]
     MissingBlob { what: String, sha256: String, blobs: PathBuf },
-    #[error("source file {}: {message}", path.display())]
-    Source { path: PathBuf, message: String },
+    #[error("source file {}: {problem}", path.display())]
+    Source { path: PathBuf, problem: ProbeError },
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: io::Error },
     #[error("cpio entry {dest}: {problem}")]
@@ -71,7 +72,7 @@ pub enum ArtifactProblem {
 /// Stops at the first error; versions published before it stay (they are complete).
 pub fn publish(catalog: &Catalog, store: &Path, blobs: &Path) -> Result<PublishReport, PublishError> {
     let mut report = PublishReport::default();
-    for profile in catalog.profiles.values() {
+    for profile in catalog.profiles() {
         for (&arch, set) in &profile.arches {
             let entry = PublishedSet { profile: profile.name.clone(), arch, version: set.version.clone() };
             if publish_set(catalog, store, blobs, &entry, set)? {
@@ -174,8 +175,8 @@ fn write_artifact(catalog: &Catalog, blobs: &Path, artifact: &Artifact, dst: &Pa
 fn locate(catalog: &Catalog, blobs: &Path, source: &Source) -> Result<PathBuf, ArtifactProblem> {
     let (sha256, what) = match source {
         Source::Path(rel) => {
-            let probe = DirProbe { root: catalog.dir.clone() };
-            return probe.resolve(rel).map_err(|message| ArtifactProblem::Source { path: rel.clone(), message });
+            let probe = DirProbe { root: catalog.dir().to_path_buf() };
+            return probe.resolve(rel).map_err(|problem| ArtifactProblem::Source { path: rel.clone(), problem });
         }
         Source::Deb { package, deb_arch, file, sha256 } => {
             (sha256, format!("{file} from Debian package {package} ({deb_arch})"))
@@ -187,7 +188,7 @@ fn locate(catalog: &Catalog, blobs: &Path, source: &Source) -> Result<PathBuf, A
     let path = blobs.join(&hex);
     match path.metadata() {
         Ok(m) if m.is_file() => Ok(path),
-        Ok(_) => Err(ArtifactProblem::Source { path, message: "is not a regular file".into() }),
+        Ok(_) => Err(ArtifactProblem::Source { path, problem: ProbeError::NotAFile }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             Err(ArtifactProblem::MissingBlob { what, sha256: hex, blobs: blobs.to_path_buf() })
         }

@@ -2,8 +2,9 @@
 //! shared with the HTTP tests.
 
 use super::*;
-use crate::arch::Arch;
-use crate::catalog::Catalog;
+use appliance_core::arch::Arch;
+use appliance_core::catalog::Catalog;
+use appliance_core::gc::Verdict;
 use sha2::{Digest as _, Sha256};
 use std::fs;
 use std::io::ErrorKind;
@@ -94,7 +95,7 @@ arch:
     }
 
     pub fn catalog(&self) -> Catalog {
-        crate::config::load(&self.config, None).unwrap_or_else(|e| panic!("test config does not load: {e:?}"))
+        crate::config_dir::load(&self.config, None).unwrap_or_else(|e| panic!("test config does not load: {e:?}"))
     }
 
     pub fn publish(&self, catalog: &Catalog) -> Result<PublishReport, PublishError> {

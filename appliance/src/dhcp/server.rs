@@ -14,15 +14,15 @@
 //! `exchange`); this loop only moves bytes and state. It never dies on a packet: malformed
 //! datagrams are logged at debug and dropped, send errors are logged and the loop goes on.
 
-use super::exchange::{self, Context, Handled, State};
-use super::reply::Port;
 use super::socket::{AsyncSocket, DhcpSocket, Egress, Received};
 use super::store::{self, LeaseStore};
-use super::wire;
-use crate::catalog::DhcpMode;
-use crate::client;
-use crate::decide::Rule;
 use crate::state::Shared;
+use appliance_core::catalog::DhcpMode;
+use appliance_core::client;
+use appliance_core::decide::Rule;
+use appliance_core::dhcp::exchange::{self, Context, Handled, State};
+use appliance_core::dhcp::reply::Port;
+use appliance_core::dhcp::wire;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -71,7 +71,12 @@ pub struct DhcpOptions {
 
 impl Default for DhcpOptions {
     fn default() -> Self {
-        DhcpOptions { mode: None, state_dir: PathBuf::new(), client_port: super::reply::CLIENT_PORT, reply_to: None }
+        DhcpOptions {
+            mode: None,
+            state_dir: PathBuf::new(),
+            client_port: appliance_core::dhcp::reply::CLIENT_PORT,
+            reply_to: None,
+        }
     }
 }
 
@@ -189,7 +194,7 @@ impl LeaseWriter {
     }
 
     /// Encodes the table as it is now and hands it to the writer.
-    fn hand_over(&mut self, leases: &super::leases::Leases) {
+    fn hand_over(&mut self, leases: &appliance_core::dhcp::leases::Leases) {
         self.handed = self.changes;
         self.to_writer.send_replace(Some((self.handed, Arc::new(store::encode(leases)))));
     }
@@ -205,7 +210,7 @@ impl LeaseWriter {
     }
 
     /// Writes the changes still waiting and stops the writer.
-    async fn finish(mut self, leases: &super::leases::Leases) {
+    async fn finish(mut self, leases: &appliance_core::dhcp::leases::Leases) {
         if self.changes > self.handed {
             let handed = self.handed;
             let _ = self.durable.wait_for(|d| *d >= handed).await;
@@ -284,7 +289,7 @@ async fn serve_one(
     let server = shared.server();
     let ctx = Context {
         catalog: &catalog,
-        mode: opts.mode.unwrap_or(catalog.settings.dhcp.mode),
+        mode: opts.mode.unwrap_or(catalog.settings().dhcp.mode),
         port,
         server: &server,
         source: rx.source,
@@ -356,7 +361,7 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
         .as_ref()
         .map_or_else(|| ("-".into(), "-".into()), |d| (fmt_rule(&d.arch_rule), fmt_rule(&d.target_rule)));
     let dropped = h.reply.as_ref().map(|(r, _)| r.dropped.clone()).filter(|d| !d.is_empty());
-    let boot_client = client.firmware != crate::arch::Firmware::Unknown;
+    let boot_client = client.firmware != appliance_core::arch::Firmware::Unknown;
     let interesting = h.reply.is_some() || h.leases_changed || boot_client || mode == DhcpMode::Server;
     macro_rules! line {
         ($level:ident) => {

@@ -6,8 +6,8 @@
 //! seconds>`) and replaced by an empty table: losing leases is better than not serving. The
 //! allocation rules are `leases`'; this module only moves the table to and from disk.
 
-use super::leases::{Lease, Leases, State};
-use crate::mac::MacAddr;
+use appliance_core::dhcp::leases::{Lease, Leases, State};
+use appliance_core::mac::{BadMac, MacAddr};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -135,16 +135,27 @@ pub fn encode(leases: &Leases) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Leases, String> {
-    let wire: FileWire = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+/// Why a lease file is corrupt (it is then moved aside).
+#[derive(Debug, thiserror::Error)]
+enum DecodeError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unknown format version {0}")]
+    Version(u32),
+    #[error("{0}")]
+    Mac(#[from] BadMac),
+}
+
+fn decode(bytes: &[u8]) -> Result<Leases, DecodeError> {
+    let wire: FileWire = serde_json::from_slice(bytes)?;
     if wire.version != FORMAT_VERSION {
-        return Err(format!("unknown format version {}", wire.version));
+        return Err(DecodeError::Version(wire.version));
     }
     let entries = wire
         .leases
         .into_iter()
         .map(|l| {
-            let mac = MacAddr::parse(&l.mac).map_err(|e| e.to_string())?;
+            let mac = MacAddr::parse(&l.mac)?;
             let state = match l.state {
                 StateWire::Offered => State::Offered,
                 StateWire::Bound => State::Bound,
@@ -152,7 +163,7 @@ fn decode(bytes: &[u8]) -> Result<Leases, String> {
             };
             Ok(Lease { ip: l.ip, mac, state, expires: l.expires })
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, DecodeError>>()?;
     Ok(Leases::from_entries(entries))
 }
 

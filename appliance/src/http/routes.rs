@@ -6,10 +6,11 @@ use super::body::Body;
 use super::files::{self, Mutability, Validators};
 use super::HttpContext;
 use crate::artifacts;
-use crate::client;
-use crate::decide::{decide, Decision, Outcome, Stage};
-use crate::mac::MacAddr;
-use crate::render::{self, Format};
+use appliance_core::boot_file::BootFile;
+use appliance_core::client;
+use appliance_core::decide::{decide, Decision, Outcome, Stage};
+use appliance_core::mac::MacAddr;
+use appliance_core::render::{self, Format};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -18,9 +19,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
-
-/// Boot programs served from the bootloader directory (UEFI HTTP Boot fetches `ipxe.efi`).
-const BOOTLOADERS: [&str; 5] = ["ipxe.efi", "snponly.efi", "undionly.kpxe", "grubnetx64.efi", "grubnetaa64.efi"];
 
 /// What the log line of one request says besides method, path, status and size.
 #[derive(Default)]
@@ -69,7 +67,8 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
     if let Err(why) = check_path(path) {
         return text(StatusCode::BAD_REQUEST, why, head);
     }
-    let boot_program = BOOTLOADERS.iter().copied().find(|b| path.strip_prefix('/') == Some(*b));
+    // Boot programs from the bootloader directory (UEFI HTTP Boot fetches `ipxe.efi`).
+    let boot_program = path.strip_prefix('/').and_then(BootFile::from_file_name).filter(|b| b.is_bootloader());
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/boot.ipxe") => match render::ipxe_entry(&ctx.shared.server()) {
             Ok(script) => script_response(script, head),
@@ -82,7 +81,7 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
         }
         (&Method::GET | &Method::HEAD, _) => match boot_program {
-            Some(name) => bootloader(ctx, req, name).await,
+            Some(file) => bootloader(ctx, req, file).await,
             None => not_found(head),
         },
         _ => {
@@ -169,14 +168,14 @@ async fn artifact(ctx: &HttpContext, req: &Request<Incoming>, rest: &str, notes:
     files::respond(req.headers(), head, (file_handle, &meta, Mutability::Immutable), &validators)
 }
 
-/// A boot program from the bootloader directory. The name is one of `BOOTLOADERS`, so a
-/// request cannot choose the path; symlinks are followed, as an operator may link the
-/// distribution's files in.
-async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, name: &'static str) -> Response<Body> {
+/// A boot program from the bootloader directory. The name is a `BootFile`'s, so a request
+/// cannot choose the path; symlinks are followed, as an operator may link the distribution's
+/// files in.
+async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, file: BootFile) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     let Some(dir) = ctx.bootloaders.clone() else { return not_found(head) };
-    let opened = blocking(move || open_regular(&dir.join(name))).await;
-    let (file, meta) = match opened {
+    let opened = blocking(move || open_regular(&dir.join(file.file_name()))).await;
+    let (handle, meta) = match opened {
         Ok(x) => x,
         Err(e) => return open_error(e, head),
     };
@@ -185,9 +184,9 @@ async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, name: &'static s
     let validators = Validators {
         etag: format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos()),
         cache_control: "no-cache",
-        content_type: if name.ends_with(".efi") { "application/efi" } else { "application/octet-stream" },
+        content_type: if file.is_efi() { "application/efi" } else { "application/octet-stream" },
     };
-    files::respond(req.headers(), head, (file, &meta, Mutability::Mutable), &validators)
+    files::respond(req.headers(), head, (handle, &meta, Mutability::Mutable), &validators)
 }
 
 fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {

@@ -2,12 +2,12 @@
 //! client for request targets curl would normalise.
 
 use super::*;
-use crate::arch::{Arch, Firmware};
 use crate::artifacts::tests::{version_of, Fixture, KNOWN_MAC};
-use crate::catalog::Catalog;
-use crate::client::{Client, Learned};
-use crate::mac::MacAddr;
-use crate::render::ServerInfo;
+use appliance_core::arch::{Arch, Firmware};
+use appliance_core::catalog::Catalog;
+use appliance_core::client::{Client, Learned};
+use appliance_core::mac::MacAddr;
+use appliance_core::render::ServerInfo;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

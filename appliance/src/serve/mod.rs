@@ -11,10 +11,10 @@ pub mod tftp_routes;
 pub mod watcher;
 
 use crate::artifacts::{self, Touches};
-use crate::catalog::{Catalog, DhcpMode};
-use crate::render::ServerInfo;
 use crate::state::Shared;
 use anyhow::{Context, Result};
+use appliance_core::catalog::{Catalog, DhcpMode};
+use appliance_core::render::ServerInfo;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -87,7 +87,7 @@ pub struct Listeners {
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
 pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let catalog = crate::config::load(&opts.config_dir, opts.overlay.as_deref())
+    let catalog = crate::config_dir::load(&opts.config_dir, opts.overlay.as_deref())
         .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
     let store = opts.store();
     std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
@@ -96,7 +96,7 @@ pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::Publ
 }
 
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> ServerInfo {
-    let s = &catalog.settings;
+    let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
     let http_base = if opts.advertise.is_none() && http_port == s.http_port {
         s.http_base.clone()
@@ -127,9 +127,9 @@ pub async fn run(
     let server = server_info(&catalog, &opts, http_port);
     info!(
         config = %opts.config_dir.display(),
-        profiles = catalog.profiles.len(),
-        machines = catalog.machines.len(),
-        dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings.dhcp.mode),
+        profiles = catalog.profiles().len(),
+        machines = catalog.machines().len(),
+        dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode),
         http = %server.http_base,
         tftp = %listeners.tftp.local_addr()?,
         "serving"
@@ -246,7 +246,7 @@ async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port
         Ok(Ok((catalog, report))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port);
-            info!(profiles = catalog.profiles.len(), machines = catalog.machines.len(), "config reloaded");
+            info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
             shared.set_server(server);
             shared.replace_catalog(Arc::new(catalog));
         }
@@ -257,7 +257,7 @@ async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port
 
 async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>, started: SystemTime) {
     let catalog = shared.catalog();
-    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings.gc_grace_secs));
+    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
     let store = opts.store();
     let t = touches.clone();
     let result = tokio::task::spawn_blocking(move || {

@@ -2,7 +2,7 @@
 //! With `--dhcp off` a TFTP request for the site's one boot file carries no MAC; the client's
 //! ARP for our address left its MAC in this table.
 
-use crate::mac::MacAddr;
+use appliance_core::mac::MacAddr;
 use std::net::Ipv4Addr;
 
 /// Looks `ip` up in `/proc/net/arp`.

@@ -8,14 +8,15 @@
 
 use super::files;
 use super::neighbours;
-use crate::arch::Firmware;
 use crate::artifacts::{self, Touches};
-use crate::catalog::DhcpMode;
-use crate::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
-use crate::decide::{decide, decide_boot_file, BootFile, Decision, Outcome, Stage};
-use crate::render::{self, Format};
 use crate::state::Shared;
 use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
+use appliance_core::arch::Firmware;
+use appliance_core::boot_file::BootFile;
+use appliance_core::catalog::DhcpMode;
+use appliance_core::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
+use appliance_core::decide::{decide, decide_boot_file, Decision, Outcome, Stage};
+use appliance_core::render::{self, Format};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,7 +95,7 @@ impl TftpRoutes {
         client
     }
 
-    fn mac_for(&self, ip: Ipv4Addr) -> Option<crate::mac::MacAddr> {
+    fn mac_for(&self, ip: Ipv4Addr) -> Option<appliance_core::mac::MacAddr> {
         self.shared.mac_for_ip(ip).or_else(|| neighbours::lookup(ip))
     }
 
@@ -124,16 +125,15 @@ impl TftpRoutes {
     }
 
     fn mode(&self) -> DhcpMode {
-        self.mode.unwrap_or(self.shared.catalog().settings.dhcp.mode)
+        self.mode.unwrap_or(self.shared.catalog().settings().dhcp.mode)
     }
 
     /// A request for one of our boot program names. With `--dhcp off` the site's DHCP gives
     /// every machine the same name, so the name says nothing: decide from what the machine said
     /// in its (overheard) DHCP request and serve the right bytes under that name.
-    fn boot_file(&self, req: &ReadRequest, name: &str, named: BootFile) -> Result<Content, TftpError> {
-        // `named` is `name` as a boot program.
+    fn boot_file(&self, req: &ReadRequest, named: BootFile) -> Result<Content, TftpError> {
         if self.mode() != DhcpMode::Off {
-            return self.bootloader(name);
+            return self.bootloader(named);
         }
         let now = Instant::now();
         let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
@@ -147,7 +147,7 @@ impl TftpRoutes {
                 }
                 match file {
                     BootFile::UbootScript => self.uboot_script(),
-                    f => self.bootloader(f.file_name()),
+                    f => self.bootloader(*f),
                 }
             }
             Outcome::IpxeScript => render::ipxe_entry(&self.shared.server())
@@ -157,9 +157,10 @@ impl TftpRoutes {
         }
     }
 
-    fn bootloader(&self, name: &str) -> Result<Content, TftpError> {
+    fn bootloader(&self, file: BootFile) -> Result<Content, TftpError> {
         let dir = self.bootloaders.as_ref().ok_or_else(TftpError::not_found)?;
-        if name.starts_with("grubnet") {
+        let name = file.file_name();
+        if file.is_grub() {
             // Our address goes into the image (see render::grub_image).
             let path = files::resolve(dir, name).map_err(|_| TftpError::not_found())?;
             let bytes =
@@ -208,7 +209,7 @@ impl Handler for TftpRoutes {
             }
             TftpRequest::Other(name) => match BootFile::from_file_name(&name) {
                 Some(BootFile::UbootScript) => self.uboot_script(),
-                Some(b) => self.boot_file(req, &name, b),
+                Some(b) => self.boot_file(req, b),
                 None => {
                     let root = self.root.as_ref().ok_or_else(TftpError::not_found)?;
                     match files::open(root, &name) {
@@ -234,8 +235,8 @@ impl Handler for TftpRoutes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::explain::{client_from_query, Query};
-    use crate::mac::MacAddr;
+    use appliance_core::explain::{client_from_query, Query};
+    use appliance_core::mac::MacAddr;
     use std::io::Read;
 
     struct Fixture {
@@ -244,9 +245,9 @@ mod tests {
     }
 
     fn fixture(mode: DhcpMode) -> Fixture {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/config");
-        let catalog = crate::config::load(&dir, None).unwrap();
-        let server = crate::render::ServerInfo::from_catalog(&catalog);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config");
+        let catalog = crate::config_dir::load(&dir, None).unwrap();
+        let server = appliance_core::render::ServerInfo::from_catalog(&catalog);
         let shared = Shared::new(Arc::new(catalog), server);
         let boot = tempfile::tempdir().unwrap();
         for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetaa64.efi"] {

@@ -104,8 +104,8 @@ pub fn initramfs(
         image_id: &ids.image_id,
         kernel_version: &kernel.version,
         data_uuid: &ids.data_uuid,
-        config_address: config.catalog.settings.address,
-        http_port: config.catalog.settings.http_port,
+        config_address: config.catalog.settings().address,
+        http_port: config.catalog.settings().http_port,
         has_overlay: config.overlay.is_some(),
     };
     let contents = toc::image_info(&toc::Info {

@@ -1,13 +1,13 @@
 //! The appliance's root file system: busybox (as init and shell), the daemon with the exact
 //! shared libraries it was linked against, the kernel modules, and the boot scripts. Built as
-//! a deterministic newc cpio (`appliance::cpio`), gzip-compressed with a zero timestamp.
+//! a deterministic newc cpio (`appliance_core::cpio`), gzip-compressed with a zero timestamp.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use appliance::cpio::{self, Node};
+use appliance_core::cpio::{self, Node};
 
 use super::host::Library;
 use super::kmod::Module;

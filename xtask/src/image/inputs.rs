@@ -6,7 +6,7 @@ use std::fs as stdfs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use appliance::catalog::Catalog;
+use appliance_core::catalog::Catalog;
 use xshell::{cmd, Shell};
 
 use super::host;
@@ -41,7 +41,7 @@ pub fn config(sh: &Shell, recipe_path: &Path, data: &Path) -> Result<Config> {
     let recipe = recipe::load(recipe_path)
         .map_err(|e| anyhow::anyhow!("{e}\n{} error(s) in the recipe {}", e.0.len(), recipe_path.display()))?;
     // The config as it is in the repository: errors name the operator's files.
-    appliance::config::load(&recipe.config, recipe.overlay.as_deref()).map_err(|e| {
+    appliance::config_dir::load(&recipe.config, recipe.overlay.as_deref()).map_err(|e| {
         anyhow::anyhow!(
             "{e}\n{} error(s) in the config {} (`appliance check` says the same)",
             e.0.len(),
@@ -69,7 +69,7 @@ pub fn config(sh: &Shell, recipe_path: &Path, data: &Path) -> Result<Config> {
         }
         None => None,
     };
-    let catalog = appliance::config::load(&config_dir, overlay.as_deref()).map_err(|e| {
+    let catalog = appliance::config_dir::load(&config_dir, overlay.as_deref()).map_err(|e| {
         anyhow::anyhow!(
             "{e}\n{} error(s) in the config after applying the recipe's dhcp settings ({})",
             e.0.len(),
@@ -222,7 +222,7 @@ fn apply_dhcp_overrides(recipe: &Recipe, config: &Path) -> Result<Vec<String>> {
     if recipe.dhcp_mode.is_none() && recipe.pool.is_none() {
         return Ok(changed);
     }
-    let path = config.join(appliance::config::SETTINGS_FILE);
+    let path = config.join(appliance_core::config::SETTINGS_FILE);
     let text = stdfs::read_to_string(&path).unwrap_or_default();
     let mut doc: serde_yaml::Value = if text.trim().is_empty() {
         serde_yaml::Value::Mapping(Default::default())
@@ -297,7 +297,7 @@ mod tests {
             let config = work.path().join("config");
             copy_tree(&recipe.config, &config).unwrap();
             apply_dhcp_overrides(&recipe, &config).unwrap();
-            let catalog = appliance::config::load(&config, recipe.overlay.as_deref())
+            let catalog = appliance::config_dir::load(&config, recipe.overlay.as_deref())
                 .unwrap_or_else(|e| panic!("{}: config: {e}", path.display()));
             recipe.check_against(&catalog).unwrap_or_else(|e| panic!("{e}"));
             count += 1;
@@ -318,11 +318,11 @@ mod tests {
         .unwrap();
         let changed = apply_dhcp_overrides(&recipe, &config).unwrap();
         assert_eq!(changed, ["dhcp.mode = proxy", "dhcp.pool = 10.77.0.150..10.77.0.160"]);
-        let catalog = appliance::config::load(&config, None).unwrap();
-        assert_eq!(catalog.settings.dhcp.mode, appliance::catalog::DhcpMode::Proxy);
-        assert_eq!(catalog.settings.dhcp.pool.unwrap().0.to_string(), "10.77.0.150");
+        let catalog = appliance::config_dir::load(&config, None).unwrap();
+        assert_eq!(catalog.settings().dhcp.mode, appliance_core::catalog::DhcpMode::Proxy);
+        assert_eq!(catalog.settings().dhcp.pool.unwrap().0.to_string(), "10.77.0.150");
         // Everything else is kept.
-        assert_eq!(catalog.settings.dhcp.domain.as_deref(), Some("lab.internal"));
+        assert_eq!(catalog.settings().dhcp.domain.as_deref(), Some("lab.internal"));
         recipe.check_against(&catalog).unwrap();
     }
 }

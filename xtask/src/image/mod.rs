@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use appliance::catalog::Catalog;
+use appliance_core::catalog::Catalog;
 use xshell::Shell;
 
 use crate::{debian, human_size, project_root};

@@ -6,14 +6,14 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use appliance::catalog::{Catalog, DhcpMode};
-use appliance::config::position::PosIndex;
-use appliance::config::{ConfigError, ConfigErrors};
+use appliance_core::boot_file::BootFile;
+use appliance_core::catalog::{Catalog, DhcpMode, Subnet};
+use appliance_core::config::position::index;
+use appliance_core::config::values::{parse_cidr, parse_ipv4, valid_hostname, valid_name};
+use appliance_core::config::yaml::{Doc, Errors};
+use appliance_core::config::{ConfigError, ConfigErrors};
+use appliance_core::mac::MacAddr;
 use serde::Deserialize;
-
-/// Every bootloader `cargo xtask fetch` builds.
-pub const ALL_BOOTLOADERS: [&str; 5] =
-    ["grubnetaa64.efi", "grubnetx64.efi", "ipxe.efi", "snponly.efi", "undionly.kpxe"];
 
 /// NIC drivers a lab machine needs; always in the image.
 pub const NIC_MODULES: [&str; 6] = ["e1000", "e1000e", "igb", "ixgbe", "r8169", "virtio_net"];
@@ -172,25 +172,6 @@ pub struct Recipe {
     text: String,
 }
 
-struct Errors<'a> {
-    file: &'a Path,
-    index: PosIndex,
-    list: Vec<ConfigError>,
-}
-
-impl Errors<'_> {
-    fn at(&mut self, field: &str, message: impl std::fmt::Display) {
-        let (line, col) = self.index.at(field);
-        self.list.push(ConfigError {
-            file: self.file.to_path_buf(),
-            line,
-            col,
-            field: field.to_owned(),
-            message: message.to_string(),
-        });
-    }
-}
-
 /// Reads and validates a recipe file. Paths in it are relative to the file's directory.
 pub fn load(path: &Path) -> Result<Recipe, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -205,191 +186,31 @@ pub fn load(path: &Path) -> Result<Recipe, ConfigErrors> {
     parse(path, &text)
 }
 
-/// Validates recipe text; `path` names it in errors and anchors relative paths.
+/// Validates recipe text; `path` names it in errors and anchors relative paths. The
+/// positioned errors, value parsers and name rules are the appliance config's
+/// (`appliance_core::config`); only the recipe's own fields are checked here.
 pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
-    let mut errs = Errors { file: path, index: PosIndex::build(text), list: Vec::new() };
-    let wire: Wire = match serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)) {
-        Ok(w) => w,
-        Err(e) => {
-            let field = e.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            let inner = e.into_inner();
-            let (line, col) = match inner.location() {
-                Some(l) => (l.line(), l.column()),
-                None => errs.index.at(&field),
-            };
-            let message = inner.to_string();
-            let mut message = message.rfind(" at line ").map_or(message.clone(), |i| message[..i].to_owned());
-            // serde_yaml names the path itself (`network: unknown field ...`); we print it once.
-            if let Some((head, rest)) = message.split_once(": ") {
-                if !head.contains(' ') && field.starts_with(head) {
-                    message = rest.to_owned();
-                }
-            }
-            return Err(ConfigErrors(vec![ConfigError { file: path.to_path_buf(), line, col, field, message }]));
-        }
-    };
-    let base = path.parent().unwrap_or(Path::new("."));
+    let doc = Doc::new(path, text);
+    let mut errs = Errors::new();
+    let Some(wire) = doc.parse::<Wire>(&mut errs) else { return Err(errs.into()) };
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
     if !valid_name(&name) {
-        errs.at(
-            "",
-            format!("the file name {name:?} must be a plain name (letters, digits, - _ .): it names the image"),
-        );
+        let why = "must be a plain name (letters, digits, - _ .): it names the image";
+        errs.at(&doc, "", format!("the file name {name:?} {why}"));
     }
-
-    let config = base.join(&wire.config);
-    if !config.is_dir() {
-        errs.at("config", format!("{} is not a directory", config.display()));
-    }
-    let overlay = wire.overlay.as_ref().map(|o| base.join(o));
-    if let Some(o) = &overlay {
-        if !o.is_file() {
-            errs.at("overlay", format!("{} is not a file", o.display()));
-        }
-    }
-
-    let interface = match wire.network.interface.as_deref() {
-        None | Some("auto") => Interface::Auto,
-        Some(s) if looks_like_mac(s) => match appliance::mac::MacAddr::parse(s) {
-            Ok(mac) => Interface::Mac(mac.to_string()),
-            Err(_) => {
-                errs.at("network.interface", format!("{s:?} is not a MAC address"));
-                Interface::Auto
-            }
-        },
-        Some(s) if valid_ifname(s) => Interface::Name(s.to_owned()),
-        Some(s) => {
-            errs.at(
-                "network.interface",
-                format!("{s:?} is neither `auto`, a kernel interface name (like eth0) nor a MAC address"),
-            );
-            Interface::Auto
-        }
-    };
-    let ipv4 = match wire.network.address.trim() {
-        "dhcp" => {
-            if wire.network.gateway.is_some() {
-                errs.at("network.gateway", "a gateway only goes with a static address (the DHCP server names one)");
-            }
-            Ipv4::Dhcp
-        }
-        a => match parse_cidr(a) {
-            Ok((address, prefix)) => {
-                let gateway = match wire.network.gateway.as_deref().map(parse_ip) {
-                    None => None,
-                    Some(Ok(g)) => {
-                        if !same_subnet(address, g, prefix) {
-                            errs.at("network.gateway", format!("{g} is not in {address}/{prefix}"));
-                        }
-                        Some(g)
-                    }
-                    Some(Err(e)) => {
-                        errs.at("network.gateway", e);
-                        None
-                    }
-                };
-                Ipv4::Static { address, prefix, gateway }
-            }
-            Err(e) => {
-                errs.at("network.address", format!("{e} (expected ADDRESS/PREFIX like 10.77.0.1/24, or `dhcp`)"));
-                Ipv4::Dhcp
-            }
-        },
-    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let (config, overlay) = config_paths(&wire, base, &doc, &mut errs);
+    let interface = interface(wire.network.interface.as_deref(), &doc, &mut errs);
+    let ipv4 = ipv4(&wire.network, &doc, &mut errs);
     let hostname = wire.network.hostname.clone().unwrap_or_else(|| "appliance".into());
     if !valid_hostname(&hostname) {
-        errs.at("network.hostname", format!("{hostname:?} is not a valid host name"));
+        errs.at(&doc, "network.hostname", format!("{hostname:?} is not a valid host name"));
     }
-
-    let dhcp_mode = match wire.dhcp.mode.as_deref() {
-        None => None,
-        Some("server") => Some(DhcpMode::Server),
-        Some("proxy") => Some(DhcpMode::Proxy),
-        Some("off") => Some(DhcpMode::Off),
-        Some(m) => {
-            errs.at("dhcp.mode", format!("unknown DHCP mode {m:?} (expected server, proxy or off)"));
-            None
-        }
-    };
-    let pool = match &wire.dhcp.pool {
-        None => None,
-        Some(p) => match (parse_ip(&p.start), parse_ip(&p.end)) {
-            (Ok(s), Ok(e)) if u32::from(s) <= u32::from(e) => Some((s, e)),
-            (Ok(s), Ok(e)) => {
-                errs.at("dhcp.pool.end", format!("the pool ends ({e}) before it starts ({s})"));
-                None
-            }
-            (s, e) => {
-                if let Err(m) = s {
-                    errs.at("dhcp.pool.start", m);
-                }
-                if let Err(m) = e {
-                    errs.at("dhcp.pool.end", m);
-                }
-                None
-            }
-        },
-    };
-
-    let bootloaders = match &wire.bootloaders {
-        None => ALL_BOOTLOADERS.iter().map(|s| s.to_string()).collect(),
-        Some(list) => {
-            let mut seen = BTreeSet::new();
-            for (i, b) in list.iter().enumerate() {
-                let field = format!("bootloaders[{i}]");
-                if !ALL_BOOTLOADERS.contains(&b.as_str()) {
-                    errs.at(&field, format!("unknown bootloader {b:?} (known: {})", ALL_BOOTLOADERS.join(", ")));
-                } else if !seen.insert(b.clone()) {
-                    errs.at(&field, format!("{b} is listed twice"));
-                }
-            }
-            list.clone()
-        }
-    };
-
-    let serial = wire.console.serial.clone().filter(|s| !s.is_empty() && s != "none");
-    if let Some(s) = &serial {
-        let ok = ["ttyS", "ttyUSB", "ttyAMA"]
-            .iter()
-            .any(|p| s.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit())));
-        if !ok {
-            errs.at("console.serial", format!("{s:?} is not a serial port (expected ttyS0, ttyS1, ..., or none)"));
-        }
-    }
-    let baud = wire.console.baud.unwrap_or(115200);
-    if !SERIAL_SPEEDS.contains(&baud) {
-        errs.at("console.baud", format!("unsupported speed {baud} (expected one of {SERIAL_SPEEDS:?})"));
-    }
-    if serial.is_none() && !wire.console.vga {
-        errs.at("console", "no console at all: keep the serial port, VGA, or both");
-    }
-
-    for (i, m) in wire.kernel.modules.iter().enumerate() {
-        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            errs.at(&format!("kernel.modules[{i}]"), format!("{m:?} is not a module name"));
-        }
-    }
-    let cmdline = wire.kernel.cmdline.clone().unwrap_or_default();
-    if cmdline.contains(['\n', '"', '\'', '\\', '$', '`']) {
-        errs.at("kernel.cmdline", "quotes, backslashes, $, ` and newlines are not allowed in the command line");
-    }
-    let state_mib = wire.disk.state_mib.unwrap_or(8);
-    if !(1..=65536).contains(&state_mib) {
-        errs.at("disk.state_mib", format!("{state_mib} MiB is out of range (1 to 65536)"));
-    }
-    let boot_menu_timeout = wire.boot_menu_timeout.unwrap_or(1);
-    if boot_menu_timeout > 600 {
-        errs.at("boot_menu_timeout", "at most 600 seconds");
-    }
-    let log = wire.log.clone().unwrap_or_else(|| "info".into());
-    if log.is_empty() || !log.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | ',' | '=' | '.')) {
-        errs.at("log", format!("{log:?} is not a log filter (like info, or info,appliance::dhcp=debug)"));
-    }
-
-    if !errs.list.is_empty() {
-        return Err(ConfigErrors(errs.list));
-    }
+    let (dhcp_mode, pool) = dhcp(&wire.dhcp, &doc, &mut errs);
+    let bootloaders = bootloaders(wire.bootloaders.as_deref(), &doc, &mut errs);
+    let (serial, baud) = console(&wire.console, &doc, &mut errs);
+    let (cmdline, state_mib, boot_menu_timeout, log) = system(&wire, &doc, &mut errs);
+    errs.check()?;
     Ok(Recipe {
         name,
         path: path.to_path_buf(),
@@ -414,22 +235,177 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
     })
 }
 
+/// The config directory and the overlay, relative to the recipe's directory.
+fn config_paths(wire: &Wire, base: &Path, doc: &Doc<'_>, errs: &mut Errors) -> (PathBuf, Option<PathBuf>) {
+    let config = base.join(&wire.config);
+    if !config.is_dir() {
+        errs.at(doc, "config", format!("{} is not a directory", config.display()));
+    }
+    let overlay = wire.overlay.as_ref().map(|o| base.join(o));
+    if let Some(o) = overlay.as_ref().filter(|o| !o.is_file()) {
+        errs.at(doc, "overlay", format!("{} is not a file", o.display()));
+    }
+    (config, overlay)
+}
+
+fn interface(spec: Option<&str>, doc: &Doc<'_>, errs: &mut Errors) -> Interface {
+    let field = "network.interface";
+    match spec {
+        None | Some("auto") => Interface::Auto,
+        Some(s) if looks_like_mac(s) => match MacAddr::parse(s) {
+            Ok(mac) => Interface::Mac(mac.to_string()),
+            Err(e) => {
+                errs.at(doc, field, e);
+                Interface::Auto
+            }
+        },
+        Some(s) if valid_ifname(s) => Interface::Name(s.to_owned()),
+        Some(s) => {
+            let why = "is neither `auto`, a kernel interface name (like eth0) nor a MAC address";
+            errs.at(doc, field, format!("{s:?} {why}"));
+            Interface::Auto
+        }
+    }
+}
+
+fn ipv4(network: &WireNetwork, doc: &Doc<'_>, errs: &mut Errors) -> Ipv4 {
+    if network.address.trim() == "dhcp" {
+        if network.gateway.is_some() {
+            errs.at(doc, "network.gateway", "a gateway only goes with a static address (the DHCP server names one)");
+        }
+        return Ipv4::Dhcp;
+    }
+    let (address, prefix) = match parse_cidr(&network.address) {
+        // A host address needs a network around it.
+        Ok((_, 0)) => {
+            errs.at(doc, "network.address", "a /0 prefix leaves the address no network");
+            return Ipv4::Dhcp;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            errs.at(doc, "network.address", format!("{e}, or `dhcp`"));
+            return Ipv4::Dhcp;
+        }
+    };
+    let gateway = network.gateway.as_deref().and_then(|g| match parse_ipv4(g) {
+        Ok(g) => {
+            if !(Subnet { network: address, prefix }).contains(g) {
+                errs.at(doc, "network.gateway", format!("{g} is not in {address}/{prefix}"));
+            }
+            Some(g)
+        }
+        Err(e) => {
+            errs.at(doc, "network.gateway", e);
+            None
+        }
+    });
+    Ipv4::Static { address, prefix, gateway }
+}
+
+/// The DHCP mode and pool that override the config's.
+fn dhcp(wire: &WireDhcp, doc: &Doc<'_>, errs: &mut Errors) -> (Option<DhcpMode>, Option<(Ipv4Addr, Ipv4Addr)>) {
+    let mode = wire.mode.as_deref().and_then(|m| {
+        let mode = DhcpMode::parse(m);
+        if mode.is_none() {
+            errs.at(doc, "dhcp.mode", format!("unknown DHCP mode {m:?} (expected server, proxy or off)"));
+        }
+        mode
+    });
+    let pool = wire.pool.as_ref().and_then(|p| {
+        let mut ip = |field: &str, s: &str| parse_ipv4(s).map_err(|e| errs.at(doc, field, e)).ok();
+        let (start, end) = (ip("dhcp.pool.start", &p.start), ip("dhcp.pool.end", &p.end));
+        match (start?, end?) {
+            (s, e) if u32::from(s) <= u32::from(e) => Some((s, e)),
+            (s, e) => {
+                errs.at(doc, "dhcp.pool.end", format!("the pool ends ({e}) before it starts ({s})"));
+                None
+            }
+        }
+    });
+    (mode, pool)
+}
+
+/// The bootloaders the image carries (by default every one `cargo xtask fetch` builds).
+fn bootloaders(list: Option<&[String]>, doc: &Doc<'_>, errs: &mut Errors) -> Vec<String> {
+    let Some(list) = list else { return BootFile::bootloaders().map(|b| b.file_name().to_owned()).collect() };
+    let mut seen = BTreeSet::new();
+    for (i, b) in list.iter().enumerate() {
+        let field = index("bootloaders", i);
+        if !BootFile::from_file_name(b).is_some_and(BootFile::is_bootloader) {
+            let known: Vec<&str> = BootFile::bootloaders().map(BootFile::file_name).collect();
+            errs.at(doc, &field, format!("unknown bootloader {b:?} (known: {})", known.join(", ")));
+        } else if !seen.insert(b) {
+            errs.at(doc, &field, format!("{b} is listed twice"));
+        }
+    }
+    list.to_vec()
+}
+
+/// The serial port (if any) and its speed.
+fn console(wire: &WireConsole, doc: &Doc<'_>, errs: &mut Errors) -> (Option<String>, u32) {
+    let serial = wire.serial.clone().filter(|s| !s.is_empty() && s != "none");
+    if let Some(s) = &serial {
+        let numbered =
+            |p: &&str| s.strip_prefix(*p).is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if !["ttyS", "ttyUSB", "ttyAMA"].iter().any(numbered) {
+            errs.at(doc, "console.serial", format!("{s:?} is not a serial port (expected ttyS0, ttyS1, ..., or none)"));
+        }
+    }
+    let baud = wire.baud.unwrap_or(115200);
+    if !SERIAL_SPEEDS.contains(&baud) {
+        errs.at(doc, "console.baud", format!("unsupported speed {baud} (expected one of {SERIAL_SPEEDS:?})"));
+    }
+    if serial.is_none() && !wire.vga {
+        errs.at(doc, "console", "no console at all: keep the serial port, VGA, or both");
+    }
+    (serial, baud)
+}
+
+/// Kernel modules and command line, state partition size, boot menu timeout and log filter.
+fn system(wire: &Wire, doc: &Doc<'_>, errs: &mut Errors) -> (String, u32, u32, String) {
+    for (i, m) in wire.kernel.modules.iter().enumerate() {
+        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            errs.at(doc, &index("kernel.modules", i), format!("{m:?} is not a module name"));
+        }
+    }
+    let cmdline = wire.kernel.cmdline.clone().unwrap_or_default();
+    if cmdline.contains(['\n', '"', '\'', '\\', '$', '`']) {
+        errs.at(doc, "kernel.cmdline", "quotes, backslashes, $, ` and newlines are not allowed in the command line");
+    }
+    let state_mib = wire.disk.state_mib.unwrap_or(8);
+    if !(1..=65536).contains(&state_mib) {
+        errs.at(doc, "disk.state_mib", format!("{state_mib} MiB is out of range (1 to 65536)"));
+    }
+    let boot_menu_timeout = wire.boot_menu_timeout.unwrap_or(1);
+    if boot_menu_timeout > 600 {
+        errs.at(doc, "boot_menu_timeout", "at most 600 seconds");
+    }
+    let log = wire.log.clone().unwrap_or_else(|| "info".into());
+    if log.is_empty() || !log.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | ',' | '=' | '.')) {
+        errs.at(doc, "log", format!("{log:?} is not a log filter (like info, or info,appliance::dhcp=debug)"));
+    }
+    (cmdline, state_mib, boot_menu_timeout, log)
+}
+
 impl Recipe {
     /// Checks the recipe against the config it serves (loaded with the recipe's DHCP
     /// overrides applied): a DHCP server needs a static address inside its subnet, and the
     /// iPXE binary the config hands to UEFI clients must be in the image.
     pub fn check_against(&self, catalog: &Catalog) -> Result<(), ConfigErrors> {
-        let mut errs = Errors { file: &self.path, index: PosIndex::build(&self.text), list: Vec::new() };
-        let mode = catalog.settings.dhcp.mode;
+        let doc = Doc::new(&self.path, &self.text);
+        let mut errs = Errors::new();
+        let mode = catalog.settings().dhcp.mode;
         match (&self.ipv4, mode) {
             (Ipv4::Dhcp, DhcpMode::Server) => errs.at(
+                &doc,
                 "network.address",
                 "a DHCP server needs a static address: set ADDRESS/PREFIX, or dhcp.mode proxy or off",
             ),
             (Ipv4::Static { address, .. }, DhcpMode::Server) => {
-                if let Some(subnet) = catalog.settings.dhcp.subnet {
+                if let Some(subnet) = catalog.settings().dhcp.subnet {
                     if !subnet.contains(*address) {
                         errs.at(
+                            &doc,
                             "network.address",
                             format!(
                                 "{address} is outside the DHCP subnet {}/{} the config serves",
@@ -441,18 +417,15 @@ impl Recipe {
             }
             _ => {}
         }
-        let efi = &catalog.settings.ipxe_efi;
-        if !self.bootloaders.iter().any(|b| b == efi) {
+        let efi = catalog.settings().ipxe_efi;
+        if !self.bootloaders.iter().any(|b| b == efi.file_name()) {
             errs.at(
+                &doc,
                 "bootloaders",
                 format!("the config hands {efi} to x86-64 UEFI clients (ipxe.efi_binary), but the image leaves it out"),
             );
         }
-        if errs.list.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errs.list))
-        }
+        errs.check()
     }
 
     /// The kernel command line's console words; the last one is /dev/console.
@@ -468,13 +441,6 @@ impl Recipe {
     }
 }
 
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with('.')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
@@ -482,33 +448,8 @@ fn valid_ifname(s: &str) -> bool {
         && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-fn valid_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-}
-
 fn looks_like_mac(s: &str) -> bool {
     s.len() == 17 && s.chars().filter(|c| *c == ':' || *c == '-').count() == 5
-}
-
-fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
-    s.trim().parse().map_err(|_| format!("{s:?} is not an IPv4 address"))
-}
-
-fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, prefix) = s.split_once('/').ok_or_else(|| format!("{s:?} has no /PREFIX"))?;
-    let ip = parse_ip(ip)?;
-    let prefix: u8 =
-        prefix.parse().ok().filter(|p| (1..=32).contains(p)).ok_or_else(|| format!("bad prefix in {s:?}"))?;
-    Ok((ip, prefix))
-}
-
-fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
-    let mask = u32::MAX << (32 - u32::from(prefix));
-    u32::from(a) & mask == u32::from(b) & mask
 }
 
 #[cfg(test)]
@@ -525,6 +466,14 @@ mod tests {
         }
     }
 
+    /// One error per line of `expect`, in order, each starting with it.
+    fn assert_starts(errs: &[String], expect: &[&str]) {
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        for (e, want) in errs.iter().zip(expect) {
+            assert!(e.starts_with(want), "{e:?} should start with {want:?}");
+        }
+    }
+
     #[test]
     fn minimal_recipe_gets_defaults() {
         let dir = tempfile::tempdir().unwrap();
@@ -533,7 +482,7 @@ mod tests {
         assert_eq!(r.name, "lab");
         assert_eq!(r.interface, Interface::Auto);
         assert_eq!(r.ipv4, Ipv4::Static { address: Ipv4Addr::new(10, 77, 0, 1), prefix: 24, gateway: None });
-        assert_eq!(r.bootloaders.len(), ALL_BOOTLOADERS.len());
+        assert_eq!(r.bootloaders.len(), BootFile::bootloaders().count());
         assert_eq!(r.console_args(), "console=tty0 console=ttyS0,115200n8");
         assert_eq!(r.state_mib, 8);
     }
@@ -564,7 +513,7 @@ disk: { state_mib: 0 }
         let expect = [
             "1:1: config: ",
             "3:3: network.interface: \"52:54:00:zz:00:01\" is not a MAC address",
-            "4:3: network.address: bad prefix",
+            "4:3: network.address: \"10.77.0.1/33\" is not an address with a prefix length like 10.0.0.1/24, or `dhcp`",
             "6:3: dhcp.mode: unknown DHCP mode \"relay\"",
             "7:31: dhcp.pool.end: the pool ends (10.77.0.100) before it starts (10.77.0.200)",
             "8:25: bootloaders[1]: unknown bootloader \"pxelinux.0\"",
@@ -573,16 +522,33 @@ disk: { state_mib: 0 }
             "10:21: kernel.modules[0]: \"bad name\" is not a module name",
             "11:9: disk.state_mib: 0 MiB is out of range",
         ];
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
-        for (e, want) in errs.iter().zip(expect) {
-            assert!(e.starts_with(want), "{e:?} should start with {want:?}");
-        }
+        assert_starts(&errs, &expect);
+    }
+
+    #[test]
+    fn host_names_and_addresses_follow_the_configs_rules() {
+        // The config's host name rule: an FQDN of up to 253 characters, labels of up to 63.
+        let fqdn = format!("{}.lab.example", "a".repeat(63));
+        assert_eq!(errors(&format!("config: profiles\nnetwork: {{ address: dhcp, hostname: {fqdn} }}\n")), [""; 0]);
+        let text = format!(
+            "config: profiles\nnetwork:\n  address: 10.77.0.1/0\n  hostname: {}\ndhcp:\n  pool: {{ start: 10.77.0.300, end: 10.77.0.9 }}\n",
+            "a".repeat(64)
+        );
+        let errs = errors(&text);
+        let expect = [
+            "3:3: network.address: a /0 prefix",
+            "4:3: network.hostname: \"aaaa",
+            "6:11: dhcp.pool.start: \"10.77.0.300\" is not an IPv4 address",
+        ];
+        assert_starts(&errs, &expect);
+        let errs = errors("config: profiles\nnetwork: { address: 10.77.0.1/24, gateway: 10.78.0.1 }\n");
+        assert_eq!(errs, ["2:35: network.gateway: 10.78.0.1 is not in 10.77.0.1/24"]);
     }
 
     #[test]
     fn dhcp_server_needs_a_static_address_in_its_subnet() {
         let profiles = crate::project_root().join("profiles");
-        let catalog = appliance::config::load(&profiles, None).unwrap();
+        let catalog = appliance::config_dir::load(&profiles, None).unwrap();
         let path = crate::project_root().join("images/x.yaml");
         let dhcp = parse(&path, "config: ../profiles\nnetwork: { address: dhcp }\n").unwrap();
         let err = dhcp.check_against(&catalog).unwrap_err().to_string();

@@ -8,7 +8,7 @@ use std::fs as stdfs;
 use std::path::Path;
 
 use anyhow::Result;
-use appliance::catalog::Catalog;
+use appliance_core::catalog::Catalog;
 
 use super::identity::Ids;
 use super::layout::Layout;
@@ -58,7 +58,7 @@ pub fn image_info(i: &Info<'_>) -> Result<String> {
         }
         Ipv4::Dhcp => "DHCP client (udhcpc)".into(),
     };
-    let d = &i.catalog.settings.dhcp;
+    let d = &i.catalog.settings().dhcp;
     let pool = d.pool.map(|(s, e)| format!(", pool {s}-{e}")).unwrap_or_default();
     let _ = writeln!(t, "network: interface {}, address {net}; serving DHCP mode {}{pool}", recipe.interface, d.mode);
     let _ = writeln!(
@@ -82,9 +82,9 @@ pub fn image_info(i: &Info<'_>) -> Result<String> {
             let _ = writeln!(t, "  {file:<16} {size:>10}  sha256 {}  {package}", &sha[..16.min(sha.len())]);
         }
     }
-    let _ = writeln!(t, "profiles ({} in the artifact store):", i.catalog.profiles.len());
+    let _ = writeln!(t, "profiles ({} in the artifact store):", i.catalog.profiles().len());
     let mut rows: BTreeMap<(String, String), String> = BTreeMap::new();
-    for p in i.catalog.profiles.values() {
+    for p in i.catalog.profiles() {
         for (arch, set) in &p.arches {
             let files: Vec<String> = set
                 .files()

@@ -1,9 +1,9 @@
 //! Server-mode address handling through the whole server: NAK, DECLINE, RELEASE, INFORM,
 //! fixed addresses, exhaustion and leases surviving a restart.
 
-use super::firmware::{os_client, ovmf_pxe};
 use super::*;
-use crate::mac::MacAddr;
+use appliance_core::dhcp::fixtures::firmware::{os_client, ovmf_pxe};
+use appliance_core::mac::MacAddr;
 
 /// DISCOVER then REQUEST; returns the bound address.
 async fn bind_address(h: &Harness, m: [u8; 6]) -> Ipv4Addr {

@@ -1,10 +1,10 @@
 //! The iPXE chain loop, proxy and off mode, port 4011, and garbage on the wire.
 
-use super::firmware::{bios_stock_pxe, os_client, ovmf_pxe, seabios_ipxe_rom, uboot};
 use super::*;
-use crate::arch::Firmware;
-use crate::catalog::DhcpMode;
-use crate::mac::MacAddr;
+use appliance_core::arch::Firmware;
+use appliance_core::catalog::DhcpMode;
+use appliance_core::dhcp::fixtures::firmware::{bios_stock_pxe, os_client, ovmf_pxe, seabios_ipxe_rom, uboot};
+use appliance_core::mac::MacAddr;
 use std::time::Instant;
 
 const SCRIPT: &str = "http://10.77.0.1:8080/boot.ipxe";

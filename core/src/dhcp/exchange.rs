@@ -2,8 +2,9 @@
 //! (offer, bind, decline, release), `decide`, the reply and its destination, and the facts the
 //! caller records afterwards (an address was bound, an iPXE binary was accepted).
 //!
-//! Architecture invariant: pure. The socket loop owns the state passed in here and does every
-//! side effect (sending, persisting, `Shared` memory, logging) from the returned `Handled`.
+//! Architecture invariant: pure. The daemon's socket loop (`appliance::dhcp::server`) owns the
+//! state passed in here and does every side effect (sending, persisting, the daemon's per-MAC
+//! memory, logging) from the returned `Handled`.
 //! Policy (what a machine boots) is `decide`'s alone.
 
 use super::leases::{Leases, Pool};
@@ -99,7 +100,7 @@ pub fn handle(state: &mut State, ctx: &Context<'_>, req: &Message, client: &Clie
         return out;
     }
     let decision = decide(ctx.catalog, client, Stage::Dhcp);
-    let settings = &ctx.catalog.settings.dhcp;
+    let settings = &ctx.catalog.settings().dhcp;
     let grant = if ctx.mode == DhcpMode::Server && ctx.port == Port::Dhcp {
         lease_step(state, ctx, req, client, kind, &mut out)
     } else {
@@ -121,7 +122,7 @@ pub fn handle(state: &mut State, ctx: &Context<'_>, req: &Message, client: &Clie
         }
     }
     let ignored = match &decision.outcome {
-        Outcome::Ignore { reason } => Some(reason.as_str()),
+        Outcome::Ignore { reason } => Some(reason),
         _ => None,
     };
     if out.note.is_none() {
@@ -156,7 +157,7 @@ fn lease_step(
         out.note = Some("no Ethernet hardware address: no lease".into());
         return None;
     };
-    let settings = &ctx.catalog.settings.dhcp;
+    let settings = &ctx.catalog.settings().dhcp;
     let Some(pool) = Pool::new(settings, ctx.catalog.fixed_addresses(), ctx.server.address) else {
         out.note = Some("server mode without dhcp.subnet and dhcp.pool: no addresses to lease".into());
         return None;

@@ -4,13 +4,13 @@ use super::*;
 
 pub(super) fn validate_menus(
     input: &Input,
-    profiles: &BTreeMap<String, Profile>,
+    profiles: &BTreeMap<String, Arc<Profile>>,
     errs: &mut Errors,
-) -> BTreeMap<String, Menu> {
+) -> BTreeMap<String, Arc<Menu>> {
     let mut out = BTreeMap::new();
     let Some(src) = &input.menus else { return out };
-    let doc = Doc::new(src);
-    let Some(file) = parse_doc::<MenusFile>(src, &doc, errs) else {
+    let doc = src.doc();
+    let Some(file) = doc.parse_or_default::<MenusFile>(errs) else {
         return out;
     };
     for (name, m) in &file.menus {
@@ -32,7 +32,7 @@ pub(super) fn validate_menus(
                                 prof.description.clone()
                             }
                         });
-                        MenuEntry { id: p.clone(), label, action: MenuAction::Profile(p.clone()) }
+                        MenuEntry { id: p.clone(), label, action: MenuAction::Profile(prof.clone()) }
                     }
                     None => {
                         errs.at(&doc, &key(&f, "profile"), format!("no profile named {p:?}{}", known(profiles.keys())));
@@ -77,13 +77,13 @@ pub(super) fn validate_menus(
         };
         out.insert(
             name.clone(),
-            Menu {
+            Arc::new(Menu {
                 name: name.clone(),
                 title: m.title.clone().unwrap_or_else(|| "Network boot".into()),
                 timeout_secs: m.timeout,
                 default,
                 entries,
-            },
+            }),
         );
     }
     out

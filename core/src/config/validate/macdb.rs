@@ -10,31 +10,30 @@ fn target(
     menu: Option<&String>,
     action: Option<ActionWire>,
     field: &str,
-    profiles: &BTreeMap<String, Profile>,
-    menus: &BTreeMap<String, Menu>,
+    profiles: &BTreeMap<String, Arc<Profile>>,
+    menus: &BTreeMap<String, Arc<Menu>>,
     doc: &Doc<'_>,
     errs: &mut Errors,
 ) -> Option<Option<Target>> {
     let t = match (action, profile, menu) {
         (None, None, None) => return Some(None),
-        (None | Some(ActionWire::Profile), Some(p), None) => {
-            if !profiles.contains_key(p) {
+        (None | Some(ActionWire::Profile), Some(p), None) => match profiles.get(p) {
+            Some(profile) => Target::Profile(profile.clone()),
+            None => {
                 errs.at(doc, &key(field, "profile"), format!("no profile named {p:?}{}", known(profiles.keys())));
                 return None;
             }
-            Target::Profile(p.clone())
-        }
-        (None | Some(ActionWire::Menu), None, Some(m)) => {
-            if !menus.contains_key(m) {
+        },
+        (None | Some(ActionWire::Menu), None, Some(m)) => match menus.get(m) {
+            Some(menu) => Target::Menu(menu.clone()),
+            None => {
                 errs.at(doc, &key(field, "menu"), format!("no menu named {m:?}{}", known(menus.keys())));
                 return None;
             }
-            Target::Menu(m.clone())
-        }
-        (Some(ActionWire::Menu), None, None) => match menus.keys().next() {
-            Some(m) if menus.contains_key("default") || menus.len() == 1 => {
-                Target::Menu(if menus.contains_key("default") { "default".into() } else { m.clone() })
-            }
+        },
+        // Without a name: the menu called `default`, or the only one.
+        (Some(ActionWire::Menu), None, None) => match menus.get("default").or_else(|| menus.values().next()) {
+            Some(menu) if menus.contains_key("default") || menus.len() == 1 => Target::Menu(menu.clone()),
             _ => {
                 errs.at(doc, field, format!("`action: menu` needs `menu: NAME`{}", known(menus.keys())));
                 return None;
@@ -54,8 +53,8 @@ type MacDb = (BTreeMap<MacAddr, Machine>, Vec<VendorRule>, Target);
 
 pub(super) fn validate_macdb(
     input: &Input,
-    profiles: &BTreeMap<String, Profile>,
-    menus: &BTreeMap<String, Menu>,
+    profiles: &BTreeMap<String, Arc<Profile>>,
+    menus: &BTreeMap<String, Arc<Menu>>,
     settings: Option<&Settings>,
     errs: &mut Errors,
 ) -> MacDb {
@@ -64,8 +63,8 @@ pub(super) fn validate_macdb(
     let mut unknown = Target::Ignore;
     let docs: Vec<&SourceFile> = input.machines.iter().chain(input.overlay.iter()).collect();
     for (file_no, src) in docs.iter().enumerate() {
-        let doc = Doc::new(src);
-        let Some(db) = parse_doc::<MacDbFile>(src, &doc, errs) else {
+        let doc = src.doc();
+        let Some(db) = doc.parse_or_default::<MacDbFile>(errs) else {
             continue;
         };
         let mut in_this_file: HashMap<MacAddr, String> = HashMap::new();
@@ -83,11 +82,11 @@ pub(super) fn validate_macdb(
                 }
             };
             if let Some(prev) = in_this_file.insert(mac, kstr.to_string()) {
-                let (line, _) = doc.index.at(&key("machines", &prev));
+                let (line, _) = doc.position(&key("machines", &prev));
                 errs.at(&doc, &base, format!("duplicate MAC {mac} (also at line {line} as {prev:?})"));
                 continue;
             }
-            let Some(w) = parse_value::<MachineWire>(v, &base, &doc, errs) else {
+            let Some(w) = doc.parse_value::<MachineWire>(v, &base, errs) else {
                 continue;
             };
             if let Some(m) = machine(mac, &w, &base, profiles, menus, &db, settings, &doc, errs) {
@@ -99,7 +98,7 @@ pub(super) fn validate_macdb(
             let mut file_vendors = Vec::new();
             for (i, v) in db.vendors.iter().enumerate() {
                 let base = index("vendors", i);
-                let Some(w) = parse_value::<VendorWire>(v, &base, &doc, errs) else {
+                let Some(w) = doc.parse_value::<VendorWire>(v, &base, errs) else {
                     continue;
                 };
                 let oui = match Oui::parse(&w.oui) {
@@ -122,8 +121,8 @@ pub(super) fn validate_macdb(
                     continue;
                 };
                 if let (Some(a), Some(Target::Profile(p))) = (arch, &t) {
-                    if !profiles[p].arches.contains_key(&a) {
-                        errs.at(&doc, &key(&base, "profile"), format!("profile {p:?} has no {a} artifacts"));
+                    if !p.arches.contains_key(&a) {
+                        errs.at(&doc, &key(&base, "profile"), format!("profile {:?} has no {a} artifacts", p.name));
                     }
                 }
                 file_vendors.push(VendorRule { oui, arch, target: t, comment: w.comment.clone() });
@@ -148,7 +147,7 @@ pub(super) fn validate_macdb(
             if let Some(other) = by_addr.insert(a, *mac) {
                 let src = docs.get(machines[mac].2).copied();
                 if let Some(src) = src {
-                    let doc = Doc::new(src);
+                    let doc = src.doc();
                     errs.at(
                         &doc,
                         &key(&key("machines", &mac.to_string()), "address"),
@@ -166,8 +165,8 @@ fn machine(
     mac: MacAddr,
     w: &MachineWire,
     base: &str,
-    profiles: &BTreeMap<String, Profile>,
-    menus: &BTreeMap<String, Menu>,
+    profiles: &BTreeMap<String, Arc<Profile>>,
+    menus: &BTreeMap<String, Arc<Menu>>,
     db: &MacDbFile,
     settings: Option<&Settings>,
     doc: &Doc<'_>,
@@ -195,17 +194,17 @@ fn machine(
         })
     });
     if let (Some(Target::Profile(p)), Some(a)) = (&target, known_arch) {
-        if !profiles[p].arches.contains_key(&a) {
-            let has: Vec<&str> = profiles[p].arches.keys().map(|a| a.as_str()).collect();
+        if !p.arches.contains_key(&a) {
+            let has: Vec<&str> = p.arches.keys().map(|a| a.as_str()).collect();
             errs.at(
                 doc,
                 &key(base, "profile"),
-                format!("profile {p:?} has no {a} artifacts (it has: {})", has.join(", ")),
+                format!("profile {:?} has no {a} artifacts (it has: {})", p.name, has.join(", ")),
             );
             return None;
         }
     }
-    let address = match w.address.as_deref().map(parse_ip) {
+    let address = match w.address.as_deref().map(parse_ipv4) {
         Some(Err(e)) => {
             errs.at(doc, &key(base, "address"), e);
             return None;

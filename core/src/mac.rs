@@ -86,6 +86,12 @@ impl Oui {
     }
 }
 
+impl serde::Serialize for Oui {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Oui {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:02x}:{:02x}:{:02x}", self.0[0], self.0[1], self.0[2])

@@ -4,7 +4,7 @@ use super::*;
 use crate::catalog::Catalog;
 use crate::client::from_dhcp;
 use crate::decide::{decide, Stage};
-use crate::dhcp::tests::{self as fx, firmware, Req, DISCOVER, INFORM, REQUEST};
+use crate::dhcp::fixtures::{self as fx, firmware, Req, DISCOVER, INFORM, REQUEST};
 use crate::dhcp::wire::decode_request;
 
 struct Case {
@@ -35,7 +35,7 @@ impl Case {
             port: self.port,
             server: fx::SERVER,
             http_base: &self.http_base,
-            settings: &self.catalog.settings.dhcp,
+            settings: &self.catalog.settings().dhcp,
             grant: self.grant.as_ref(),
         };
         build(&msg, &client, &decision, &p)

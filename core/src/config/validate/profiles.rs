@@ -2,12 +2,16 @@
 
 use super::*;
 
-pub(super) fn validate_profiles(input: &Input, probe: &dyn FileProbe, errs: &mut Errors) -> BTreeMap<String, Profile> {
+pub(super) fn validate_profiles(
+    input: &Input,
+    probe: &dyn FileProbe,
+    errs: &mut Errors,
+) -> BTreeMap<String, Arc<Profile>> {
     let mut out = BTreeMap::new();
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
     for src in &input.profiles {
-        let doc = Doc::new(src);
-        let Some(wire) = parse_required::<ProfileFile>(src, &doc, errs) else {
+        let doc = src.doc();
+        let Some(wire) = doc.parse::<ProfileFile>(errs) else {
             continue;
         };
         if !valid_name(&wire.name) {
@@ -72,7 +76,7 @@ pub(super) fn validate_profiles(input: &Input, probe: &dyn FileProbe, errs: &mut
         }
         out.insert(
             wire.name.clone(),
-            Profile { name: wire.name.clone(), description: wire.description.clone(), arches },
+            Arc::new(Profile { name: wire.name.clone(), description: wire.description.clone(), arches }),
         );
     }
     out

@@ -3,11 +3,17 @@
 
 mod common;
 
-use appliance::arch::{Arch, Firmware};
-use appliance::client::{Client, Learned};
-use appliance::decide::{decide, BootFile, Outcome, Rule, Stage, Transport};
-use appliance::explain::for_path;
+use appliance_core::arch::{Arch, Firmware};
+use appliance_core::boot_file::BootFile;
+use appliance_core::client::{Client, Learned};
+use appliance_core::decide::{decide, IgnoreReason, Outcome, Rule, Stage, Transport};
+use appliance_core::explain::for_path;
+use appliance_core::mac::Oui;
 use common::*;
+
+fn oui(s: &str) -> Oui {
+    Oui::parse(s).unwrap()
+}
 
 fn tftp(file: BootFile) -> Outcome {
     Outcome::BootFile { file, transport: Transport::Tftp }
@@ -22,14 +28,14 @@ fn check_dhcp(client: Client, want: Outcome) {
     assert_eq!(d.outcome, want, "client {client:?}\ndecision {d:?}");
 }
 
-fn ignored(client: Client, stage: Stage) -> String {
+fn ignored(client: Client, stage: Stage) -> IgnoreReason {
     match decide(&catalog(), &client, stage).outcome {
         Outcome::Ignore { reason } => reason,
         other => panic!("expected ignore, got {other:?}"),
     }
 }
 
-fn boot_of(c: &appliance::catalog::Catalog, profile: &str, arch: Arch) -> Outcome {
+fn boot_of(c: &appliance_core::catalog::Catalog, profile: &str, arch: Arch) -> Outcome {
     let (_, set) = c.profile_set(profile, arch).unwrap();
     Outcome::Boot { profile: profile.into(), version: set.version.clone() }
 }
@@ -103,14 +109,14 @@ fn arm64_uefi_gets_grub() {
 
 #[test]
 fn plain_os_dhcp_client_is_not_a_boot_client() {
-    let reason = ignored(os_client("52:54:00:00:00:01"), Stage::Dhcp);
-    assert!(reason.contains("not a network-boot client"), "{reason}");
+    assert_eq!(ignored(os_client("52:54:00:00:00:01"), Stage::Dhcp), IgnoreReason::NotBootClient);
 }
 
 #[test]
 fn ignored_machine_gets_nothing() {
-    let reason = ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::Dhcp);
-    assert!(reason.contains("ignore"), "{reason}");
+    assert_eq!(ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::Dhcp), IgnoreReason::Database);
+    let entry = Rule::ExactMac(mac("52:54:00:00:00:06"));
+    assert_eq!(ignored(seabios_ipxe_rom("52:54:00:00:00:06"), Stage::IpxeScript), IgnoreReason::Rule(entry));
 }
 
 #[test]
@@ -127,7 +133,7 @@ fn oui_rule_decides_arch_where_option_93_is_absent_or_wrong() {
     // A Raspberry Pi OUI sending x64 UEFI's option 93: the vendor rule says arm64.
     let d = decide(&catalog(), &ovmf_pxe("b8:27:eb:00:00:01"), Stage::Dhcp);
     assert_eq!(d.arch, Some(Arch::Arm64));
-    assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
+    assert_eq!(d.arch_rule, Rule::Oui(oui("b8:27:eb")));
     assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
     // With no option 93 at all, a pxelinux request is still decided by the OUI rule.
     let (stage, _, c) = for_path(Client::new(Firmware::Unknown), "pxelinux.cfg/01-b8-27-eb-00-00-01");
@@ -140,7 +146,7 @@ fn oui_rule_decides_arch_where_option_93_is_absent_or_wrong() {
 fn oui_rule_can_name_a_profile() {
     let c = catalog();
     let d = decide(&c, &ipxe_efi("02:00:00:00:00:01"), Stage::IpxeScript);
-    assert_eq!(d.target_rule, Rule::Oui("02:00:00".into()));
+    assert_eq!(d.target_rule, Rule::Oui(oui("02:00:00")));
     assert_eq!(d.outcome, boot_of(&c, "x86only", Arch::X86_64));
 }
 
@@ -171,10 +177,9 @@ fn local_boot_machine() {
 
 #[test]
 fn profile_without_the_clients_arch_is_refused_with_a_reason() {
-    let reason = ignored(uboot("52:54:00:00:00:08"), Stage::Pxelinux);
-    assert!(reason.contains("no arm64 artifacts"), "{reason}");
-    let reason = ignored(uboot("52:54:00:00:00:08"), Stage::Dhcp);
-    assert!(reason.contains("no arm64 artifacts"), "{reason}");
+    let want = IgnoreReason::NoArtifacts { profile: "x86only".into(), arch: Arch::Arm64 };
+    assert_eq!(ignored(uboot("52:54:00:00:00:08"), Stage::Pxelinux), want);
+    assert_eq!(ignored(uboot("52:54:00:00:00:08"), Stage::Dhcp), want);
 }
 
 #[test]
@@ -219,7 +224,7 @@ fn decisions_are_deterministic() {
 
 mod boot_file_by_name {
     use super::*;
-    use appliance::decide::decide_boot_file;
+    use appliance_core::decide::decide_boot_file;
 
     fn nothing_overheard(m: &str) -> Client {
         Client::new(Firmware::Unknown).with_mac(mac(m), Learned::SourceAddress("10.0.0.50".parse().unwrap()))
@@ -234,7 +239,7 @@ mod boot_file_by_name {
     #[test]
     fn arm64_by_oui_rule_gets_grub_when_nothing_was_overheard() {
         let d = decide_boot_file(&catalog(), &nothing_overheard("b8:27:eb:00:00:09"), BootFile::Undionly);
-        assert_eq!(d.arch_rule, Rule::Oui("b8:27:eb".into()));
+        assert_eq!(d.arch_rule, Rule::Oui(oui("b8:27:eb")));
         assert_eq!(d.outcome, tftp(BootFile::GrubAa64));
     }
 
@@ -248,5 +253,24 @@ mod boot_file_by_name {
     fn an_ignored_machine_stays_ignored() {
         let d = decide_boot_file(&catalog(), &nothing_overheard("52:54:00:00:00:06"), BootFile::Undionly);
         assert!(matches!(d.outcome, Outcome::Ignore { .. }), "{d:?}");
+    }
+}
+
+#[test]
+fn the_efi_binary_setting_picks_the_uefi_ipxe_build() {
+    let catalog = |ipxe: &str| {
+        let settings = format!("server: {{ address: 10.0.0.1 }}\ndhcp: {{ mode: proxy }}\n{ipxe}");
+        validate_files(&[
+            ("appliance.yaml", &settings),
+            ("machines.yaml", "unknown: { profile: live }\n"),
+            ("live.yaml", "name: live\narch:\n  x86_64:\n    kernel: { path: k }\n"),
+            ("k", "kernel"),
+        ])
+        .unwrap()
+    };
+    for (ipxe, want) in [("", BootFile::IpxeEfi), ("ipxe: { efi_binary: snponly.efi }\n", BootFile::SnponlyEfi)] {
+        let c = catalog(ipxe);
+        assert_eq!(decide(&c, &ovmf_pxe("52:54:00:00:00:03"), Stage::Dhcp).outcome, tftp(want), "{ipxe}");
+        assert_eq!(decide(&c, &uefi_http_x64("52:54:00:00:00:03"), Stage::Dhcp).outcome, http(want), "{ipxe}");
     }
 }

@@ -4,6 +4,7 @@
 //! Pure: returns text and file lists; the CLI prints and writes them.
 
 use crate::arch::Arch;
+use crate::boot_file::BootFile;
 use crate::catalog::{Catalog, Target};
 use crate::client::{self, Client, Learned, TftpRequest};
 use crate::decide::{decide, Decision, Outcome, Stage, Transport};
@@ -93,9 +94,7 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         (_, Some(f)) => Some((stage, f)),
         (Outcome::IpxeScript, None) => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file, .. }, None) if file.is_ipxe() => Some((Stage::IpxeScript, Format::Ipxe)),
-        (Outcome::BootFile { file: crate::decide::BootFile::UbootScript, .. }, None) => {
-            Some((Stage::Pxelinux, Format::Pxelinux))
-        }
+        (Outcome::BootFile { file: BootFile::UbootScript, .. }, None) => Some((Stage::Pxelinux, Format::Pxelinux)),
         (Outcome::BootFile { .. }, None) => Some((Stage::Grub, Format::Grub)),
         _ => None,
     };
@@ -163,7 +162,7 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
         }
         Ok(())
     };
-    for m in catalog.machines.values() {
+    for m in catalog.machines() {
         let arches = machine_arches(catalog, m);
         for arch in &arches {
             let mut c = Client::new(crate::arch::Firmware::Unknown).with_mac(m.mac, Learned::Chaddr);
@@ -216,13 +215,11 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
 
 /// The architectures a machine can boot: its own (or its vendor's), else its profile's.
 fn machine_arches(catalog: &Catalog, m: &crate::catalog::Machine) -> Vec<Arch> {
-    if let Some(a) = m.arch.or_else(|| catalog.vendors.iter().find(|v| v.oui == m.mac.oui()).and_then(|v| v.arch)) {
+    if let Some(a) = m.arch.or_else(|| catalog.vendor_rule(m.mac).and_then(|v| v.arch)) {
         return vec![a];
     }
     match &m.target {
-        Some(Target::Profile(p)) => {
-            catalog.profiles.get(p).map(|p| p.arches.keys().copied().collect()).unwrap_or_default()
-        }
+        Some(Target::Profile(p)) => p.arches.keys().copied().collect(),
         _ => vec![Arch::X86_64, Arch::Arm64],
     }
 }

@@ -26,7 +26,7 @@ pub struct ServerInfo {
 
 impl ServerInfo {
     pub fn from_catalog(c: &Catalog) -> Self {
-        ServerInfo { address: c.settings.address, http_base: c.settings.http_base.clone() }
+        ServerInfo { address: c.settings().address, http_base: c.settings().http_base.clone() }
     }
 }
 
@@ -192,7 +192,7 @@ pub fn render(
     let base = base_ctx(decision);
     match (&decision.outcome, format) {
         (Outcome::Boot { profile, .. }, _) => {
-            let arch = decision.arch.or_else(|| catalog.profiles.get(profile).and_then(|p| p.arches.keys().next().copied()));
+            let arch = decision.arch.or_else(|| catalog.profile(profile).and_then(|p| p.only_arch()));
             let Some((p, set, arch)) = arch.and_then(|a| catalog.profile_set(profile, a).map(|(p, s)| (p, s, a))) else {
                 return Ok(None);
             };
@@ -207,13 +207,13 @@ pub fn render(
             run(name, ctx).map(Some)
         }
         (Outcome::Menu { menu }, _) => {
-            let Some(menu) = catalog.menus.get(menu) else { return Ok(None) };
+            let Some(menu) = catalog.menu(menu) else { return Ok(None) };
             let arch = decision.arch.unwrap_or(Arch::X86_64);
             let mut entries = Vec::new();
             for e in &menu.entries {
                 let boot = match &e.action {
-                    MenuAction::Profile(p) => match catalog.profile_set(p, arch) {
-                        Some((prof, set)) => Some(boot_ctx(prof, arch, set, decision, server)?),
+                    MenuAction::Profile(p) => match p.arches.get(&arch) {
+                        Some(set) => Some(boot_ctx(p, arch, set, decision, server)?),
                         // A profile without this architecture is left out of this client's menu.
                         None => continue,
                     },

@@ -6,6 +6,7 @@
 //! to iPXE?) arrives as a field of `Client`.
 
 use crate::arch::{Arch, Firmware};
+use crate::boot_file::BootFile;
 use crate::catalog::{Catalog, Machine, Target};
 use crate::client::{Client, Learned};
 use crate::mac::{MacAddr, Oui};
@@ -38,53 +39,6 @@ impl fmt::Display for Stage {
     }
 }
 
-/// Boot programs we hand out.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
-pub enum BootFile {
-    /// iPXE for BIOS, chained through the ROM's UNDI driver.
-    Undionly,
-    /// iPXE for x86-64 UEFI with all its drivers.
-    IpxeEfi,
-    /// iPXE for x86-64 UEFI using the firmware's SNP driver.
-    SnponlyEfi,
-    /// GRUB network image for x86-64 UEFI.
-    GrubX64,
-    /// GRUB network image for ARM64 UEFI.
-    GrubAa64,
-    /// The U-Boot script image that runs `pxe get; pxe boot`.
-    UbootScript,
-}
-
-impl BootFile {
-    pub fn file_name(self) -> &'static str {
-        match self {
-            BootFile::Undionly => "undionly.kpxe",
-            BootFile::IpxeEfi => "ipxe.efi",
-            BootFile::SnponlyEfi => "snponly.efi",
-            BootFile::GrubX64 => "grubnetx64.efi",
-            BootFile::GrubAa64 => "grubnetaa64.efi",
-            BootFile::UbootScript => "boot.scr.uimg",
-        }
-    }
-
-    pub fn from_file_name(name: &str) -> Option<BootFile> {
-        [
-            BootFile::Undionly,
-            BootFile::IpxeEfi,
-            BootFile::SnponlyEfi,
-            BootFile::GrubX64,
-            BootFile::GrubAa64,
-            BootFile::UbootScript,
-        ]
-        .into_iter()
-        .find(|b| b.file_name() == name)
-    }
-
-    pub fn is_ipxe(self) -> bool {
-        matches!(self, BootFile::Undionly | BootFile::IpxeEfi | BootFile::SnponlyEfi)
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -96,7 +50,7 @@ pub enum Transport {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Outcome {
     /// Do not serve this client (no DHCP answer; "not found" for a config file).
-    Ignore { reason: String },
+    Ignore { reason: IgnoreReason },
     /// Hand out a boot program.
     BootFile { file: BootFile, transport: Transport },
     /// The client is iPXE: hand it the entry script URL.
@@ -109,6 +63,56 @@ pub enum Outcome {
     Local,
 }
 
+/// Why a client is not served. `Display` is the sentence logs, `explain` and the iPXE "not
+/// served" script show.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum IgnoreReason {
+    /// At the DHCP stage, the target (the machine's entry, its vendor rule or the
+    /// unknown-machine policy) is `ignore`.
+    Database,
+    /// At a config stage, this rule's target is `ignore`.
+    Rule(Rule),
+    /// The target profile is not built for the client's architecture.
+    NoArtifacts { profile: String, arch: Arch },
+    /// Nothing marks the client as boot firmware (an installed OS renewing its lease).
+    NotBootClient,
+    /// GRUB asking DHCP: it reuses the firmware's lease.
+    Grub,
+    /// A UEFI client (`http`: HTTP Boot) of an architecture we have no boot program for.
+    NoUefiProgram { arch: Arch, http: bool },
+    /// A UEFI client (`http`: HTTP Boot) whose architecture nothing told.
+    UefiArchUnknown { http: bool },
+    /// A config request whose architecture nothing told, for a target that needs it.
+    ArchUnknown,
+}
+
+impl fmt::Display for IgnoreReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let http = |http: bool| if http { " HTTP" } else { "" };
+        match self {
+            IgnoreReason::Database => f.write_str("the MAC database says to ignore this machine"),
+            IgnoreReason::Rule(rule) => write!(f, "{rule} says to ignore this machine"),
+            IgnoreReason::NoArtifacts { profile, arch } => write!(f, "profile {profile:?} has no {arch} artifacts"),
+            IgnoreReason::NotBootClient => {
+                f.write_str("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)")
+            }
+            IgnoreReason::Grub => f.write_str("GRUB reuses the firmware's lease"),
+            IgnoreReason::NoUefiProgram { arch, http: h } => write!(f, "no UEFI{} boot program for {arch}", http(*h)),
+            IgnoreReason::UefiArchUnknown { http: h } => write!(f, "UEFI{} client of unknown architecture", http(*h)),
+            IgnoreReason::ArchUnknown => f.write_str(
+                "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
+            ),
+        }
+    }
+}
+
+/// Serialised as its sentence, as when the reason was a string.
+impl Serialize for IgnoreReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Which rule settled a part of the decision.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,7 +120,7 @@ pub enum Rule {
     /// The machine's own entry in the MAC database.
     ExactMac(MacAddr),
     /// A vendor rule for this OUI.
-    Oui(String),
+    Oui(Oui),
     /// What the client said about itself.
     Client(Learned),
     /// The policy for machines without an entry.
@@ -159,28 +163,28 @@ pub struct Decision {
 
 /// Decides what `client` gets at `stage`.
 pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
-    let entry = client.mac.and_then(|m| catalog.machines.get(&m));
-    let vendor = client.mac.and_then(|m| catalog.vendors.iter().find(|v| v.oui == m.oui()));
-    let (arch, arch_rule) = if let Some(a) = entry.and_then(|e| e.arch) {
-        (Some(a), Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
+    let entry = client.mac.and_then(|m| catalog.machine(m));
+    let vendor = client.mac.and_then(|m| catalog.vendor_rule(m));
+    let (arch, arch_rule) = if let Some((a, e)) = entry.and_then(|e| e.arch.map(|a| (a, e))) {
+        (Some(a), Rule::ExactMac(e.mac))
     } else if let Some((a, v)) = vendor.and_then(|v| v.arch.map(|a| (a, v))) {
-        (Some(a), oui_rule(v.oui))
+        (Some(a), Rule::Oui(v.oui))
     } else if let Some((a, learned)) = &client.arch_hint {
         (Some(*a), Rule::Client(learned.clone()))
     } else {
         (None, Rule::None)
     };
-    let (target, target_rule) = if let Some(t) = entry.and_then(|e| e.target.clone()) {
-        (t, Rule::ExactMac(entry.map(|e| e.mac).unwrap_or(MacAddr([0; 6]))))
-    } else if let Some((t, v)) = vendor.and_then(|v| v.target.clone().map(|t| (t, v))) {
-        (t, oui_rule(v.oui))
+    let (target, target_rule) = if let Some((t, e)) = entry.and_then(|e| e.target.as_ref().map(|t| (t, e))) {
+        (t, Rule::ExactMac(e.mac))
+    } else if let Some((t, v)) = vendor.and_then(|v| v.target.as_ref().map(|t| (t, v))) {
+        (t, Rule::Oui(v.oui))
     } else {
-        (catalog.unknown.clone(), Rule::UnknownPolicy)
+        (catalog.unknown(), Rule::UnknownPolicy)
     };
     let machine = identity(client.mac, entry);
     let outcome = match stage {
-        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, &target),
-        _ => config_outcome(catalog, arch, &target, &target_rule),
+        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, target),
+        _ => config_outcome(arch, target, &target_rule),
     };
     Decision { stage, outcome, arch, arch_rule, target_rule, machine }
 }
@@ -209,10 +213,6 @@ pub fn decide_boot_file(catalog: &Catalog, client: &Client, named: BootFile) -> 
     }
 }
 
-fn oui_rule(oui: Oui) -> Rule {
-    Rule::Oui(oui.to_string())
-}
-
 fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {
     match (mac, entry) {
         (_, Some(m)) => Identity { mac: Some(m.mac), hostname: m.hostname.clone(), vars: m.vars.clone(), known: true },
@@ -231,8 +231,8 @@ fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {
     }
 }
 
-fn ignore(reason: impl Into<String>) -> Outcome {
-    Outcome::Ignore { reason: reason.into() }
+fn ignore(reason: IgnoreReason) -> Outcome {
+    Outcome::Ignore { reason }
 }
 
 fn dhcp_outcome(
@@ -243,19 +243,19 @@ fn dhcp_outcome(
     target: &Target,
 ) -> Outcome {
     if *target == Target::Ignore {
-        return ignore("the MAC database says to ignore this machine");
+        return ignore(IgnoreReason::Database);
     }
     if let (Target::Profile(p), Some(a)) = (target, arch) {
-        if catalog.profile_set(p, a).is_none() {
-            return ignore(format!("profile {p:?} has no {a} artifacts"));
+        if !p.arches.contains_key(&a) {
+            return ignore(IgnoreReason::NoArtifacts { profile: p.name.clone(), arch: a });
         }
     }
-    let efi_ipxe = if catalog.settings.ipxe_efi == "snponly.efi" { BootFile::SnponlyEfi } else { BootFile::IpxeEfi };
+    let efi_ipxe = catalog.settings().ipxe_efi;
     let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     match client.firmware {
-        Firmware::Unknown => ignore("not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)"),
-        Firmware::Grub => ignore("GRUB reuses the firmware's lease"),
+        Firmware::Unknown => ignore(IgnoreReason::NotBootClient),
+        Firmware::Grub => ignore(IgnoreReason::Grub),
         Firmware::Ipxe { efi } => {
             // The QEMU iPXE ROM and the undionly.kpxe it chains send byte-identical options, so "chain
             // once per MAC" is remembered by the caller, not read from the packet
@@ -271,46 +271,71 @@ fn dhcp_outcome(
         Firmware::UefiPxe => match arch {
             Some(Arch::X86_64) => tftp(efi_ipxe),
             Some(Arch::Arm64) => tftp(BootFile::GrubAa64),
-            Some(a) => ignore(format!("no UEFI boot program for {a}")),
-            None => ignore("UEFI client of unknown architecture"),
+            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: false }),
+            None => ignore(IgnoreReason::UefiArchUnknown { http: false }),
         },
         Firmware::UefiHttp => match arch {
             Some(Arch::X86_64) => http(efi_ipxe),
             Some(Arch::Arm64) => http(BootFile::GrubAa64),
-            Some(a) => ignore(format!("no UEFI HTTP boot program for {a}")),
-            None => ignore("UEFI HTTP client of unknown architecture"),
+            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: true }),
+            None => ignore(IgnoreReason::UefiArchUnknown { http: true }),
         },
         Firmware::Uboot => tftp(BootFile::UbootScript),
     }
 }
 
-fn config_outcome(catalog: &Catalog, arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
+fn config_outcome(arch: Option<Arch>, target: &Target, rule: &Rule) -> Outcome {
+    let arch_unknown = || ignore(IgnoreReason::ArchUnknown);
     match target {
-        Target::Ignore => ignore(format!("{rule} says to ignore this machine")),
+        Target::Ignore => ignore(IgnoreReason::Rule(rule.clone())),
         Target::Local => Outcome::Local,
         Target::Menu(m) => match arch {
-            Some(_) => Outcome::Menu { menu: m.clone() },
-            None => {
-                ignore("architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed")
-            }
+            Some(_) => Outcome::Menu { menu: m.name.clone() },
+            None => arch_unknown(),
         },
         Target::Profile(p) => {
-            let Some(profile) = catalog.profiles.get(p) else {
-                return ignore(format!("profile {p:?} does not exist"));
-            };
             // A profile built for one architecture only needs no hint.
-            let arch = arch.or_else(|| {
-                (profile.arches.len() == 1).then(|| *profile.arches.keys().next().unwrap_or(&Arch::X86_64))
-            });
-            match arch.and_then(|a| profile.arches.get(&a).map(|s| (a, s))) {
-                Some((_, set)) => Outcome::Boot { profile: p.clone(), version: set.version.clone() },
-                None => match arch {
-                    Some(a) => ignore(format!("profile {p:?} has no {a} artifacts")),
-                    None => ignore(
-                        "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
-                    ),
-                },
+            let Some(arch) = arch.or_else(|| p.only_arch()) else { return arch_unknown() };
+            match p.arches.get(&arch) {
+                Some(set) => Outcome::Boot { profile: p.name.clone(), version: set.version.clone() },
+                None => ignore(IgnoreReason::NoArtifacts { profile: p.name.clone(), arch }),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each reason reads as the sentence logs, `explain` and the iPXE "not served" script have
+    /// always shown.
+    #[test]
+    fn ignore_reasons_read_as_sentences() {
+        let rule = Rule::ExactMac(MacAddr([0x52, 0x54, 0, 0, 0, 6]));
+        let cases = [
+            (IgnoreReason::Database, "the MAC database says to ignore this machine"),
+            (IgnoreReason::Rule(rule), "MAC database entry 52:54:00:00:00:06 says to ignore this machine"),
+            (
+                IgnoreReason::NoArtifacts { profile: "live".into(), arch: Arch::Arm64 },
+                "profile \"live\" has no arm64 artifacts",
+            ),
+            (
+                IgnoreReason::NotBootClient,
+                "not a network-boot client (no PXE/HTTPClient/U-Boot vendor class, no option 93)",
+            ),
+            (IgnoreReason::Grub, "GRUB reuses the firmware's lease"),
+            (IgnoreReason::NoUefiProgram { arch: Arch::Riscv64, http: false }, "no UEFI boot program for riscv64"),
+            (IgnoreReason::NoUefiProgram { arch: Arch::X86, http: true }, "no UEFI HTTP boot program for x86"),
+            (IgnoreReason::UefiArchUnknown { http: false }, "UEFI client of unknown architecture"),
+            (IgnoreReason::UefiArchUnknown { http: true }, "UEFI HTTP client of unknown architecture"),
+            (
+                IgnoreReason::ArchUnknown,
+                "architecture unknown: a more specific file (default-<arch>) or a MAC database entry is needed",
+            ),
+        ];
+        for (reason, text) in cases {
+            assert_eq!(reason.to_string(), text);
         }
     }
 }

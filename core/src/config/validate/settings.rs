@@ -1,10 +1,11 @@
 //! `appliance.yaml`: addresses, DHCP mode, pool and options.
 
 use super::*;
+use crate::boot_file::BootFile;
 
 pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Settings> {
     let Some(src) = &input.settings else {
-        errs.0.push(ConfigError {
+        errs.push(ConfigError {
             file: input.dir.join(crate::config::SETTINGS_FILE),
             line: 1,
             col: 1,
@@ -13,10 +14,10 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
         });
         return None;
     };
-    let doc = Doc::new(src);
-    let wire: SettingsFile = parse_required(src, &doc, errs)?;
-    let before = errs.0.len();
-    let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ip(s) {
+    let doc = src.doc();
+    let wire: SettingsFile = doc.parse(errs)?;
+    let before = errs.len();
+    let ip = |field: &str, s: &str, errs: &mut Errors| match parse_ipv4(s) {
         Ok(ip) => Some(ip),
         Err(e) => {
             errs.at(&doc, field, e);
@@ -74,11 +75,15 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
             errs.at(&doc, "dhcp", "server mode needs dhcp.pool");
         }
     }
-    let ipxe_efi = wire.ipxe.efi_binary.clone().unwrap_or_else(|| "ipxe.efi".into());
-    if !matches!(ipxe_efi.as_str(), "ipxe.efi" | "snponly.efi") {
-        errs.at(&doc, "ipxe.efi_binary", format!("{ipxe_efi:?} is not one of ipxe.efi, snponly.efi"));
-    }
-    if errs.0.len() > before {
+    let ipxe_efi = match wire.ipxe.efi_binary.as_deref() {
+        None => BootFile::IpxeEfi,
+        Some(name) => BootFile::from_file_name(name).filter(|b| BootFile::IPXE_EFI.contains(b)).unwrap_or_else(|| {
+            let choices: Vec<&str> = BootFile::IPXE_EFI.iter().map(|b| b.file_name()).collect();
+            errs.at(&doc, "ipxe.efi_binary", format!("{name:?} is not one of {}", choices.join(", ")));
+            BootFile::IpxeEfi
+        }),
+    };
+    if errs.len() > before {
         return None;
     }
     Some(Settings {
@@ -98,15 +103,4 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
         ipxe_efi,
         gc_grace_secs: wire.artifacts.gc_grace_minutes.unwrap_or(30) * 60,
     })
-}
-
-pub fn parse_subnet(s: &str) -> Result<Subnet, String> {
-    let bad = || format!("{s:?} is not a subnet like 10.0.0.0/24");
-    let (net, prefix) = s.split_once('/').ok_or_else(bad)?;
-    let network: Ipv4Addr = net.trim().parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.trim().parse().map_err(|_| bad())?;
-    if prefix > 32 {
-        return Err(bad());
-    }
-    Ok(Subnet { network, prefix })
 }

@@ -9,7 +9,8 @@
 //! with DECLINE.
 //!
 //! Pure: no sockets, no files, no clock. Time is Unix seconds passed in by the caller, because
-//! leases outlive a restart of the daemon (a monotonic clock would not). Persistence is `store`'s.
+//! leases outlive a restart of the daemon (a monotonic clock would not). Persistence is the
+//! daemon's (`appliance::dhcp::store`).
 
 use crate::catalog::{DhcpSettings, Subnet};
 use crate::mac::MacAddr;

@@ -1,29 +1,44 @@
 //! The validated, immutable configuration: profiles, the MAC database, menus and settings.
 //!
-//! A `Catalog` is only ever built by `config::load`/`config::validate`, so holding one means
-//! every cross-reference in it resolves (a machine's profile exists and has the machine's
-//! architecture, templates compile, local artifacts exist with the right checksum). The daemon
-//! shares it behind an `Arc` and swaps it whole on reload.
+//! A `Catalog` can only be built by `config::validate`: its fields are private and validation
+//! is its only constructor. So holding one means every cross-reference in it resolves (a
+//! machine's profile exists and has the machine's architecture, templates compile, local
+//! artifacts exist with the right checksum), and nothing downstream checks again. References
+//! are the things themselves, not names: a target or menu entry holds its `Profile` (or
+//! `Menu`), so "no such profile" cannot even be written. The daemon shares a catalog behind an
+//! `Arc` and swaps it whole on reload.
 
 use crate::arch::Arch;
+use crate::boot_file::BootFile;
 use crate::mac::{MacAddr, Oui};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub type Digest = [u8; 32];
 
 #[derive(Debug, Clone)]
 pub struct Catalog {
-    /// The config directory the catalog was loaded from.
+    dir: PathBuf,
+    settings: Settings,
+    profiles: BTreeMap<String, Arc<Profile>>,
+    machines: BTreeMap<MacAddr, Machine>,
+    vendors: Vec<VendorRule>,
+    unknown: Target,
+    menus: BTreeMap<String, Arc<Menu>>,
+}
+
+/// What validation has checked, assembled into a catalog (by `config::validate` only).
+pub(crate) struct Parts {
     pub dir: PathBuf,
     pub settings: Settings,
-    pub profiles: BTreeMap<String, Profile>,
+    pub profiles: BTreeMap<String, Arc<Profile>>,
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
-    pub menus: BTreeMap<String, Menu>,
+    pub menus: BTreeMap<String, Arc<Menu>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -36,6 +51,15 @@ pub enum DhcpMode {
     Proxy,
     /// No DHCP from us; the site's DHCP names us as next-server.
     Off,
+}
+
+impl DhcpMode {
+    pub const ALL: [DhcpMode; 3] = [DhcpMode::Server, DhcpMode::Proxy, DhcpMode::Off];
+
+    /// `server`, `proxy` or `off`, as the config spells them.
+    pub fn parse(s: &str) -> Option<DhcpMode> {
+        DhcpMode::ALL.into_iter().find(|m| m.to_string() == s)
+    }
 }
 
 impl std::fmt::Display for DhcpMode {
@@ -57,8 +81,9 @@ pub struct Settings {
     pub http_base: String,
     pub interface: Option<String>,
     pub dhcp: DhcpSettings,
-    /// The iPXE binary for x86-64 UEFI clients: `ipxe.efi` (all drivers) or `snponly.efi`.
-    pub ipxe_efi: String,
+    /// The iPXE binary for x86-64 UEFI clients: one of `BootFile::IPXE_EFI`, `ipxe.efi` (all
+    /// drivers) or `snponly.efi`.
+    pub ipxe_efi: BootFile,
     /// How long an unreferenced artifact version is kept after its last transfer.
     pub gc_grace_secs: u64,
 }
@@ -95,11 +120,10 @@ impl Subnet {
 }
 
 /// What a machine (or an unknown one) is sent to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Target {
-    Profile(String),
-    Menu(String),
+    Profile(Arc<Profile>),
+    Menu(Arc<Menu>),
     /// Boot from the local disk (iPXE `exit`, pxelinux `localboot`, GRUB `exit`).
     Local,
     /// Do not answer at all.
@@ -132,7 +156,20 @@ pub struct VendorRule {
 pub struct Profile {
     pub name: String,
     pub description: String,
+    /// Never empty: a profile is built for at least one architecture.
     pub arches: BTreeMap<Arch, ArtifactSet>,
+}
+
+impl Profile {
+    /// The architecture of a profile built for exactly one: a client of unknown architecture
+    /// can only mean that one.
+    pub fn only_arch(&self) -> Option<Arch> {
+        let mut arches = self.arches.keys();
+        match (arches.next(), arches.next()) {
+            (Some(a), None) => Some(*a),
+            _ => None,
+        }
+    }
 }
 
 /// Everything one profile boots on one architecture. Kernel, initrds, device tree and command
@@ -199,7 +236,7 @@ pub struct Menu {
     pub entries: Vec<MenuEntry>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MenuEntry {
     /// Stable id: the profile name, `local` or `shell`.
     pub id: String,
@@ -207,18 +244,74 @@ pub struct MenuEntry {
     pub action: MenuAction,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum MenuAction {
-    Profile(String),
+    Profile(Arc<Profile>),
     Local,
     /// iPXE shell (only offered by iPXE menus).
     Shell,
 }
 
 impl Catalog {
+    pub(crate) fn new(p: Parts) -> Catalog {
+        let Parts { dir, settings, profiles, machines, vendors, unknown, menus } = p;
+        Catalog { dir, settings, profiles, machines, vendors, unknown, menus }
+    }
+
+    /// The config directory the catalog was loaded from (local artifact paths are relative to it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn profile(&self, name: &str) -> Option<&Profile> {
+        self.profiles.get(name).map(|p| &**p)
+    }
+
+    /// Every profile, by name.
+    pub fn profiles(&self) -> impl ExactSizeIterator<Item = &Profile> {
+        self.profiles.values().map(|p| &**p)
+    }
+
+    /// The MAC database's entry for `mac`.
+    pub fn machine(&self, mac: MacAddr) -> Option<&Machine> {
+        self.machines.get(&mac)
+    }
+
+    /// Every machine of the MAC database, by MAC.
+    pub fn machines(&self) -> impl ExactSizeIterator<Item = &Machine> {
+        self.machines.values()
+    }
+
+    /// The vendor rule for the OUI of `mac`.
+    pub fn vendor_rule(&self, mac: MacAddr) -> Option<&VendorRule> {
+        self.vendors.iter().find(|v| v.oui == mac.oui())
+    }
+
+    /// Every vendor rule, the on-site overlay's first.
+    pub fn vendors(&self) -> &[VendorRule] {
+        &self.vendors
+    }
+
+    /// What a machine gets when neither its entry nor a vendor rule names a target.
+    pub fn unknown(&self) -> &Target {
+        &self.unknown
+    }
+
+    pub fn menu(&self, name: &str) -> Option<&Menu> {
+        self.menus.get(name).map(|m| &**m)
+    }
+
+    /// Every menu, by name.
+    pub fn menus(&self) -> impl ExactSizeIterator<Item = &Menu> {
+        self.menus.values().map(|m| &**m)
+    }
+
     pub fn profile_set(&self, profile: &str, arch: Arch) -> Option<(&Profile, &ArtifactSet)> {
-        let p = self.profiles.get(profile)?;
+        let p = self.profile(profile)?;
         Some((p, p.arches.get(&arch)?))
     }
 

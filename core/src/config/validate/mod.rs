@@ -1,0 +1,136 @@
+//! From wire structs to a `Catalog`: every check, every error collected (never only the first),
+//! each pointing at file, line, column and field.
+//!
+//! Split by file: `settings`, `profiles`, `menus`, `macdb`.
+//!
+//! Pure apart from the `FileProbe` the caller passes in, which hashes local artifact files.
+
+mod macdb;
+mod menus;
+mod profiles;
+mod settings;
+
+pub use profiles::debian_arch;
+
+use super::error::{ConfigError, ConfigErrors};
+use super::position::{index, key};
+use super::values::{parse_arch, parse_ipv4, parse_sha256, parse_subnet, valid_hostname, valid_name};
+use super::wire::*;
+use super::yaml::{Doc, Errors};
+use crate::arch::Arch;
+use crate::catalog::*;
+use crate::mac::{MacAddr, Oui};
+use macdb::validate_macdb;
+use menus::validate_menus;
+use profiles::validate_profiles;
+use settings::validate_settings;
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+/// One YAML file's name (as it should appear in messages) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn doc(&self) -> Doc<'_> {
+        Doc::new(&self.path, &self.text)
+    }
+}
+
+/// All the files of one configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Input {
+    pub dir: PathBuf,
+    pub settings: Option<SourceFile>,
+    pub machines: Option<SourceFile>,
+    pub overlay: Option<SourceFile>,
+    pub menus: Option<SourceFile>,
+    pub profiles: Vec<SourceFile>,
+}
+
+impl Input {
+    /// Sorts the YAML files of the config directory `dir` into their roles by file name
+    /// (`appliance.yaml`, `machines.yaml`, `menus.yaml`; every other one is a profile, taken in
+    /// path order), with the on-site overlay of the MAC database beside them.
+    pub fn from_dir(dir: PathBuf, files: Vec<SourceFile>, overlay: Option<SourceFile>) -> Input {
+        let mut input = Input { dir, overlay, ..Input::default() };
+        for file in files {
+            let slot = match file.path.file_name().and_then(|n| n.to_str()) {
+                Some(crate::config::SETTINGS_FILE) => &mut input.settings,
+                Some(crate::config::MACHINES_FILE) => &mut input.machines,
+                Some(crate::config::MENUS_FILE) => &mut input.menus,
+                _ => {
+                    input.profiles.push(file);
+                    continue;
+                }
+            };
+            *slot = Some(file);
+        }
+        input.profiles.sort_by(|a, b| a.path.cmp(&b.path));
+        input
+    }
+}
+
+/// Whether a file of a config directory is YAML (`*.yaml`, `*.yml`) and so one of its files.
+pub fn is_yaml(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+}
+
+/// Access to local artifact files, relative to the config directory: the one thing validation
+/// needs from the file system, handed in by the caller.
+pub trait FileProbe {
+    /// The sha256 of the file, or why it cannot be read.
+    fn digest(&self, rel: &Path) -> Result<Digest, ProbeError>;
+}
+
+/// Why a local artifact file gives no digest. Reported as `artifact file "PATH": <this>`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The config directory itself cannot be resolved.
+    #[error("config directory: {0}")]
+    ConfigDir(std::io::Error),
+    #[error("not found in {} ({error})", dir.display())]
+    NotFound { dir: PathBuf, error: std::io::Error },
+    /// The path leaves the config directory (through `..` or a symlink).
+    #[error("resolves outside the config directory (to {})", .0.display())]
+    Outside(PathBuf),
+    #[error("is not a regular file")]
+    NotAFile,
+    /// The file exists but reading it failed.
+    #[error("{0}")]
+    Read(std::io::Error),
+}
+
+/// A relative path that cannot climb out of the directory it is relative to.
+fn contained(rel: &str) -> bool {
+    let p = Path::new(rel);
+    !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+}
+
+pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigErrors> {
+    let mut errs = Errors::default();
+    let settings = validate_settings(input, &mut errs);
+    let profiles = validate_profiles(input, probe, &mut errs);
+    let menus = validate_menus(input, &profiles, &mut errs);
+    let (machines, vendors, unknown) = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
+    match (errs.is_empty(), settings) {
+        (true, Some(settings)) => {
+            Ok(Catalog::new(Parts { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus }))
+        }
+        _ => Err(errs.into()),
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(|s| s.as_str()).collect();
+    if v.is_empty() {
+        String::new()
+    } else {
+        format!(" (known: {})", v.join(", "))
+    }
+}
