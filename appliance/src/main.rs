@@ -224,7 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let q = Query { mac: Some(mac), client_arch, vendor_class, user_class, path, chained };
+            let q = Query { mac: Some(mac), client_arch, vendor_class, user_class, path, chained, ..Query::default() };
             print!("{}", explain::explain(&catalog, &q)?);
             Ok(ExitCode::SUCCESS)
         }

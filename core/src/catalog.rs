@@ -8,8 +8,10 @@
 //! `Menu`), so "no such profile" cannot even be written. The daemon shares a catalog behind an
 //! `Arc` and swaps it whole on reload.
 
+use crate::answers::{Answer, Templates};
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
+use crate::install::AfterInstall;
 use crate::mac::{MacAddr, Oui};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -27,7 +29,9 @@ pub struct Catalog {
     machines: BTreeMap<MacAddr, Machine>,
     vendors: Vec<VendorRule>,
     unknown: Target,
+    unknown_after_install: Option<AfterInstall>,
     menus: BTreeMap<String, Arc<Menu>>,
+    answer_templates: Templates,
 }
 
 /// What validation has checked, assembled into a catalog (by `config::validate` only).
@@ -38,7 +42,9 @@ pub(crate) struct Parts {
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
+    pub unknown_after_install: Option<AfterInstall>,
     pub menus: BTreeMap<String, Arc<Menu>>,
+    pub answer_templates: Templates,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -142,6 +148,9 @@ pub struct Machine {
     /// test, or a ROM whose iPXE lacks features).
     pub chain_ipxe: bool,
     pub vars: serde_json::Value,
+    /// What it boots once it reported `installed`; `None`: its vendor rule or the
+    /// unknown-machine policy says.
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +159,7 @@ pub struct VendorRule {
     pub arch: Option<Arch>,
     pub target: Option<Target>,
     pub comment: Option<String>,
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +168,10 @@ pub struct Profile {
     pub description: String,
     /// Never empty: a profile is built for at least one architecture.
     pub arches: BTreeMap<Arch, ArtifactSet>,
+    /// Answer files by name (`GET /answers/<mac>/<name>`); templates in `Catalog::answer_templates`.
+    pub answers: BTreeMap<String, Answer>,
+    /// The profile's file, for errors found after validation (`answers::check_all`).
+    pub file: PathBuf,
 }
 
 impl Profile {
@@ -179,6 +193,9 @@ pub struct ArtifactSet {
     pub kernel: Artifact,
     pub initrds: Vec<Artifact>,
     pub fdt: Option<Artifact>,
+    /// A disk image an installer writes to the machine's disk (the deploy profile's); its
+    /// URL and sha256 are `artifacts.image` in the templates. Always a file (path, deb or url).
+    pub image: Option<Artifact>,
     /// Kernel command line, a minijinja template (already checked to compile).
     pub cmdline: String,
     /// Content-derived version: the same inputs always give the same version.
@@ -187,7 +204,7 @@ pub struct ArtifactSet {
 
 impl ArtifactSet {
     pub fn files(&self) -> impl Iterator<Item = &Artifact> {
-        std::iter::once(&self.kernel).chain(self.initrds.iter()).chain(self.fdt.iter())
+        std::iter::once(&self.kernel).chain(self.initrds.iter()).chain(self.fdt.iter()).chain(self.image.iter())
     }
 }
 
@@ -254,8 +271,18 @@ pub enum MenuAction {
 
 impl Catalog {
     pub(crate) fn new(p: Parts) -> Catalog {
-        let Parts { dir, settings, profiles, machines, vendors, unknown, menus } = p;
-        Catalog { dir, settings, profiles, machines, vendors, unknown, menus }
+        let Parts {
+            dir,
+            settings,
+            profiles,
+            machines,
+            vendors,
+            unknown,
+            unknown_after_install,
+            menus,
+            answer_templates,
+        } = p;
+        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_after_install, menus, answer_templates }
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).
@@ -299,6 +326,16 @@ impl Catalog {
     /// What a machine gets when neither its entry nor a vendor rule names a target.
     pub fn unknown(&self) -> &Target {
         &self.unknown
+    }
+
+    /// What an unknown machine boots once it reported `installed`, if the policy says.
+    pub fn unknown_after_install(&self) -> Option<AfterInstall> {
+        self.unknown_after_install
+    }
+
+    /// The compiled templates of every profile's answer files.
+    pub fn answer_templates(&self) -> &Templates {
+        &self.answer_templates
     }
 
     pub fn menu(&self, name: &str) -> Option<&Menu> {

@@ -105,7 +105,7 @@ fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> Server
     } else {
         format!("http://{address}:{http_port}")
     };
-    ServerInfo { address, http_base }
+    ServerInfo::new(address, http_base)
 }
 
 /// Runs the daemon until `shutdown` resolves. Every `reload.notify_one()` re-reads the config.

@@ -3,6 +3,7 @@
 //!
 //! Nothing here is trusted; `validate` turns these into `catalog` types.
 
+use crate::install::AfterInstall;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -85,6 +86,8 @@ pub struct MachineWire {
     pub chain_ipxe: bool,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_yaml::Value>,
+    /// `local`: boot the disk once the machine reported `installed`, until re-armed.
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +99,7 @@ pub struct VendorWire {
     pub menu: Option<String>,
     pub action: Option<ActionWire>,
     pub comment: Option<String>,
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +117,7 @@ pub struct TargetWire {
     pub action: Option<ActionWire>,
     pub profile: Option<String>,
     pub menu: Option<String>,
+    pub after_install: Option<AfterInstall>,
 }
 
 /// `menus.yaml`
@@ -162,6 +167,9 @@ pub struct ProfileFile {
     #[serde(default)]
     pub cmdline: String,
     pub arch: BTreeMap<String, ArchWire>,
+    /// Answer files: name -> template path in the config directory.
+    #[serde(default)]
+    pub answers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -171,6 +179,8 @@ pub struct ArchWire {
     #[serde(default)]
     pub initrd: Vec<SourceWire>,
     pub fdt: Option<SourceWire>,
+    /// A disk image for an installer to write (a file: `path`, `deb` or `url`).
+    pub image: Option<SourceWire>,
     /// Overrides the profile's command line for this architecture.
     pub cmdline: Option<String>,
 }

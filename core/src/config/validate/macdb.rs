@@ -49,7 +49,13 @@ fn target(
     Some(Some(t))
 }
 
-type MacDb = (BTreeMap<MacAddr, Machine>, Vec<VendorRule>, Target);
+/// The merged MAC database.
+pub(super) struct MacDb {
+    pub machines: BTreeMap<MacAddr, Machine>,
+    pub vendors: Vec<VendorRule>,
+    pub unknown: Target,
+    pub unknown_after_install: Option<crate::install::AfterInstall>,
+}
 
 pub(super) fn validate_macdb(
     input: &Input,
@@ -61,6 +67,7 @@ pub(super) fn validate_macdb(
     let mut machines: BTreeMap<MacAddr, (Machine, String, usize)> = BTreeMap::new();
     let mut vendors = Vec::new();
     let mut unknown = Target::Ignore;
+    let mut unknown_after_install = None;
     let docs: Vec<&SourceFile> = input.machines.iter().chain(input.overlay.iter()).collect();
     for (file_no, src) in docs.iter().enumerate() {
         let doc = src.doc();
@@ -125,7 +132,13 @@ pub(super) fn validate_macdb(
                         errs.at(&doc, &key(&base, "profile"), format!("profile {:?} has no {a} artifacts", p.name));
                     }
                 }
-                file_vendors.push(VendorRule { oui, arch, target: t, comment: w.comment.clone() });
+                file_vendors.push(VendorRule {
+                    oui,
+                    arch,
+                    target: t,
+                    comment: w.comment.clone(),
+                    after_install: w.after_install,
+                });
             }
             // Overlay rules take precedence over shipped ones for the same OUI.
             vendors.retain(|r: &VendorRule| !file_vendors.iter().any(|n| n.oui == r.oui));
@@ -137,6 +150,7 @@ pub(super) fn validate_macdb(
                 target(u.profile.as_ref(), u.menu.as_ref(), u.action, "unknown", profiles, menus, &doc, errs)
             {
                 unknown = t.unwrap_or(Target::Ignore);
+                unknown_after_install = u.after_install;
             }
         }
     }
@@ -157,7 +171,12 @@ pub(super) fn validate_macdb(
             }
         }
     }
-    (machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(), vendors, unknown)
+    MacDb {
+        machines: machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(),
+        vendors,
+        unknown,
+        unknown_after_install,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -219,5 +238,14 @@ fn machine(
         }
     }
     let vars = serde_json::to_value(&w.vars).unwrap_or(serde_json::Value::Null);
-    Some(Machine { mac, hostname, arch, target, address, chain_ipxe: w.chain_ipxe, vars })
+    Some(Machine {
+        mac,
+        hostname,
+        arch,
+        target,
+        address,
+        chain_ipxe: w.chain_ipxe,
+        vars,
+        after_install: w.after_install,
+    })
 }
