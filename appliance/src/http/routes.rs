@@ -22,22 +22,27 @@ use std::time::{Instant, SystemTime};
 
 /// What the log line of one request says besides method, path, status and size.
 #[derive(Default)]
-struct Notes {
-    mac: Option<MacAddr>,
-    decision: Option<String>,
-    rule: Option<String>,
+pub(super) struct Notes {
+    pub mac: Option<MacAddr>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
     /// For artifacts: the version to mark as used when the transfer ends.
-    touch: Option<(String, String)>,
+    pub touch: Option<(String, String)>,
 }
 
 pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let latency = ctx.cpu_latency.hold();
     let mut notes = Notes::default();
-    let response = route(ctx, &req, peer, &mut notes).await;
-    let status = response.status().as_u16();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let response = match (&method, path.strip_prefix("/events/")) {
+        (&Method::POST, Some(rest)) if check_path(&path).is_ok() => {
+            super::provisioning::event(ctx, req, rest, &mut notes).await
+        }
+        _ => route(ctx, &req, peer, &mut notes).await,
+    };
+    let status = response.status().as_u16();
     let touches = ctx.touches.clone();
     response.map(move |body| {
         body.on_drop(move |bytes| {
@@ -80,12 +85,20 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
         }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/answers/") => {
+            super::provisioning::answer(ctx, &p["/answers/".len()..], req.uri().query().unwrap_or(""), notes, head)
+        }
+        (_, p) if p.starts_with("/events/") => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "events are posted", head);
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
         (&Method::GET | &Method::HEAD, _) => match boot_program {
             Some(file) => bootloader(ctx, req, file).await,
             None => not_found(head),
         },
         _ => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served", false);
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here", false);
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             r
         }
@@ -123,6 +136,8 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
         // Later TFTP requests from this address (no MAC in their path) are this machine.
         ctx.shared.remember_ip(mac, ip);
     }
+    // Installed machines boot their disk (`after_install: local`); a `stat` of the install log.
+    client.installed = ctx.installs.installed(mac);
     let catalog = ctx.shared.catalog();
     let server = ctx.shared.server();
     let decision = decide(&catalog, &client, Stage::IpxeScript);
@@ -212,22 +227,22 @@ fn open_error(e: io::Error, head: bool) -> Response<Body> {
     }
 }
 
-fn script_response(script: String, head: bool) -> Response<Body> {
+pub(super) fn script_response(script: String, head: bool) -> Response<Body> {
     let mut r = bytes_response(StatusCode::OK, "text/plain; charset=utf-8", script.into_bytes(), head);
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn not_found(head: bool) -> Response<Body> {
+pub(super) fn not_found(head: bool) -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found", head)
 }
 
-fn internal_error(what: std::fmt::Arguments<'_>, head: bool) -> Response<Body> {
+pub(super) fn internal_error(what: std::fmt::Arguments<'_>, head: bool) -> Response<Body> {
     tracing::error!("{what}");
     text(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the appliance log)", head)
 }
 
-fn text(status: StatusCode, message: &str, head: bool) -> Response<Body> {
+pub(super) fn text(status: StatusCode, message: &str, head: bool) -> Response<Body> {
     bytes_response(status, "text/plain; charset=utf-8", format!("{message}\n").into_bytes(), head)
 }
 

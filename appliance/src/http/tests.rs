@@ -42,7 +42,8 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let server = ServerInfo::new(Ipv4Addr::LOCALHOST, format!("http://{addr}"));
         let shared = Shared::new(catalog.clone(), server);
-        let mut ctx = HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new()));
+        let installs = Arc::new(crate::install_store::InstallStore::new(&fixture.store));
+        let mut ctx = HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new()), installs);
         configure(&mut ctx);
         let ctx = Arc::new(ctx);
         let (tx, rx) = oneshot::channel::<()>();

@@ -35,6 +35,8 @@ pub struct TftpRoutes {
     /// GRUB images with our address written in, so a boot storm does not re-read and re-patch
     /// them per request.
     pub grub_images: GrubImages,
+    /// Which machines are installed (they boot their disk under `after_install: local`).
+    pub installs: Arc<crate::install_store::InstallStore>,
 }
 
 /// Patched GRUB images by file name, valid while the file's size and mtime and our address stay.
@@ -91,6 +93,7 @@ impl TftpRoutes {
         }
         if let Some(mac) = client.mac {
             client.ipxe_chained = self.shared.chained(mac, now);
+            client.installed = self.installs.installed(mac);
         }
         client
     }
@@ -262,6 +265,7 @@ mod tests {
             touches: Arc::new(Touches::new()),
             mode: Some(mode),
             grub_images: Default::default(),
+            installs: Arc::new(crate::install_store::InstallStore::new(store.path())),
         };
         Fixture { routes, _dirs: (boot, store) }
     }
