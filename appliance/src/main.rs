@@ -236,7 +236,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let sets: usize = catalog.profiles().map(|p| p.arches.len()).sum();
             let answers: usize = catalog.profiles().map(|p| p.answers.len()).sum();
             // Every answer file was rendered for every machine that may get it (validation does).
-            let answers = if answers > 0 { format!(", {answers} answer files") } else { String::new() };
+            let answers = match answers {
+                0 => String::new(),
+                1 => ", 1 answer file".to_string(),
+                n => format!(", {n} answer files"),
+            };
             println!(
                 "{}: ok: {} profiles ({} artifact sets{answers}), {} machines, {} vendor rules, {} menus, dhcp {}",
                 config.display(),

@@ -260,6 +260,12 @@ pub fn check_all(catalog: &Catalog, cmdline_field: &dyn Fn(&Profile, Arch) -> Co
     let mut report = |e: ConfigError, label: String| {
         found.entry((e.file, e.line, e.col, e.field, e.message)).or_insert((label, 0)).1 += 1;
     };
+    // A profile no sample reaches is rendered for the unknown sample as if sent to it.
+    let mut reached: Vec<&str> = Vec::new();
+    let unreached = |reached: &[&str]| -> Vec<&Profile> {
+        catalog.profiles().filter(|p| !p.answers.is_empty() && !reached.contains(&p.name.as_str())).collect()
+    };
+    let mut plan: Vec<(&Sample, Vec<(&Profile, bool)>)> = Vec::new();
     for s in &samples {
         let (target, _) = target_of(catalog, Some(s.mac));
         let profiles: Vec<(&Profile, bool)> = match target {
@@ -274,6 +280,16 @@ pub fn check_all(catalog: &Catalog, cmdline_field: &dyn Fn(&Profile, Arch) -> Co
                 .collect(),
             Target::Local | Target::Ignore => continue,
         };
+        reached.extend(profiles.iter().map(|(p, _)| p.name.as_str()));
+        plan.push((s, profiles));
+    }
+    let orphan =
+        Sample { mac: SAMPLE_UNKNOWN, arch: None, label: format!("an unknown machine ({SAMPLE_UNKNOWN}) sent to it") };
+    let orphans: Vec<(&Profile, bool)> = unreached(&reached).into_iter().map(|p| (p, true)).collect();
+    if !orphans.is_empty() {
+        plan.push((&orphan, orphans));
+    }
+    for (s, profiles) in plan {
         for (profile, direct) in profiles {
             let arches: Vec<Arch> = match s.arch {
                 Some(a) if profile.arches.contains_key(&a) => vec![a],

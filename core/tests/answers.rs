@@ -147,6 +147,15 @@ fn the_unknown_machine_sample_is_checked() {
 }
 
 #[test]
+fn a_profile_no_machine_is_sent_to_is_checked_too() {
+    let l = lines(&check_errors("{ a: t/a.j2 }", &[("t/a.j2", "{{ nope }}\n")], "unknown: { action: ignore }\n"));
+    assert_eq!(
+        l,
+        ["/config/t/a.j2:1:4: answers.a: for an unknown machine (00:00:5e:00:53:01) sent to it on x86_64: undefined value"]
+    );
+}
+
+#[test]
 fn json_and_cloud_config_must_parse_after_rendering() {
     let json = "{ \"host\": {{ machine.hostname }} }\n";
     let yaml = "#cloud-config\nhostname: {{ machine.hostname }}\n  bad: [indent\n";
