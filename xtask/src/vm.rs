@@ -66,6 +66,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    crate::host::prepare(crate::host::Task::Vm, crate::host::Pins::Download)?;
     let missing = qemu::missing_prerequisites();
     if !missing.is_empty() {
         bail!("cannot start QEMU, missing: {}", missing.join(", "));

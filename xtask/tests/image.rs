@@ -76,7 +76,11 @@ fn require_prerequisites() {
     if Command::new("timeout").arg("--version").output().is_err() {
         missing.push("timeout (Debian package coreutils)".into());
     }
-    assert!(missing.is_empty(), "the image boot test needs: {} (.ci/run installs them)", missing.join(", "));
+    assert!(
+        missing.is_empty(),
+        "the image boot test needs: {} (`cargo xtask test` as root installs them)",
+        missing.join(", ")
+    );
 }
 
 /// The test recipe: the repository's profiles, an overlay naming the test client, serial console

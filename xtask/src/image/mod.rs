@@ -106,7 +106,9 @@ pub struct Output {
     pub image: PathBuf,
 }
 
+/// `cargo xtask image`: prepares the host, then builds.
 pub fn run(args: &Args) -> Result<()> {
+    crate::host::prepare(crate::host::Task::Image, crate::host::Pins::Download)?;
     build(args).map(|_| ())
 }
 
@@ -140,6 +142,7 @@ impl Steps {
     }
 }
 
+/// Builds the image on a host already prepared (`cargo xtask vm` builds before it boots).
 pub fn build(args: &Args) -> Result<Output> {
     let mut steps = Steps { started: Instant::now(), list: Vec::new(), current: None };
     let sh = Shell::new().context("failed to create a shell")?;
@@ -157,7 +160,6 @@ pub fn build(args: &Args) -> Result<Output> {
             recipe.config.display()
         )
     })?;
-    host::ensure_tools(&sh, host::IMAGE_TOOLS)?;
     let epoch = source_date_epoch(&sh);
     println!(
         "  recipe {} ({}), config {}, SOURCE_DATE_EPOCH={epoch}",
@@ -196,7 +198,7 @@ pub fn build(args: &Args) -> Result<Output> {
     recipe.check_against(&catalog).map_err(|e| anyhow::anyhow!("{e}\n{} error(s) in the recipe", e.0.len()))?;
 
     steps.start("pinned inputs (cargo xtask fetch)");
-    crate::fetch::run(&crate::fetch::Args {
+    crate::fetch::fetch(&crate::fetch::Args {
         out: None,
         update_lock: false,
         all_packages: false,
@@ -231,9 +233,6 @@ pub fn build(args: &Args) -> Result<Output> {
     copy_bootloaders(&recipe.bootloaders, &crate::fetch::default_out_dir(), &bootloaders_dir)?;
 
     steps.start(&format!("daemon (cargo build, {} profile)", format!("{:?}", args.daemon_profile).to_lowercase()));
-    if args.daemon_profile == host::DaemonProfile::Dev {
-        host::ensure_tools(&sh, &[host::Tool { command: "strip", package: "binutils" }])?;
-    }
     let daemon = host::build_daemon(&sh, args.daemon_profile, work)?;
     let libraries = host::shared_libraries(&sh, &daemon)?;
     println!(
