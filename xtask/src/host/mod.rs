@@ -231,3 +231,35 @@ fn is_root() -> bool {
     // The effective user owns /proc/self: `id -u` without libc.
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin() -> Unmet {
+        Unmet::PinUnknown(PinnedDownload {
+            package: PackageRef::new("grub-efi-arm64-bin", "arm64"),
+            version: "2.06-13+deb12u3".to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_pin_apt_still_lacks_points_at_a_stale_lock_and_how_to_re_pin() {
+        let msg = after_the_steps(&pin(), "amd64", &[]).unwrap();
+        assert!(msg.starts_with("grub-efi-arm64-bin:arm64 2.06-13+deb12u3, pinned in xtask/debian.lock"), "{msg}");
+        assert!(msg.contains("stale") && msg.contains("cargo xtask fetch --update-lock"), "{msg}");
+        assert!(describe(&pin(), "amd64").contains("apt's lists do not offer this version yet"));
+    }
+
+    #[test]
+    fn packages_are_described_by_why_they_are_needed() {
+        let mtools = Unmet::NotInstalled { package: PackageRef::new("mtools", "amd64"), candidate: true };
+        assert_eq!(describe(&mtools, "amd64"), format!("mtools: {}", packages::find("mtools").unwrap().why));
+        let without = Unmet::NotInstalled { package: PackageRef::new("mtools", "amd64"), candidate: false };
+        assert!(describe(&without, "amd64").ends_with("(apt's lists do not offer it yet)"));
+        assert!(after_the_steps(&without, "amd64", &[]).unwrap().contains("no installation candidate"));
+        // A package the one-by-one install already named is not reported twice.
+        assert_eq!(after_the_steps(&mtools, "amd64", &["mtools".to_owned()]), None);
+        assert!(after_the_steps(&mtools, "amd64", &["cpio".to_owned()]).is_some());
+    }
+}
