@@ -15,8 +15,9 @@
 # crates already downloaded here; --no-registry-copy starts it empty). Nothing else is
 # installed: every other package is for `cargo xtask` to install.
 #
-# The root gets /proc, /sys, /dev (with /dev/net/tun for the QEMU tests) and a tmpfs on /run
-# (where `ip netns` keeps its namespaces), all in a private mount namespace of this script, and
+# The root is bind-mounted on itself (`ip netns exec` needs "/" to be a mount point) and gets
+# /proc, /sys, /dev (with /dev/net/tun for the QEMU tests) and a tmpfs on /run (where `ip netns`
+# keeps its namespaces), all in a private mount namespace of this script, and
 # the clone is a fresh `git clone` of REV (default: HEAD of this checkout; uncommitted changes
 # are not in it) at /srv/appliance. Then, timed:
 #   1. `cargo xtask image` as root: prepares the host for the image, builds it;
@@ -129,6 +130,9 @@ for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.l
 done
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
 
+# The root must be a mount point of its own: `ip netns exec` and `ip -n` remount "/" as a slave
+# in their own mount namespace, which fails on a directory that is not one.
+mount --bind "$root" "$root"
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev"
