@@ -205,6 +205,8 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let root = project_root();
     if std::env::var_os(RELEASE_ENV).is_none() {
+        // Once, in the debug build that re-executes the release one.
+        crate::host::prepare(crate::host::Task::Bench, crate::host::Pins::Download)?;
         build_release(&root, cfg!(debug_assertions))?;
         if cfg!(debug_assertions) {
             return reexec_release(&root);
@@ -355,11 +357,7 @@ fn preflight() -> Result<()> {
     if uid != "0" {
         bail!("the bench needs root: it creates network namespaces and binds 127.0.0.2:69 for dnsmasq");
     }
-    for (tool, package) in [("ip", "iproute2"), ("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("curl", "curl")] {
-        if !peers::on_path(tool) {
-            bail!("`{tool}` not found: install the Debian package {package}");
-        }
-    }
+    // The tools (ip, curl, kill) are there: `crate::host::prepare` saw to it before the build.
     Ok(())
 }
 
