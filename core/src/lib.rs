@@ -9,3 +9,5 @@
 
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod tftp;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use appliance::tftp::client::{get, ClientOptions};
 use serde_json::json;
+use testkit::tftp_client::{get, ClientOptions};
 
 use super::ours::{self, Ours};
 use super::peers::{self, MemSampler, Proc};
