@@ -179,11 +179,13 @@ async fn download(addr: SocketAddr, load: Load, expected: &[u8], start: Instant)
     Ok((t, dl.stats.retransmits))
 }
 
-/// `items` in the order round `round` measures them: each round starts one further on, so
-/// that nothing always runs first, and every other round runs backwards, so that of two
-/// neighbours neither always runs first.
+/// `items` in the order round `round` measures them: every odd round runs the round before it
+/// backwards, so that of any two items each runs first as often as the other (in every two
+/// rounds); every two rounds the order starts one further on, so that nothing always runs
+/// first or last.
 fn round_order<T>(items: &[T], round: usize) -> Vec<&T> {
-    let mut order: Vec<&T> = items.iter().cycle().skip(round % items.len().max(1)).take(items.len()).collect();
+    let start = (round / 2) % items.len().max(1);
+    let mut order: Vec<&T> = items.iter().cycle().skip(start).take(items.len()).collect();
     if round % 2 == 1 {
         order.reverse();
     }
@@ -280,8 +282,8 @@ mod tests {
     fn rounds_rotate_and_alternate_direction() {
         let items = ["a", "b", "c"];
         let orders: Vec<String> =
-            (0..4).map(|r| round_order(&items, r).into_iter().copied().collect::<Vec<_>>().join("")).collect();
-        assert_eq!(orders, ["abc", "acb", "cab", "cba"]);
+            (0..6).map(|r| round_order(&items, r).into_iter().copied().collect::<Vec<_>>().join("")).collect();
+        assert_eq!(orders, ["abc", "cba", "bca", "acb", "cab", "bac"]);
         assert!(round_order::<u8>(&[], 3).is_empty());
     }
 
