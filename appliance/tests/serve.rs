@@ -2,12 +2,12 @@
 //! tftp-hpa for TFTP, curl for HTTP. Republishing, GC and reload behaviour.
 
 use appliance::serve::{Listeners, ServeOptions};
-use appliance::tftp::client::{self, ClientOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::tftp_client::{self as client, ClientOptions};
 use tokio::sync::{oneshot, Notify};
 
 /// A running daemon over a private copy of the test config.

@@ -33,4 +33,5 @@ pub mod explain;
 pub mod gc;
 pub mod mac;
 pub mod render;
+pub mod tftp;
 pub mod version;
