@@ -3,7 +3,7 @@
 
 mod common;
 
-use appliance::tftp::client::{self, ClientOptions};
+use testkit::tftp_client::{self as client, ClientOptions};
 use common::*;
 use std::process::Command;
 use std::time::Duration;

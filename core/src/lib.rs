@@ -41,5 +41,6 @@ pub mod gc;
 pub mod install;
 pub mod mac;
 pub mod render;
+pub mod tftp;
 pub mod token;
 pub mod version;

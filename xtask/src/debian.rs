@@ -21,7 +21,7 @@ use crate::{human_size, project_root};
 pub const LOCK_PATH: &str = "xtask/debian.lock";
 
 /// Debian architectures the lock file may name.
-const ARCHES: [&str; 2] = ["amd64", "arm64"];
+pub const ARCHES: [&str; 2] = ["amd64", "arm64"];
 
 /// What `--update-lock` pins.
 enum Wanted {
@@ -78,7 +78,7 @@ impl Pin {
     /// File name in the download cache. Like apt, the epoch colon is
     /// escaped; the lock's architecture (not the package's, which may be
     /// `all`) keeps names unique per lock entry.
-    fn cache_file_name(&self) -> String {
+    pub fn cache_file_name(&self) -> String {
         format!("{}_{}_{}.deb", self.name, self.version.replace(':', "%3a"), self.arch)
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::debian::{self, Lock};
-use crate::{human_size, project_root};
+use crate::{host, human_size, project_root};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Args {
@@ -113,7 +113,15 @@ struct Built {
     how: String,
 }
 
+/// `cargo xtask fetch`: prepares the host, then fetches.
 pub fn run(args: &Args) -> Result<()> {
+    let pins = if args.update_lock { host::Pins::Repin } else { host::Pins::Download };
+    host::prepare(host::Task::Fetch, pins)?;
+    fetch(args)
+}
+
+/// The fetch itself, on a host already prepared (`image` and `test` run it as one of their steps).
+pub fn fetch(args: &Args) -> Result<()> {
     let sh = Shell::new().context("failed to create a shell")?;
     let lock = if args.update_lock { debian::update_lock(&sh)? } else { Lock::load()? };
     let out = match &args.out {
@@ -208,10 +216,9 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// `grub-mkimage (GRUB) 2.06-13+deb12u2`, checking the tool is there.
 fn grub_mkimage_version(sh: &Shell) -> Result<String> {
-    let version = cmd!(sh, "grub-mkimage --version")
-        .quiet()
-        .read()
-        .context("grub-mkimage is not available; install grub-common (`.ci/run` does)")?;
+    let version = cmd!(sh, "grub-mkimage --version").quiet().read().context(
+        "grub-mkimage is not available; install the Debian package grub-common (`cargo xtask fetch` as root does)",
+    )?;
     Ok(version.trim().to_owned())
 }
 

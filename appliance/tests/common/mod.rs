@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use appliance::serve::{Listeners, ServeOptions};
-use appliance::tftp::client::{self, ClientOptions};
+use testkit::tftp_client::{self as client, ClientOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
