@@ -11,6 +11,8 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
+//! - `journal`: the boot journal's records, the bounded per-machine model and summaries;
+//!   `status`: the status pages and the JSON API built from it.
 //! - `answers`: per-machine answer files (preseed, cloud-init, kickstart, Ignition) from the
 //!   operator's templates; `token`: the per-machine token installers report with; `events`:
 //!   what they report; `install`: which machines are installed and boot their disk until
@@ -39,8 +41,10 @@ pub mod events;
 pub mod explain;
 pub mod gc;
 pub mod install;
+pub mod journal;
 pub mod mac;
 pub mod render;
+pub mod status;
 pub mod tftp;
 pub mod token;
 pub mod version;
