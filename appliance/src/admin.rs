@@ -9,6 +9,10 @@
 //!
 //! - `POST /admin/rearm/<mac>`: re-arm a machine (its next netboot is decided by its target
 //!   again), written durably to the install log before the 200.
+//! - `POST /hooks/git`: fetch the followed git repository now (a push hook); 202 at once, the
+//!   outcome goes to the log and `GET /admin/git`.
+//! - `GET /admin/git`: the followed repository, the serving commit, the last refusal with
+//!   every problem.
 
 use crate::install_store::{self, InstallStore};
 use appliance_core::install::RearmedBy;
@@ -36,6 +40,14 @@ pub struct AdminContext {
     pub installs: Arc<InstallStore>,
     /// The bearer token `Access::Admin` routes require.
     pub token: String,
+    /// The git follower, when the daemon follows a repository (`serve --config-git`).
+    pub git: Option<GitHook>,
+}
+
+/// How the admin API reaches the git follower: wake it, and read what it reports.
+pub struct GitHook {
+    pub trigger: Arc<tokio::sync::Notify>,
+    pub status: Arc<std::sync::Mutex<crate::follow::Status>>,
 }
 
 /// Who may call a route.
@@ -58,8 +70,11 @@ struct Route {
     handler: Handler,
 }
 
-const ROUTES: &[Route] =
-    &[Route { method: Method::POST, pattern: "/admin/rearm/{mac}", access: Access::Admin, handler: rearm }];
+const ROUTES: &[Route] = &[
+    Route { method: Method::POST, pattern: "/admin/rearm/{mac}", access: Access::Admin, handler: rearm },
+    Route { method: Method::POST, pattern: "/hooks/git", access: Access::Admin, handler: git_hook },
+    Route { method: Method::GET, pattern: "/admin/git", access: Access::Admin, handler: git_status },
+];
 
 /// The route for a path, and the values of its `{…}` segments.
 fn find(path: &str) -> Option<(&'static Route, Vec<String>)> {
@@ -203,6 +218,28 @@ fn rearm(ctx: Arc<AdminContext>, params: Vec<String>, _req: Request<Incoming>) -
     })
 }
 
+/// `POST /hooks/git`.
+fn git_hook(ctx: Arc<AdminContext>, _params: Vec<String>, _req: Request<Incoming>) -> Reply {
+    Box::pin(async move {
+        let Some(git) = &ctx.git else {
+            return reply(StatusCode::NOT_FOUND, "this appliance follows no git repository");
+        };
+        git.trigger.notify_one();
+        json(StatusCode::ACCEPTED, serde_json::json!({ "fetching": true }))
+    })
+}
+
+/// `GET /admin/git`.
+fn git_status(ctx: Arc<AdminContext>, _params: Vec<String>, _req: Request<Incoming>) -> Reply {
+    Box::pin(async move {
+        let Some(git) = &ctx.git else {
+            return reply(StatusCode::NOT_FOUND, "this appliance follows no git repository");
+        };
+        let status = git.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        json(StatusCode::OK, serde_json::to_value(status).unwrap_or_default())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,7 +251,9 @@ mod tests {
             (r.pattern, r.access, p),
             ("/admin/rearm/{mac}", Access::Admin, vec!["52:54:00:00:00:01".to_string()])
         );
-        for miss in ["/admin/rearm", "/admin/rearm/", "/admin/rearm/a/b", "/admin/other/x", "/"] {
+        let (r, _) = find("/hooks/git").unwrap();
+        assert_eq!((r.method.clone(), r.access), (Method::POST, Access::Admin));
+        for miss in ["/admin/rearm", "/admin/rearm/", "/admin/rearm/a/b", "/admin/other/x", "/", "/hooks/git/x"] {
             assert!(find(miss).is_none(), "{miss}");
         }
     }

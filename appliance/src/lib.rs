@@ -4,7 +4,10 @@
 //! client identification, `decide`, `render`, DHCP messages and leases), which the modules
 //! here call with what they read from the world.
 //!
-//! - `config_dir`: reading a config directory for the core's validation.
+//! - `config_dir`: reading a config directory for the core's validation; `follow`: following
+//!   the operator's git repository, commit by commit (fetch, check, publish, then swap).
+//! - `obtain`: downloading `url` and `deb` artifact sources (resumed, verified) before they are
+//!   published; `http_client`: the outgoing HTTPS client both use.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `admin`: the operators' API (re-arm); `serve`: the
 //!   daemon that runs them.
@@ -19,9 +22,12 @@ pub mod artifacts;
 pub mod atomic_file;
 pub mod config_dir;
 pub mod dhcp;
+pub mod follow;
 pub mod http;
+pub mod http_client;
 pub mod install_store;
 pub mod latency;
+pub mod obtain;
 pub mod secret_files;
 pub mod serve;
 pub mod state;

@@ -34,6 +34,11 @@ enum Command {
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// Also check that every `deb`/`url` source can be obtained: present in this blob cache
+        /// (`cargo xtask fetch` fills target/blobs) or downloadable (`url`, or `deb` with `url`
+        /// and `deb_sha256`); each that cannot is named with the reason.
+        #[arg(long)]
+        blobs: Option<PathBuf>,
     },
     /// Show, without any network, what a client would be handed and which rule decided it,
     /// with the full rendered config or script.
@@ -64,6 +69,10 @@ enum Command {
         /// render its token with the daemon's key.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// Explain with the config the daemon serves from git (the commit recorded in --state)
+        /// instead of --config; the output names the repository and commit.
+        #[arg(long, requires = "state")]
+        serving: bool,
     },
     /// Re-arm a machine that reported `installed`: its next netboot is decided by its target
     /// again (with `after_install: local` it booted its disk until now). Writes the install
@@ -161,6 +170,59 @@ struct ServeArgs {
     /// with a random token, mode 0600].
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    git: GitArgs,
+}
+
+/// Following a git repository instead of a config directory.
+#[derive(Args)]
+struct GitArgs {
+    /// Follow this git repository (https://, http://, git://, ssh:// or user@host:path): each
+    /// new commit of --ref is fetched, checked like `check`, its artifacts obtained and
+    /// published, and only then served; a commit that fails is refused (every error in the log
+    /// and on GET /admin/git) and the last good one keeps serving. --config then names a
+    /// directory served only until the first good commit.
+    #[arg(long, value_name = "URL")]
+    config_git: Option<String>,
+    /// The branch (or full ref, refs/tags/...) to follow.
+    #[arg(long = "ref", default_value = "main", requires = "config_git")]
+    git_ref: String,
+    /// How often to fetch (POST /hooks/git on the admin API and SIGHUP fetch at once).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "config_git")]
+    poll: std::time::Duration,
+    /// The config directory inside the repository ("" for its root).
+    #[arg(long, default_value = "profiles", requires = "config_git")]
+    config_subdir: PathBuf,
+    /// HTTPS: a file with an access token, sent as the password of HTTP basic authentication.
+    #[arg(long, value_name = "FILE", requires = "config_git")]
+    git_token_file: Option<PathBuf>,
+    /// HTTPS: the user name sent with the token.
+    #[arg(long, default_value = "git", requires = "git_token_file")]
+    git_user: String,
+    /// SSH: a deploy key (private key file) for the system's ssh program.
+    #[arg(long, value_name = "FILE", requires = "config_git")]
+    git_ssh_key: Option<PathBuf>,
+    /// Extra trusted CA certificates (PEM) for HTTPS, besides the built-in Mozilla roots: for
+    /// the git server and for `url:` artifact downloads.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+/// clap's value parser for durations: `30s`, `2m`, `500ms`, `1h`, or seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("expected a duration like 30s, 2m or 500ms, got {s:?}"))?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("expected a duration like 30s, 2m or 500ms, got {s:?}")),
+    };
+    if ms == 0 {
+        return Err("the duration must be more than 0".into());
+    }
+    Ok(std::time::Duration::from_millis(ms))
 }
 
 /// `--admin-listen`: an address, or `None` for `off`.
@@ -228,11 +290,25 @@ fn load(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { cfg: ConfigArgs { config, overlay } } => {
+        Command::Check { cfg: ConfigArgs { config, overlay }, blobs } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            if let Some(blobs) = &blobs {
+                let missing = appliance::obtain::unobtainable(
+                    &catalog,
+                    std::path::Path::new("/nonexistent"),
+                    &appliance::artifacts::Blobs::dir(blobs),
+                );
+                if !missing.is_empty() {
+                    for m in &missing {
+                        eprintln!("{}: {m}", config.display());
+                    }
+                    eprintln!("{} source(s) cannot be obtained", missing.len());
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
             let sets: usize = catalog.profiles().map(|p| p.arches.len()).sum();
             let answers: usize = catalog.profiles().map(|p| p.answers.len()).sum();
             // Every answer file was rendered for every machine that may get it (validation does).
@@ -262,9 +338,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             path,
             chained,
             state,
+            serving,
         } => {
+            let (config, origin) = match state.as_deref().filter(|_| serving) {
+                Some(s) => appliance::follow::record::serving_config(s)
+                    .with_context(|| format!("{} records no commit served from git", s.display()))?,
+                None => (config, appliance_core::catalog::Origin::Dir),
+            };
             let catalog = match load(&config, overlay.as_deref()) {
-                Ok(c) => c,
+                Ok(c) => c.with_origin(origin),
                 Err(code) => return Ok(code),
             };
             let mut q =
@@ -322,7 +404,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     use appliance_core::catalog::DhcpMode;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let mode = args.dhcp.map(|m| match m {
             DhcpModeArg::Server => DhcpMode::Server,
             DhcpModeArg::Proxy => DhcpMode::Proxy,
@@ -348,6 +430,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
         opts.admin_token_file = args.admin_token_file.clone();
+        if let Some(url) = &args.git.config_git {
+            let g = &args.git;
+            let tls = appliance::http_client::Tls { ca_file: g.ca_file.clone() };
+            let auth = appliance::follow::git::Auth {
+                token_file: g.git_token_file.clone(),
+                user: g.git_user.clone(),
+                ssh_key: g.git_ssh_key.clone(),
+                known_hosts: Some(args.state.join("git").join("known_hosts")),
+            };
+            let remote = appliance::follow::git::Remote { url: url.clone(), reference: g.git_ref.clone(), auth, tls };
+            opts.git = Some(appliance::follow::GitSource { remote, poll: g.poll, subdir: g.config_subdir.clone() });
+        }
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
@@ -382,8 +476,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             }
         };
         appliance::serve::run(opts, listeners, reload, shutdown).await?;
-        Ok(ExitCode::SUCCESS)
-    })
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    });
+    // A download or fetch may still run on a blocking thread: it is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 #[cfg(test)]

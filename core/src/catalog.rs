@@ -32,6 +32,39 @@ pub struct Catalog {
     unknown_after_install: Option<AfterInstall>,
     menus: BTreeMap<String, Arc<Menu>>,
     answer_templates: Templates,
+    origin: Origin,
+}
+
+/// Where a catalog's files came from: a directory as it is, or one commit of a git repository
+/// that the daemon follows. Rendered configs and `explain` name a git origin, so what a machine
+/// was handed can be traced to the commit that said it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Origin {
+    /// A config directory read as it is on disk.
+    #[default]
+    Dir,
+    /// A checkout of `commit` (hex object id) fetched from `url` (without credentials).
+    Git { url: String, commit: String },
+}
+
+impl Origin {
+    /// The line rendered configs carry (after `#!ipxe`): `None` for a plain directory, so its
+    /// output stays as it was.
+    pub fn header(&self) -> Option<String> {
+        match self {
+            Origin::Dir => None,
+            Origin::Git { url, commit } => Some(format!("# config: git {url} commit {commit}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Dir => f.write_str("directory"),
+            Origin::Git { url, commit } => write!(f, "git {url} commit {commit}"),
+        }
+    }
 }
 
 /// What validation has checked, assembled into a catalog (by `config::validate` only).
@@ -221,12 +254,20 @@ pub struct Artifact {
 pub enum Source {
     /// A file inside the config directory (relative path).
     Path(PathBuf),
-    /// A file inside a Debian package, pinned by the sha256 of the file.
-    Deb { package: String, deb_arch: String, file: String, sha256: Digest },
+    /// A file inside a Debian package, pinned by the sha256 of the file; `download` says where
+    /// the running appliance can get the package itself (else only the blob cache has it).
+    Deb { package: String, deb_arch: String, file: String, sha256: Digest, download: Option<DebDownload> },
     /// An http(s) URL, pinned by sha256.
     Url { url: String, sha256: Digest },
     /// A newc cpio archive assembled from other sources (an initrd built by us).
     Cpio { entries: Vec<CpioEntry>, gzip: bool },
+}
+
+/// Where a Debian package can be downloaded, pinned by the sha256 of the `.deb` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebDownload {
+    pub url: String,
+    pub sha256: Digest,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,7 +323,29 @@ impl Catalog {
             menus,
             answer_templates,
         } = p;
-        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_after_install, menus, answer_templates }
+        Catalog {
+            dir,
+            settings,
+            profiles,
+            machines,
+            vendors,
+            unknown,
+            unknown_after_install,
+            menus,
+            answer_templates,
+            origin: Origin::Dir,
+        }
+    }
+
+    /// The same catalog, recorded as coming from `origin` (validation knows only a directory).
+    pub fn with_origin(mut self, origin: Origin) -> Catalog {
+        self.origin = origin;
+        self
+    }
+
+    /// Where the catalog's files came from.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).

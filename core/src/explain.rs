@@ -83,6 +83,9 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
     }
     let client = client_from_query(q);
     let mut out = String::new();
+    if let crate::catalog::Origin::Git { .. } = catalog.origin() {
+        let _ = writeln!(out, "config: {}\n", catalog.origin());
+    }
     let _ = writeln!(out, "client:");
     let _ = writeln!(out, "  mac:        {}", client.mac.map(|m| m.to_string()).unwrap_or_else(|| "(none)".into()));
     let _ = writeln!(out, "  firmware:   {}", client.firmware);

@@ -8,7 +8,8 @@
 //! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
 //!   `boot_file`: the boot programs handed out, by name.
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
-//! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
+//! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer;
+//!   `obtain`: which `url`/`deb` sources must be downloaded before a catalog can be published.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
 //! - `journal`: the boot journal's records, the bounded per-machine model and summaries;
@@ -43,6 +44,7 @@ pub mod gc;
 pub mod install;
 pub mod journal;
 pub mod mac;
+pub mod obtain;
 pub mod render;
 pub mod status;
 pub mod tftp;

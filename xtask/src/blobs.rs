@@ -67,7 +67,7 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     let mut count = 0;
     for w in collect(&catalog) {
         let (sha, how) = match &w.source {
-            Source::Deb { package, deb_arch, file, sha256 } => {
+            Source::Deb { package, deb_arch, file, sha256, .. } => {
                 let key = (package.clone(), deb_arch.clone());
                 let tree = match trees.get(&key) {
                     Some(t) => t.clone(),

@@ -71,6 +71,48 @@ pub enum ArtifactProblem {
 ///
 /// Stops at the first error; versions published before it stay (they are complete).
 pub fn publish(catalog: &Catalog, store: &Path, blobs: &Path) -> Result<PublishReport, PublishError> {
+    publish_from(catalog, store, &Blobs::dir(blobs))
+}
+
+/// Where `publish` finds the bytes of `deb` and `url` sources: directories of files named by
+/// their sha256 (the blob cache, the daemon's downloads), then files known to have a given
+/// content (the published artifacts of the catalog in force, which never change).
+#[derive(Debug, Clone, Default)]
+pub struct Blobs {
+    pub dirs: Vec<PathBuf>,
+    pub copies: std::collections::HashMap<Digest, PathBuf>,
+}
+
+impl Blobs {
+    pub fn dir(dir: &Path) -> Blobs {
+        Blobs { dirs: vec![dir.to_path_buf()], copies: Default::default() }
+    }
+
+    /// The file with content `sha256`, if one is at hand.
+    pub fn find(&self, sha256: &Digest) -> Option<PathBuf> {
+        let hex = hex::encode(sha256);
+        self.dirs
+            .iter()
+            .map(|d| d.join(&hex))
+            .chain(self.copies.get(sha256).cloned())
+            .find(|p| p.metadata().is_ok_and(|m| m.is_file()))
+    }
+
+    /// Adds the published files of every version of `catalog` that is in `store` as copies.
+    pub fn add_published(&mut self, catalog: &Catalog, store: &Path) {
+        for profile in catalog.profiles() {
+            for set in profile.arches.values() {
+                for a in set.files().filter(|a| !matches!(a.source, Source::Cpio { .. })) {
+                    let path = store.join(&profile.name).join(&set.version).join(&a.name);
+                    self.copies.entry(a.digest).or_insert(path);
+                }
+            }
+        }
+    }
+}
+
+/// `publish` with the bytes of `deb` and `url` sources looked up in `blobs`.
+pub fn publish_from(catalog: &Catalog, store: &Path, blobs: &Blobs) -> Result<PublishReport, PublishError> {
     let mut report = PublishReport::default();
     for profile in catalog.profiles() {
         for (&arch, set) in &profile.arches {
@@ -89,7 +131,7 @@ pub fn publish(catalog: &Catalog, store: &Path, blobs: &Path) -> Result<PublishR
 fn publish_set(
     catalog: &Catalog,
     store: &Path,
-    blobs: &Path,
+    blobs: &Blobs,
     at: &PublishedSet,
     set: &ArtifactSet,
 ) -> Result<bool, PublishError> {
@@ -140,7 +182,7 @@ fn publish_set(
 }
 
 /// Writes one artifact to `dst` (a new file), verifying what it copies.
-fn write_artifact(catalog: &Catalog, blobs: &Path, artifact: &Artifact, dst: &Path) -> Result<(), ArtifactProblem> {
+fn write_artifact(catalog: &Catalog, blobs: &Blobs, artifact: &Artifact, dst: &Path) -> Result<(), ArtifactProblem> {
     match &artifact.source {
         Source::Path(_) | Source::Deb { .. } | Source::Url { .. } => {
             let src = locate(catalog, blobs, &artifact.source)?;
@@ -172,32 +214,30 @@ fn write_artifact(catalog: &Catalog, blobs: &Path, artifact: &Artifact, dst: &Pa
 
 /// Where a file source's bytes are: in the config directory (never through a symlink out of
 /// it), or in the blob cache.
-fn locate(catalog: &Catalog, blobs: &Path, source: &Source) -> Result<PathBuf, ArtifactProblem> {
+fn locate(catalog: &Catalog, blobs: &Blobs, source: &Source) -> Result<PathBuf, ArtifactProblem> {
     let (sha256, what) = match source {
         Source::Path(rel) => {
             let probe = DirProbe { root: catalog.dir().to_path_buf() };
             return probe.resolve(rel).map_err(|problem| ArtifactProblem::Source { path: rel.clone(), problem });
         }
-        Source::Deb { package, deb_arch, file, sha256 } => {
+        Source::Deb { package, deb_arch, file, sha256, .. } => {
             (sha256, format!("{file} from Debian package {package} ({deb_arch})"))
         }
         Source::Url { url, sha256 } => (sha256, format!("download {url}")),
         Source::Cpio { .. } => return Err(ArtifactProblem::Unsupported("a cpio archive inside a cpio archive".into())),
     };
-    let hex = hex::encode(sha256);
-    let path = blobs.join(&hex);
-    match path.metadata() {
-        Ok(m) if m.is_file() => Ok(path),
-        Ok(_) => Err(ArtifactProblem::Source { path, problem: ProbeError::NotAFile }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            Err(ArtifactProblem::MissingBlob { what, sha256: hex, blobs: blobs.to_path_buf() })
-        }
-        Err(error) => Err(ArtifactProblem::Io { path, error }),
+    match blobs.find(sha256) {
+        Some(path) => Ok(path),
+        None => Err(ArtifactProblem::MissingBlob {
+            what,
+            sha256: hex::encode(sha256),
+            blobs: blobs.dirs.first().cloned().unwrap_or_default(),
+        }),
     }
 }
 
 /// Reads a (small) cpio entry's source whole, checking its sha256.
-fn read_verified(catalog: &Catalog, blobs: &Path, source: &Source, want: &Digest) -> Result<Vec<u8>, ArtifactProblem> {
+fn read_verified(catalog: &Catalog, blobs: &Blobs, source: &Source, want: &Digest) -> Result<Vec<u8>, ArtifactProblem> {
     let path = locate(catalog, blobs, source)?;
     let bytes = fs::read(&path).map_err(|error| ArtifactProblem::Io { path: path.clone(), error })?;
     check_digest(&path, want, &Sha256::digest(&bytes).into())?;

@@ -55,6 +55,9 @@ pub struct ServeOptions {
     pub cpu_latency: crate::latency::CpuLatency,
     /// The admin listener's bearer token file; `None`: `<state>/admin.token` (created once).
     pub admin_token_file: Option<PathBuf>,
+    /// Follow a git repository instead of the config directory (which is then served only
+    /// until the first good commit, and only when no commit was served before).
+    pub git: Option<crate::follow::GitSource>,
 }
 
 impl ServeOptions {
@@ -75,6 +78,7 @@ impl ServeOptions {
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
             admin_token_file: None,
+            git: None,
         }
     }
 
@@ -124,10 +128,20 @@ pub async fn run(
 ) -> Result<()> {
     let opts = Arc::new(opts);
     // Taken before the config is read, so an edit made while it loads still triggers a reload.
-    let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
-    let (catalog, report) = {
+    // A followed git repository replaces the directory watch.
+    let watch = opts.watch.filter(|_| opts.git.is_none());
+    let before_load = watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
+    let (catalog, report, follower) = {
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || load_and_publish(&o)).await??
+        tokio::task::spawn_blocking(move || match &o.git {
+            None => load_and_publish(&o).map(|(c, r)| (c, r, None)),
+            Some(git) => {
+                let mut f = crate::follow::Follower::new(git.clone(), &o.state_dir, o.overlay.clone(), o.blobs.clone());
+                let (c, r) = f.startup(Some(&o.config_dir))?;
+                Ok((c, r, Some(f)))
+            }
+        })
+        .await??
     };
     log_publish(&report);
     let state_dir = opts.state_dir.clone();
@@ -139,7 +153,10 @@ pub async fn run(
     let http_port = listeners.http.local_addr()?.port();
     let server = server_info(&catalog, &opts, http_port, &tokens);
     info!(
-        config = %opts.config_dir.display(),
+        config = %match catalog.origin() {
+            appliance_core::catalog::Origin::Dir => opts.config_dir.display().to_string(),
+            git => git.to_string(),
+        },
         profiles = catalog.profiles().len(),
         machines = catalog.machines().len(),
         dhcp = %opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode),
@@ -150,6 +167,16 @@ pub async fn run(
     let started = SystemTime::now();
     let shared = Shared::new(Arc::new(catalog), server);
     let touches = Arc::new(Touches::new());
+    let reloader = Arc::new(Reloader {
+        opts: opts.clone(),
+        shared: shared.clone(),
+        http_port,
+        tokens: tokens.clone(),
+        installs: installs.clone(),
+        touches: touches.clone(),
+        started,
+    });
+    let git_status = follower.as_ref().map(|f| f.status.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -192,7 +219,8 @@ pub async fn run(
             warn!(file = %f.display(), "the admin token file is readable by other users");
         }
         info!(admin = %admin.local_addr()?, "admin API listening");
-        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token });
+        let git = git_status.clone().map(|status| crate::admin::GitHook { trigger: reload.clone(), status });
+        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token, git });
         let admin_stop = stopped(stop_rx.clone());
         tasks.spawn(async move { crate::admin::serve(admin, ctx, admin_stop).await.context("admin") });
     }
@@ -216,7 +244,11 @@ pub async fn run(
         });
     }
 
-    if let (Some(interval), Some(applied)) = (opts.watch, before_load) {
+    if let Some(follower) = follower {
+        let (trigger, r, stop) = (reload.clone(), reloader.clone(), stop_rx.clone());
+        tasks.spawn(crate::follow::task::run(follower, trigger, r, stop));
+    }
+    if let (Some(interval), Some(applied)) = (watch, before_load) {
         let (dir, overlay, r) = (opts.config_dir.clone(), opts.overlay.clone(), reload.clone());
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {
@@ -237,8 +269,9 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = reload.notified() => reload_config(&opts, &shared, http_port, &tokens, &installs).await,
-            _ = gc_tick.tick() => collect_garbage(&opts, &shared, &touches, started).await,
+            // With a followed repository, the follower's task takes the reload requests.
+            _ = reload.notified(), if opts.git.is_none() => reloader.reload_dir().await,
+            _ = gc_tick.tick() => reloader.collect_garbage().await,
             Some(done) = tasks.join_next() => {
                 // A server task only ends on shutdown; anything else is fatal for the daemon.
                 let err = match done {
@@ -268,26 +301,74 @@ fn log_publish(report: &artifacts::PublishReport) {
     }
 }
 
-async fn reload_config(
-    opts: &Arc<ServeOptions>,
-    shared: &Arc<Shared>,
+/// The reload path: what swapping in a new catalog needs, shared by config directory reloads
+/// and the git follower, so both swap the same way (only after validation and publication).
+pub struct Reloader {
+    opts: Arc<ServeOptions>,
+    shared: Arc<Shared>,
     http_port: u16,
-    tokens: &TokenKey,
-    installs: &Arc<InstallStore>,
-) {
-    let o = opts.clone();
-    match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
-        Ok(Ok((catalog, report))) => {
-            log_publish(&report);
-            let server = server_info(&catalog, opts, http_port, tokens);
-            info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
-            shared.set_server(server);
-            let catalog = Arc::new(catalog);
-            shared.replace_catalog(catalog.clone());
-            rearm_changed(installs, &catalog).await;
+    tokens: TokenKey,
+    installs: Arc<InstallStore>,
+    touches: Arc<Touches>,
+    started: SystemTime,
+}
+
+impl Reloader {
+    /// The catalog in force.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.shared.catalog()
+    }
+
+    /// Swaps in `catalog`, whose artifact versions `report` published, and returns it.
+    pub async fn apply(&self, catalog: Catalog, report: &artifacts::PublishReport) -> Arc<Catalog> {
+        log_publish(report);
+        let server = server_info(&catalog, &self.opts, self.http_port, &self.tokens);
+        info!(
+            profiles = catalog.profiles().len(),
+            machines = catalog.machines().len(),
+            origin = %catalog.origin(),
+            "config reloaded"
+        );
+        self.shared.set_server(server);
+        let catalog = Arc::new(catalog);
+        self.shared.replace_catalog(catalog.clone());
+        rearm_changed(&self.installs, &catalog).await;
+        catalog
+    }
+
+    /// Reloads the config directory: loads and publishes it off the async threads, then swaps;
+    /// an invalid config is refused with every error and the old one keeps serving.
+    async fn reload_dir(&self) {
+        let o = self.opts.clone();
+        match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
+            Ok(Ok((catalog, report))) => {
+                self.apply(catalog, &report).await;
+            }
+            Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
+            Err(e) => error!("reload failed: {e}"),
         }
-        Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
-        Err(e) => error!("reload failed: {e}"),
+    }
+
+    async fn collect_garbage(self: &Arc<Self>) {
+        let r = self.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || r.collect_garbage_blocking()).await {
+            warn!("artifact gc failed: {e}");
+        }
+    }
+
+    /// Removes the artifact versions the catalog in force no longer references once their
+    /// grace period passed, and logs what it removed.
+    pub fn collect_garbage_blocking(&self) {
+        let catalog = self.shared.catalog();
+        let grace = self.opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
+        // Transfers are not remembered across a restart: count the start as a touch, so a
+        // restart never shortens the grace period of a version a node may still be booting.
+        let (t, started) = (&self.touches, self.started);
+        let last = |p: &str, v: &str| Some(t.last(p, v).map_or(started, |x| x.max(started)));
+        let report = artifacts::gc(&catalog, &self.opts.store(), grace, &last, SystemTime::now());
+        for (profile, version) in &report.removed {
+            info!(%profile, %version, "removed unreferenced artifact version");
+        }
     }
 }
 
@@ -299,28 +380,6 @@ async fn rearm_changed(installs: &Arc<InstallStore>, catalog: &Catalog) {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => error!(path = %installs.path().display(), "install log: re-arming changed entries failed: {e}"),
         Err(e) => error!("install log: re-arming changed entries failed: {e}"),
-    }
-}
-
-async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches: &Arc<Touches>, started: SystemTime) {
-    let catalog = shared.catalog();
-    let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
-    let store = opts.store();
-    let t = touches.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        // Transfers are not remembered across a restart: count the start as a touch, so a
-        // restart never shortens the grace period of a version a node may still be booting.
-        let last = |p: &str, v: &str| Some(t.last(p, v).map_or(started, |x| x.max(started)));
-        artifacts::gc(&catalog, &store, grace, &last, SystemTime::now())
-    })
-    .await;
-    match result {
-        Ok(report) => {
-            for (profile, version) in &report.removed {
-                info!(%profile, %version, "removed unreferenced artifact version");
-            }
-        }
-        Err(e) => warn!("artifact gc failed: {e}"),
     }
 }
 

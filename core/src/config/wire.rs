@@ -196,7 +196,11 @@ pub struct SourceWire {
     pub deb_arch: Option<String>,
     /// File inside the package (glob `*` allowed in the last component).
     pub file: Option<String>,
+    /// With `deb`: where the running appliance downloads the package (then `deb_sha256` pins
+    /// the `.deb`); alone: the artifact's own download URL.
     pub url: Option<String>,
+    /// The sha256 of the `.deb` file that `url` names (with `deb` and `url`).
+    pub deb_sha256: Option<String>,
     pub sha256: Option<String>,
     pub cpio: Option<Vec<CpioEntryWire>>,
     #[serde(default)]
@@ -217,5 +221,6 @@ pub struct CpioEntryWire {
     pub deb_arch: Option<String>,
     pub file: Option<String>,
     pub url: Option<String>,
+    pub deb_sha256: Option<String>,
     pub sha256: Option<String>,
 }

@@ -193,7 +193,31 @@ fn merge(a: Value, b: Value) -> Value {
 
 /// Renders the config file a decision calls for. `Ok(None)` means "no such file for this
 /// client" (answer not-found, so U-Boot and GRUB move on to their next candidate name).
+///
+/// A catalog from a git commit gets a comment line naming the repository and commit (after
+/// iPXE's `#!ipxe` magic, which must stay first); a directory's output is left as it was.
 pub fn render(
+    catalog: &Catalog,
+    decision: &Decision,
+    server: &ServerInfo,
+    format: Format,
+) -> Result<Option<String>, RenderError> {
+    let text = render_body(catalog, decision, server, format)?;
+    Ok(match (text, catalog.origin().header()) {
+        (Some(text), Some(header)) => Some(with_header(&text, &header)),
+        (text, _) => text,
+    })
+}
+
+/// Inserts `header` as the first line, or the second when the first is `#!ipxe`.
+fn with_header(text: &str, header: &str) -> String {
+    match text.strip_prefix("#!ipxe\n") {
+        Some(rest) => format!("#!ipxe\n{header}\n{rest}"),
+        None => format!("{header}\n{text}"),
+    }
+}
+
+fn render_body(
     catalog: &Catalog,
     decision: &Decision,
     server: &ServerInfo,
@@ -278,4 +302,15 @@ pub fn ipxe_entry(server: &ServerInfo) -> Result<String, RenderError> {
 pub fn uboot_script() -> Result<Vec<u8>, RenderError> {
     let script = run("uboot_script.j2", context! {})?;
     Ok(uimage::script_image(script.as_bytes(), "appliance pxe boot"))
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::with_header;
+
+    #[test]
+    fn the_origin_line_goes_after_the_ipxe_magic_or_first() {
+        assert_eq!(with_header("#!ipxe\necho hi\n", "# config: x"), "#!ipxe\n# config: x\necho hi\n");
+        assert_eq!(with_header("# pxe\ndefault a\n", "# config: x"), "# config: x\n# pxe\ndefault a\n");
+    }
 }

@@ -166,6 +166,7 @@ fn simple_source(
     deb_arch: Option<&String>,
     file: Option<&String>,
     url: Option<&String>,
+    deb_sha256: Option<&String>,
     sha256: Option<&String>,
     default_arch: &str,
     field: &str,
@@ -210,7 +211,31 @@ fn simple_source(
             }
             Some((Source::Path(PathBuf::from(p)), digest))
         }
-        (None, Some(pkg), None) => {
+        (None, Some(pkg), url) => {
+            let download = match (url, deb_sha256) {
+                (None, None) => None,
+                (Some(u), Some(d)) => {
+                    if !is_http_url(u) {
+                        errs.at(doc, &key(field, "url"), format!("{u:?} is not an http:// or https:// URL"));
+                        return None;
+                    }
+                    match parse_sha256(d) {
+                        Ok(sha256) => Some(DebDownload { url: u.clone(), sha256 }),
+                        Err(e) => {
+                            errs.at(doc, &key(field, "deb_sha256"), e);
+                            return None;
+                        }
+                    }
+                }
+                (Some(_), None) => {
+                    errs.at(doc, field, format!("a deb source with `url` needs `deb_sha256`: the sha256 of {pkg}'s .deb"));
+                    return None;
+                }
+                (None, Some(_)) => {
+                    errs.at(doc, &key(field, "deb_sha256"), "`deb_sha256` pins the .deb that `url` names: give `url` too");
+                    return None;
+                }
+            };
             let Some(file) = file else {
                 errs.at(doc, field, format!("a deb source needs `file`: the path of the file inside package {pkg}"));
                 return None;
@@ -225,11 +250,12 @@ fn simple_source(
                 deb_arch,
                 file: file.trim_start_matches('/').to_string(),
                 sha256: sha,
+                download,
             };
             Some((source, sha))
         }
-        (None, None, Some(u)) => {
-            if !(u.starts_with("http://") || u.starts_with("https://")) {
+        (None, None, Some(u)) if deb_sha256.is_none() => {
+            if !is_http_url(u) {
                 errs.at(doc, &key(field, "url"), format!("{u:?} is not an http:// or https:// URL"));
                 return None;
             }
@@ -240,10 +266,14 @@ fn simple_source(
             Some((Source::Url { url: u.clone(), sha256: sha }, sha))
         }
         _ => {
-            errs.at(doc, field, "give exactly one source: `path`, `deb`, `url` or `cpio`");
+            errs.at(doc, field, "give exactly one source: `path`, `deb` (optionally with `url` and `deb_sha256`), `url` or `cpio`");
             None
         }
     }
+}
+
+fn is_http_url(u: &str) -> bool {
+    u.starts_with("http://") || u.starts_with("https://")
 }
 
 fn source(
@@ -256,7 +286,7 @@ fn source(
     errs: &mut Errors,
 ) -> Option<Artifact> {
     let (source, digest) = if let Some(entries) = &s.cpio {
-        if s.path.is_some() || s.deb.is_some() || s.url.is_some() {
+        if s.path.is_some() || s.deb.is_some() || s.url.is_some() || s.deb_sha256.is_some() {
             errs.at(doc, field, "give exactly one source: `path`, `deb`, `url` or `cpio`");
             return None;
         }
@@ -281,6 +311,7 @@ fn source(
             s.deb_arch.as_ref(),
             s.file.as_ref(),
             s.url.as_ref(),
+            s.deb_sha256.as_ref(),
             s.sha256.as_ref(),
             deb_arch,
             field,
@@ -354,6 +385,7 @@ fn cpio_entry(
                 e.deb_arch.as_ref(),
                 e.file.as_ref(),
                 e.url.as_ref(),
+                e.deb_sha256.as_ref(),
                 e.sha256.as_ref(),
                 deb_arch,
                 field,
