@@ -6,7 +6,8 @@
 //!   that name file, line, column and field.
 //! - `client`: who is asking, from a DHCP message, a TFTP path or an iPXE query.
 //! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
-//!   `boot_file`: the boot programs handed out, by name.
+//!   `boot_file`: the boot programs handed out, by name; `uefi_chain`: which of them a UEFI
+//!   machine gets (iPXE, or shim and signed GRUB for Secure Boot).
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
@@ -33,4 +34,5 @@ pub mod explain;
 pub mod gc;
 pub mod mac;
 pub mod render;
+pub mod uefi_chain;
 pub mod version;
