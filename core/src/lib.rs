@@ -12,6 +12,8 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed.
+//! - `pe`, `secure_boot`: whether a kernel carries an Authenticode signature (from bytes the
+//!   daemon reads), and the warnings for machines on the shim chain whose kernel does not.
 //!
 //! Architecture invariant: no I/O and no clock. Files arrive as bytes, time as an argument,
 //! and answers leave as values; the daemon crate (`appliance`) owns sockets, files and clocks.
@@ -33,6 +35,8 @@ pub mod dhcp;
 pub mod explain;
 pub mod gc;
 pub mod mac;
+pub mod pe;
 pub mod render;
+pub mod secure_boot;
 pub mod uefi_chain;
 pub mod version;
