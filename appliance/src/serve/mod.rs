@@ -6,6 +6,7 @@
 //! an invalid one is refused with every error logged, and the old one keeps serving.
 
 pub mod files;
+pub mod identify;
 pub mod neighbours;
 pub mod tftp_routes;
 pub mod watcher;
