@@ -4,7 +4,8 @@
 //! client identification, `decide`, `render`, DHCP messages and leases), which the modules
 //! here call with what they read from the world.
 //!
-//! - `config_dir`: reading a config directory for the core's validation.
+//! - `config_dir`: reading a config directory for the core's validation; `kernel_signatures`:
+//!   whether its kernels are signed, for the core's Secure Boot warnings.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them.
 //! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
@@ -14,6 +15,7 @@ pub mod artifacts;
 pub mod config_dir;
 pub mod dhcp;
 pub mod http;
+pub mod kernel_signatures;
 pub mod latency;
 pub mod serve;
 pub mod state;
