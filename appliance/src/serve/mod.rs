@@ -171,6 +171,7 @@ pub async fn run(
         shared: shared.clone(),
         store: opts.store(),
         bootloaders: opts.bootloaders.clone(),
+        boot_images: opts.state_dir.join("boot-images"),
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
