@@ -103,6 +103,18 @@ fn armvirt_secure_boot_pxe_shim_server() {
     with_secure_boot_proof(cell).run();
 }
 
+/// The boot image on ArmVirt: option 93 = 19 (arm64 HTTP Boot) gets the arm64 image, shim as
+/// `\EFI\BOOT\BOOTAA64.EFI` and the signed `grubaa64.efi` beside it.
+#[test]
+fn armvirt_secure_boot_http_shim_boot_image() {
+    let cell = Cell::new("armvirt_secure_boot_http_shim_boot_image", ArmVirtHttpSecureBoot, Server)
+        .machine("52:54:00:4d:12:03", &shim_machine("sb-arm-http"))
+        .daemon_log_shows("path=/boot-image/52-54-00-4d-12-03.arm64.img status=200")
+        .daemon_log_lacks("grub/grub.cfg")
+        .daemon_log_lacks("path=/artifacts/");
+    with_secure_boot_proof(cell).run();
+}
+
 /// ArmVirt's Secure Boot is enforced, not only reported: our own (unsigned) GRUB image, which
 /// the `ipxe` chain hands arm64, is refused.
 #[test]

@@ -23,7 +23,10 @@ use std::fs::{File, Metadata};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The cache's directory name in the state directory (beside the artifact store).
+pub const CACHE_DIR: &str = "boot-images";
 
 /// Where the image lies once built, and what the log says of it.
 pub(super) struct Built {
@@ -78,6 +81,8 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     let stem = format!("{}.{}", mac.dashed(), arch.as_str());
     let path = src.cache.join(format!("{stem}-{key}.img"));
     if let Ok((file, meta)) = open_regular(&path) {
+        // Its modification time says when it was last served, for `prune`.
+        let _ = file.set_modified(SystemTime::now());
         return Ok(Built { file, meta, key, decision, written: false });
     }
     let artifacts = plan
@@ -161,6 +166,29 @@ fn remove_older(cache: &Path, stem: &str, keep: &Path) {
     }
 }
 
+/// Removes the images (and leftover partial writes) of `cache` not built or served within
+/// `grace` before `now`: the daemon's periodic GC. A machine that asks again gets its image
+/// rebuilt, so this only bounds the cache by the machines that boot. Returns what it removed.
+pub fn prune(cache: &Path, grace: Duration, now: SystemTime) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(cache) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.ends_with(".img") || name.starts_with(".tmp-");
+        let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(now);
+        let idle = now.duration_since(modified).unwrap_or_default();
+        if ours && idle > grace {
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) => tracing::warn!("removing the boot image {}: {e}", path.display()),
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +207,22 @@ mod tests {
             std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         left.sort();
         assert_eq!(left, [names[1], names[2]]);
+    }
+
+    #[test]
+    fn images_idle_longer_than_the_grace_period_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["a.x86_64-1.img", ".tmp-1-0", "notes.txt"] {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        let hour = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        assert!(prune(dir.path(), hour, now).is_empty(), "all of them are new");
+        let mut removed: Vec<String> = prune(dir.path(), hour, now + 2 * hour)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, [".tmp-1-0", "a.x86_64-1.img"], "not the file that is not ours");
     }
 }

@@ -17,6 +17,7 @@
 
 mod body;
 mod boot_image;
+pub use boot_image::{prune as prune_boot_images, CACHE_DIR as BOOT_IMAGES_DIR};
 mod files;
 mod routes;
 mod sendfile;
@@ -75,7 +76,7 @@ impl HttpContext {
         HttpContext {
             shared,
             // Beside the store, in the state directory: `<state>/boot-images`.
-            boot_images: store.with_file_name("boot-images"),
+            boot_images: store.with_file_name(BOOT_IMAGES_DIR),
             store,
             bootloaders,
             touches,
