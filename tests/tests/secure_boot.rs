@@ -72,6 +72,18 @@ fn ovmf_secure_boot_http_shim_boot_image() {
     with_secure_boot_proof(cell).run();
 }
 
+/// Behind proxyDHCP too: unlike PXE (below), where the signed GRUB asks the site's server for
+/// its config, the image carries everything GRUB reads, so which server GRUB believes in does
+/// not matter.
+#[test]
+fn ovmf_secure_boot_http_shim_boot_image_proxy() {
+    let cell = Cell::new("ovmf_secure_boot_http_shim_boot_image_proxy", OvmfHttpSecureBoot, Proxy)
+        .machine("52:54:00:4d:11:06", &shim_machine("sb-http-proxy"))
+        .daemon_log_shows("path=/boot-image/52-54-00-4d-11-06.x86_64.img status=200")
+        .daemon_log_lacks("grub/grub.cfg");
+    with_secure_boot_proof(cell).run();
+}
+
 /// A machine left on the `ipxe` chain under Secure Boot: the firmware refuses the unsigned
 /// `ipxe.efi` ("Access Denied"), nothing boots, and `explain` for that machine says why.
 #[test]

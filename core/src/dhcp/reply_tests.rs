@@ -206,4 +206,8 @@ fn the_shim_chain_names_shim_in_the_file_field() {
     let url = format!("{}/boot-image/{}.x86_64.img", fx::HTTP_BASE, crate::mac::MacAddr(m).dashed());
     assert_eq!(http.message.fname(), Some(url.as_bytes()));
     assert_eq!(http.option(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec())));
+    assert_eq!(http.option(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(url.clone().into_bytes())));
+    c.mode = DhcpMode::Proxy;
+    let proxied = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
+    assert_eq!(proxied.message.fname(), Some(url.as_bytes()), "the same image behind proxyDHCP");
 }
