@@ -1,8 +1,9 @@
 //! `/boot-image/<mac>.<arch>.img`: the RAM-disk image a UEFI HTTP Boot client on the shim chain
 //! boots (what is in it and why: `appliance_core::boot_image`).
 //!
-//! The machine is the one the file name names, asking at the GRUB stage (the image carries the
-//! config its GRUB would have fetched). The core plans the image and writes its bytes; this
+//! The machine is the one the file name names. It gets an image only if DHCP would hand it
+//! that very URL (a UEFI HTTP Boot client on the shim chain, of that architecture), and the
+//! image carries the config its GRUB would have fetched (the GRUB-stage decision). The core plans the image and writes its bytes; this
 //! module reads what goes in (the signed programs from the bootloader directory, the artifacts
 //! from the store), and keeps the result in the cache directory as
 //! `<mac>.<arch>-<key>.img`, the key a digest of everything in the image. The same inputs are
@@ -16,7 +17,7 @@ use crate::state::Shared;
 use appliance_core::arch::{Arch, Firmware};
 use appliance_core::boot_image::{self, Contents};
 use appliance_core::client::PathFacts;
-use appliance_core::decide::{decide, Decision, Stage};
+use appliance_core::decide::{decide, Decision, Outcome, Stage};
 use appliance_core::mac::MacAddr;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, Metadata};
@@ -68,7 +69,12 @@ pub(super) struct Sources<'a> {
 /// Blocking: file reads, hashing and the FAT writer.
 pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     let (mac, arch) = boot_image::parse_file_name(name).ok_or(ImageError::NoImage { decision: None })?;
-    let decision = decision(src.shared, name, mac, arch);
+    let (handed, decision) = decisions(src.shared, name, mac, arch);
+    // Only the image DHCP hands this machine: not one for a machine on the ipxe chain, nor
+    // under the name of another architecture than the one decided for it.
+    if !matches!(handed.outcome, Outcome::BootImage { .. }) || handed.arch != Some(arch) {
+        return Err(ImageError::NoImage { decision: Some(Box::new(handed)) });
+    }
     let catalog = src.shared.catalog();
     let plan = match boot_image::plan(&catalog, &decision, &src.shared.server())? {
         Some(plan) => plan,
@@ -106,12 +112,17 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     Ok(Built { file, meta, key, decision, written: true })
 }
 
-/// The machine `mac` of `arch` at the GRUB stage, as identified for a config request naming it.
-fn decision(shared: &Shared, name: &str, mac: MacAddr, arch: Arch) -> Decision {
+/// For machine `mac` of `arch`: what DHCP hands it as a UEFI HTTP Boot client, and what its
+/// GRUB gets (the config in the image).
+fn decisions(shared: &Shared, name: &str, mac: MacAddr, arch: Arch) -> (Decision, Decision) {
     let facts = PathFacts { mac: Some(mac), arch: Some(arch), ..PathFacts::default() };
     let path = format!("/{}/{name}", boot_image::URL_DIR);
-    let client = crate::serve::identify::client(shared, &path, &facts, Firmware::Grub, None, Instant::now());
-    decide(&shared.catalog(), &client, Stage::Grub)
+    let catalog = shared.catalog();
+    let now = Instant::now();
+    let [dhcp, grub] = [(Firmware::UefiHttp, Stage::Dhcp), (Firmware::Grub, Stage::Grub)].map(|(firmware, stage)| {
+        decide(&catalog, &crate::serve::identify::client(shared, &path, &facts, firmware, None, now), stage)
+    });
+    (dhcp, grub)
 }
 
 /// The response headers for an image: its key names its bytes, so the tag is strong.

@@ -598,7 +598,15 @@ async fn the_boot_image_is_a_fat_disk_with_shim_grub_config_and_kernel() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("shimx64.efi"), b"MZ shim, signed").unwrap();
     std::fs::write(dir.path().join("grubx64.efi"), b"MZ grub, signed").unwrap();
-    let s = TestServer::start(Fixture::new(), Some(dir.path().to_path_buf())).await;
+    let fixture = Fixture::new();
+    let settings = "server: { address: 127.0.0.1, http_port: 8080 }\ndhcp: { mode: proxy }\nuefi_chain: shim\n";
+    fixture.write("appliance.yaml", settings.as_bytes());
+    let machines = format!(
+        "machines:\n  \"{KNOWN_MAC}\": {{ hostname: node1, arch: x86_64, profile: live }}\n  \
+         \"52:54:00:12:34:57\": {{ hostname: plain, profile: live, uefi_chain: ipxe }}\n"
+    );
+    fixture.write("machines.yaml", machines.as_bytes());
+    let s = TestServer::start(fixture, Some(dir.path().to_path_buf())).await;
     let url = s.url("/boot-image/52-54-00-12-34-56.x86_64.img");
     let head = curl(&["-I", &url]).await;
     assert_eq!(head.status, 200);
@@ -633,9 +641,16 @@ async fn the_boot_image_is_a_fat_disk_with_shim_grub_config_and_kernel() {
     let cached: Vec<_> = std::fs::read_dir(&s.ctx.boot_images).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
 
-    for bad in
-        ["/boot-image/52-54-00-12-34-56.x86_64", "/boot-image/nobody.img", "/boot-image/52-54-00-12-34-56.sparc.img"]
-    {
+    // Only the image DHCP would hand out: not for a machine on the ipxe chain, nor under
+    // another architecture than its entry's, nor for one without shim.
+    for bad in [
+        "/boot-image/52-54-00-12-34-57.x86_64.img",
+        "/boot-image/52-54-00-12-34-56.arm64.img",
+        "/boot-image/52-54-00-12-34-56.riscv64.img",
+        "/boot-image/52-54-00-12-34-56.x86_64",
+        "/boot-image/nobody.img",
+        "/boot-image/52-54-00-12-34-56.sparc.img",
+    ] {
         assert_eq!(curl(&[&s.url(bad)]).await.status, 404, "{bad}");
     }
     s.stop().await;
