@@ -38,6 +38,6 @@ pub mod mac;
 pub mod pe;
 pub mod render;
 pub mod secure_boot;
-pub mod uefi_chain;
 pub mod tftp;
+pub mod uefi_chain;
 pub mod version;
