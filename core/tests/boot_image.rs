@@ -91,6 +91,13 @@ fn the_bytes_read_back_and_are_the_same_for_the_same_inputs() {
     assert_eq!(names, ["initrd.img", "k"]);
     assert_eq!(read_back(&image, &plan.artifacts[0].path()), b"initrd");
     assert_eq!(read_back(&image, &plan.artifacts[1].path()), kernel);
+    // No clock in the image: every entry's date is all zero bits (1980, month and day 0: none).
+    let fs = fatfs::FileSystem::new(Cursor::new(image.clone()), fatfs::FsOptions::new()).unwrap();
+    for entry in fs.root_dir().open_dir("EFI/BOOT").unwrap().iter().map(Result::unwrap) {
+        let m = entry.modified();
+        assert_eq!((m.date.year, m.date.month, m.date.day), (1980, 0, 0), "{}", entry.file_name());
+    }
+    drop(fs);
     let short = Contents { shim: b"", grub: b"", artifacts: vec![b"one"] };
     assert!(matches!(plan.build(&short, &key), Err(BootImageError::ArtifactCount { given: 1, planned: 2 })));
 }

@@ -1,6 +1,6 @@
 //! A FAT file system holding a fixed set of files, written into memory: the bytes of the boot
 //! image's RAM disk. Deterministic: files are written in path order, every time stamp is the
-//! FAT epoch (the `fatfs` crate without its `chrono` feature reads no clock), and the volume id
+//! zero date (the `fatfs` crate without its `chrono` feature reads no clock), and the volume id
 //! is an argument. The volume is sized to its contents: 4 KiB clusters, FAT12, FAT16 or FAT32
 //! by the number of clusters the files need, a little slack for the directories.
 //!
