@@ -171,7 +171,7 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
 fn boot_image_files(out: &mut String, catalog: &Catalog, d: &Decision, server: &ServerInfo) -> Result<(), RenderError> {
     let Some(plan) = boot_image::plan(catalog, d, server)? else { return Ok(()) };
     let _ = writeln!(out, "\n--- boot image files ---");
-    let _ = writeln!(out, "{}  ({}, Microsoft-signed)", plan.shim_path(), plan.shim);
+    let _ = writeln!(out, "{}  ({}, Microsoft-signed)", plan.shim_path, plan.shim);
     let _ = writeln!(out, "{}  (Debian-signed)", plan.grub_path());
     let _ = writeln!(out, "{}  (rendered below)", boot_image::CONFIG_PATH);
     for a in &plan.artifacts {

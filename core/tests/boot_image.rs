@@ -60,7 +60,7 @@ fn shim_is_the_removable_program_with_its_grub_beside_it_and_the_config_names_th
     let c = catalog_with(LIVE);
     let plan = plan_for(&c, &uefi_http_x64("52:54:00:00:00:01")).expect("an image for a machine with a profile");
     assert_eq!((plan.shim, plan.grub), (BootFile::ShimX64, BootFile::SignedGrubX64));
-    assert_eq!(plan.shim_path(), "EFI/BOOT/BOOTX64.EFI");
+    assert_eq!(plan.shim_path, "EFI/BOOT/BOOTX64.EFI");
     assert_eq!(plan.grub_path(), "EFI/BOOT/grubx64.efi");
     let paths: Vec<String> = plan.artifacts.iter().map(|a| a.path()).collect();
     assert_eq!(paths.len(), 2, "{paths:?}");
@@ -70,7 +70,7 @@ fn shim_is_the_removable_program_with_its_grub_beside_it_and_the_config_names_th
         assert!(plan.config.contains(&format!(" /{path}")), "{path} not in\n{}", plan.config);
     }
     let arm = plan_for(&c, &uefi_http_arm64("52:54:00:00:00:01")).unwrap();
-    assert_eq!((arm.shim_path(), arm.grub_path().as_str()), ("EFI/BOOT/BOOTAA64.EFI", "EFI/BOOT/grubaa64.efi"));
+    assert_eq!((arm.shim_path, arm.grub_path().as_str()), ("EFI/BOOT/BOOTAA64.EFI", "EFI/BOOT/grubaa64.efi"));
     assert_eq!(arm.artifacts.len(), 1);
 }
 

@@ -83,8 +83,10 @@ impl ArtifactFile {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub arch: Arch,
-    /// Debian's signed shim for `arch`, at `removable_path(arch)`.
+    /// Debian's signed shim for `arch`, at `shim_path`.
     pub shim: BootFile,
+    /// Where the firmware looks for it: `removable_path(arch)`.
+    pub shim_path: &'static str,
     /// The signed GRUB shim loads, beside it under its own name.
     pub grub: BootFile,
     /// The machine's GRUB config, at `CONFIG_PATH`.
@@ -118,14 +120,12 @@ pub fn plan(catalog: &Catalog, decision: &Decision, server: &ServerInfo) -> Resu
     let Some(arch) = arch else { return Ok(None) };
     let Some(shim) = UefiChain::Shim.first_program(arch, BootFile::IpxeEfi) else { return Ok(None) };
     let Some(grub) = shim.second_stage() else { return Ok(None) };
-    if removable_path(arch).is_none() {
-        return Ok(None);
-    }
+    let Some(shim_path) = removable_path(arch) else { return Ok(None) };
     let Some(config) = render::render(catalog, decision, server, Format::Grub)? else { return Ok(None) };
     let mut artifacts = artifacts(catalog, &decision.outcome, arch);
     artifacts.sort_by_key(ArtifactFile::path);
     artifacts.dedup();
-    Ok(Some(Plan { arch, shim, grub, config, artifacts }))
+    Ok(Some(Plan { arch, shim, shim_path, grub, config, artifacts }))
 }
 
 /// The artifacts the GRUB config for `outcome` names: the profile's set, or every menu entry's.
@@ -175,16 +175,12 @@ impl Plan {
 
     fn entries(&self, shim: &Digest, grub: &Digest) -> Vec<(String, Digest)> {
         let mut out = vec![
-            (self.shim_path().to_string(), *shim),
+            (self.shim_path.to_string(), *shim),
             (self.grub_path(), *grub),
             (CONFIG_PATH.to_string(), Sha256::digest(self.config.as_bytes()).into()),
         ];
         out.extend(self.artifacts.iter().map(|a| (a.path(), a.digest)));
         out
-    }
-
-    pub fn shim_path(&self) -> &'static str {
-        removable_path(self.arch).unwrap_or("EFI/BOOT/BOOTX64.EFI")
     }
 
     /// shim looks for its GRUB under that GRUB's name in its own directory.
@@ -203,7 +199,7 @@ impl Plan {
         let paths: Vec<String> = self.artifacts.iter().map(ArtifactFile::path).collect();
         let grub_path = self.grub_path();
         let mut files = vec![
-            FatFile { path: self.shim_path(), bytes: contents.shim },
+            FatFile { path: self.shim_path, bytes: contents.shim },
             FatFile { path: &grub_path, bytes: contents.grub },
             FatFile { path: CONFIG_PATH, bytes: self.config.as_bytes() },
         ];
