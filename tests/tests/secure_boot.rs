@@ -69,7 +69,15 @@ fn ovmf_secure_boot_http_shim_boot_image() {
         // Everything GRUB reads comes from the RAM disk.
         .daemon_log_lacks("grub/grub.cfg")
         .daemon_log_lacks("path=/artifacts/");
-    with_secure_boot_proof(cell).run();
+    let outcome = with_secure_boot_proof(cell).run();
+    let explained = explain(&outcome.out_dir, "52:54:00:4d:11:02", "16", "HTTPClient:Arch:00016:UNDI:003001");
+    for want in [
+        "hands out:    boot image http://10.77.0.1/boot-image/52-54-00-4d-11-02.x86_64.img by HTTP",
+        "uefi chain:   shim by MAC database entry 52:54:00:4d:11:02",
+        "EFI/BOOT/BOOTX64.EFI  (shimx64.efi, Microsoft-signed)",
+    ] {
+        assert!(explained.contains(want), "explain lacks {want:?}:\n{explained}");
+    }
 }
 
 /// Behind proxyDHCP too: unlike PXE (below), where the signed GRUB asks the site's server for
