@@ -237,7 +237,7 @@ fn an_installed_machine_boots_local_until_rearmed() {
     assert!(matches!(d.target_rule, Rule::Installed { at: 1_780_000_000, .. }));
     // Every config format says local; the DHCP stage still hands out the boot program.
     let script = render::render(&c, &d, &server(), Format::Ipxe).unwrap().unwrap();
-    assert!(script.contains("sanboot --no-describe --drive 0x80") && script.contains("exit 0"), "{script}");
+    assert!(script.contains("sanboot --no-describe --drive 0x80") && script.contains("exit 1"), "{script}");
     assert!(script.contains("# decided by: target: installed 2026-05-28"), "{script}");
     expect_file!["data/golden/ipxe_installed_local.ipxe"].assert_eq(&script);
     let mut grub = client.clone();
@@ -249,6 +249,21 @@ fn an_installed_machine_boots_local_until_rearmed() {
     let mut dhcp = ipxe_efi(INSTALL1);
     dhcp.installed = client.installed.clone();
     assert_eq!(decide(&c, &dhcp, Stage::Dhcp).outcome, Outcome::IpxeScript);
+}
+
+/// Under UEFI a machine that boots locally once installed gets snponly.efi, which returns to
+/// the boot manager on `exit` (ipxe.efi, the configured one, does not); the others get the
+/// configured binary.
+#[test]
+fn machines_booting_locally_later_get_an_ipxe_that_can_exit() {
+    let c = catalog();
+    let file = |m: &str| match decide(&c, &ovmf_pxe(m), Stage::Dhcp).outcome {
+        Outcome::BootFile { file, .. } => file,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(file(INSTALL1), appliance_core::boot_file::BootFile::SnponlyEfi);
+    assert_eq!(file("52:54:00:00:00:03"), c.settings().ipxe_efi);
+    assert_eq!(c.settings().ipxe_efi, appliance_core::boot_file::BootFile::IpxeEfi);
 }
 
 #[test]

@@ -13,6 +13,8 @@ pub const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 pub const ARMVIRT_EFI: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 /// The option ROM QEMU gives an e1000 NIC: an iPXE build (BIOS and EFI).
 pub const E1000_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
+/// The option ROM QEMU gives a virtio-net-pci NIC: iPXE again.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
