@@ -8,6 +8,7 @@ mod blobs;
 mod debian;
 mod demo_disk;
 mod fetch;
+mod host;
 mod image;
 mod test;
 mod vm;
@@ -20,8 +21,12 @@ use clap::{Parser, Subcommand};
 /// Developer and CI tasks for the network-boot appliance.
 ///
 /// Run from anywhere inside the repository as `cargo xtask <COMMAND>`.
-/// Needs a Debian host (apt-get, apt-cache, dpkg-deb, grub-mkimage);
-/// `.ci/run` installs everything on a fresh bookworm machine.
+/// Needs a Debian (bookworm) host. Every command first prepares it: as
+/// root, it enables the architectures of xtask/debian.lock in dpkg (arm64),
+/// runs `apt-get update` when apt lacks a package or pinned version, and
+/// installs the Debian packages the command needs (without recommends).
+/// Not as root, it only checks, and when something is missing it stops
+/// before doing anything and prints the commands to run as root.
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
@@ -49,14 +54,20 @@ enum Command {
     /// host's grub-mkimage from grub-efi-{amd64,arm64}-bin), plus a SOURCES
     /// file with each file's origin and sha256. The output is deterministic.
     ///
-    /// arm64 packages need `dpkg --add-architecture arm64 && apt-get update`.
+    /// First prepares the host: as root, enables arm64 in dpkg, refreshes
+    /// apt's lists when they lack a pinned version, installs grub-common;
+    /// not as root, stops with the commands to run if any of that is missing.
     Fetch(fetch::Args),
     /// Run the full check suite, as CI does.
     ///
-    /// In order: `cargo fmt --all -- --check`, `cargo clippy --workspace
-    /// --all-targets -- -D warnings`, `cargo xtask fetch`, then `cargo test
-    /// --workspace` with APPLIANCE_BOOTLOADERS pointing at the bootloader
-    /// directory. Stops at the first failing step and names it.
+    /// In order: prepare the host (as root: enable arm64 in dpkg, refresh
+    /// apt's lists if needed, install every Debian package the tests use,
+    /// QEMU and firmware included; not as root: stop with the commands to
+    /// run if anything is missing), `cargo fmt --all -- --check`, `cargo
+    /// clippy --workspace --all-targets -- -D warnings`, `cargo xtask fetch`,
+    /// the release daemon, then `cargo test --workspace` with
+    /// APPLIANCE_BOOTLOADERS pointing at the bootloader directory. Stops at
+    /// the first failing step and names it.
     Test(test::Args),
     /// Build the bootable appliance disk image (raw + qcow2) from a recipe.
     ///
@@ -64,8 +75,13 @@ enum Command {
     /// directory it names, fetches the pinned inputs (bootloaders, the
     /// appliance's own kernel, busybox, GRUB), builds the daemon in release
     /// mode and writes target/images/<name>.img (for dd), <name>.qcow2 and
-    /// <name>.toc. Needs no root; as root on Debian, missing host tools are
-    /// installed with apt-get. The same inputs give the same bytes.
+    /// <name>.toc. The same inputs give the same bytes.
+    ///
+    /// First prepares the host: as root, enables arm64 in dpkg, refreshes
+    /// apt's lists if needed and installs the Debian packages the build uses
+    /// (grub-common, mtools, e2fsprogs, qemu-utils, binutils); not as root, it
+    /// stops with the commands to run if any is missing. Once they are there
+    /// the build itself needs no root.
     Image(image::Args),
     /// Boot the appliance image in QEMU (TCG) on a private network.
     ///
@@ -74,6 +90,9 @@ enum Command {
     /// network is a point-to-point link over UDP on 127.0.0.1; the command
     /// prints how to attach a client, e.g. `cargo xtask vm --client bios` in
     /// another terminal. State (leases) survives between runs.
+    ///
+    /// First prepares the host as `image` does, plus QEMU and its firmware
+    /// (as root it installs them; not as root it stops with the commands).
     Vm(vm::Args),
     /// Benchmark the daemon against tftpd-hpa, dnsmasq and nginx (not run by `test`).
     ///
@@ -83,6 +102,7 @@ enum Command {
     /// (proxy and full DORA, over a veth pair between two namespaces) and a boot
     /// storm, alternating servers round by round. Prints Markdown tables with
     /// medians, ratios and the targets; writes target/bench/results.json.
+    /// First prepares the host (iproute2, curl, procps), as the other commands do.
     Bench(bench::Args),
 }
 

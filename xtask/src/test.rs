@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{fetch, project_root};
+use crate::{fetch, host, project_root};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,6 +35,12 @@ pub fn run(args: &Args) -> Result<()> {
 
     let steps: Vec<Step<'_>> = vec![
         (
+            // First: everything below (fetch's apt downloads, the image tests' tools, the boot
+            // tests' QEMU and firmware) needs the host's Debian packages.
+            "prepare the host (Debian packages, dpkg architectures, apt lists)".to_owned(),
+            Box::new(|| host::prepare(host::Task::Test, host::Pins::Download)),
+        ),
+        (
             "cargo fmt --all -- --check".to_owned(),
             Box::new(|| Ok(cmd!(sh, "{cargo} fmt --all -- --check").quiet().run()?)),
         ),
@@ -42,7 +48,7 @@ pub fn run(args: &Args) -> Result<()> {
             "cargo clippy --workspace --all-targets -- -D warnings".to_owned(),
             Box::new(|| Ok(cmd!(sh, "{cargo} clippy --workspace --all-targets -- -D warnings").quiet().run()?)),
         ),
-        ("cargo xtask fetch".to_owned(), Box::new(|| fetch::run(&fetch::Args::default()))),
+        ("cargo xtask fetch".to_owned(), Box::new(|| fetch::fetch(&fetch::Args::default()))),
         (
             // The QEMU boot tests run the release daemon (what operators run; its lockstep TFTP
             // is what the matrix times). Built here so its progress shows and no test waits on it.

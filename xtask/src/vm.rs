@@ -43,10 +43,13 @@ impl FirmwareArg {
 
 /// What QEMU needs for the appliance VM and its clients, as "path (Debian package p)".
 fn missing_prerequisites() -> Vec<String> {
-    let firmwares = [Firmware::SeaBios, Firmware::Ovmf, Firmware::UBootArm64];
-    let files = [(E1000_ROM, "ipxe-qemu"), ("/usr/bin/qemu-img", "qemu-utils")];
-    firmware::missing(&firmwares, &files).iter().map(ToString::to_string).collect()
+    firmware::missing(&FIRMWARES, &FILES).iter().map(ToString::to_string).collect()
 }
+
+/// The firmwares `cargo xtask vm` can start, for the appliance and its clients.
+pub(crate) const FIRMWARES: [Firmware; 3] = [Firmware::SeaBios, Firmware::Ovmf, Firmware::UBootArm64];
+/// Other files it needs, with their Debian packages.
+pub(crate) const FILES: [(&str, &str); 2] = [(E1000_ROM, "ipxe-qemu"), ("/usr/bin/qemu-img", "qemu-utils")];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -84,6 +87,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    crate::host::prepare(crate::host::Task::Vm, crate::host::Pins::Download)?;
     let missing = missing_prerequisites();
     if !missing.is_empty() {
         bail!("cannot start QEMU, missing: {}", missing.join(", "));

@@ -85,7 +85,11 @@ fn require_prerequisites() {
     if find_program("timeout").is_none() {
         missing.push("timeout (Debian package coreutils)".into());
     }
-    assert!(missing.is_empty(), "the image boot test needs: {} (.ci/run installs them)", missing.join(", "));
+    assert!(
+        missing.is_empty(),
+        "the image boot test needs: {} (`cargo xtask test` as root installs them)",
+        missing.join(", ")
+    );
 }
 
 /// The test recipe: the repository's profiles, an overlay naming the test client, serial console

@@ -5,9 +5,10 @@
 //! This module owns only these types. It must not touch sockets or decide
 //! anything about paths: resolving (and securing) paths is the handler's job.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use appliance_core::tftp::{Outcome, TftpError};
 
 /// Content resolver plugged into the server.
 pub trait Handler: Send + Sync + 'static {
@@ -55,95 +56,6 @@ impl Content {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-/// A TFTP ERROR (code and message) sent to the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TftpError {
-    pub code: u16,
-    pub message: String,
-}
-
-impl TftpError {
-    pub const NOT_DEFINED: u16 = 0;
-    pub const FILE_NOT_FOUND: u16 = 1;
-    pub const ACCESS_VIOLATION: u16 = 2;
-    pub const DISK_FULL: u16 = 3;
-    pub const ILLEGAL_OPERATION: u16 = 4;
-    pub const UNKNOWN_TID: u16 = 5;
-    pub const FILE_EXISTS: u16 = 6;
-    pub const NO_SUCH_USER: u16 = 7;
-    pub const OPTION_REFUSED: u16 = 8;
-
-    pub fn new(code: u16, message: impl Into<String>) -> Self {
-        TftpError { code, message: message.into() }
-    }
-
-    /// Code 0 with a free-form message.
-    pub fn undefined(message: impl Into<String>) -> Self {
-        Self::new(Self::NOT_DEFINED, message)
-    }
-
-    pub fn not_found() -> Self {
-        Self::new(Self::FILE_NOT_FOUND, "File not found")
-    }
-
-    pub fn access_violation(message: impl Into<String>) -> Self {
-        Self::new(Self::ACCESS_VIOLATION, message)
-    }
-
-    pub fn illegal_operation(message: impl Into<String>) -> Self {
-        Self::new(Self::ILLEGAL_OPERATION, message)
-    }
-
-    pub fn unknown_tid() -> Self {
-        Self::new(Self::UNKNOWN_TID, "Unknown transfer ID")
-    }
-
-    pub fn option_refused(message: impl Into<String>) -> Self {
-        Self::new(Self::OPTION_REFUSED, message)
-    }
-}
-
-impl fmt::Display for TftpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TFTP error {}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for TftpError {}
-
-/// How a transfer ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// The client acknowledged the last block.
-    Complete,
-    /// The client sent an ERROR packet (e.g. code 8 after an EDK2 size probe).
-    ClientError { code: u16, message: String },
-    /// No progress after the configured number of retransmissions.
-    TimedOut,
-    /// The request was answered with an ERROR and no data: WRQ, unsupported
-    /// mode, or the handler refused it.
-    Refused(TftpError),
-    /// Local failure (socket or file read); the client was sent ERROR 0.
-    Failed(String),
-    /// The server was shut down mid-transfer.
-    Shutdown,
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outcome::Complete => f.write_str("complete"),
-            Outcome::ClientError { code, message } => {
-                write!(f, "client error {code} ({message})")
-            }
-            Outcome::TimedOut => f.write_str("timed out"),
-            Outcome::Refused(e) => write!(f, "refused with error {} ({})", e.code, e.message),
-            Outcome::Failed(e) => write!(f, "failed: {e}"),
-            Outcome::Shutdown => f.write_str("server shutdown"),
-        }
     }
 }
 

@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use appliance_core::tftp::packet::{self, DATA_HEADER};
+use appliance_core::tftp::{wire_block, Received, Transfer, Transmit};
 use nix::errno::Errno;
 use nix::sys::socket::{recv, MsgFlags};
 use tokio::runtime::Handle;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
-use super::handler::{Outcome, TftpError};
-use super::packet::{self, Packet, DATA_HEADER};
 use super::source::Source;
 
 /// Longest a blocked `recv` sleeps before the loop looks at the clock and
@@ -87,19 +87,15 @@ impl Threads {
 
 /// Everything a lockstep transfer needs once its options are settled.
 pub(crate) struct Job {
+    /// The machine, before its first packet went out.
+    pub transfer: Transfer,
     pub source: Source,
-    /// The encoded OACK, sent as "block 0" and acknowledged with ACK 0; empty
-    /// when the request carried no options we acknowledge.
-    pub oack: Vec<u8>,
-    pub blksize: u16,
     pub runtime: Handle,
-    pub limits: Limits,
+    pub settings: Settings,
 }
 
-/// How long to wait for each ACK, how often to resend, when to give up.
-pub(crate) struct Limits {
-    pub timeout: Duration,
-    pub max_retries: u32,
+/// When to stop, and whether to poll for ACKs.
+pub(crate) struct Settings {
     pub shutdown: watch::Receiver<bool>,
     /// How long to poll for an ACK before sleeping (zero: never poll); no
     /// polling either while `threads` is crowded.
@@ -107,23 +103,15 @@ pub(crate) struct Limits {
     pub threads: Arc<Threads>,
 }
 
-impl Limits {
+impl Settings {
     /// The server asked transfers to stop, or is gone.
     fn stop_requested(&self) -> bool {
         *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 }
 
-/// What a transfer got done, for its [`super::TransferReport`].
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Progress {
-    pub blocks: u64,
-    pub bytes: u64,
-    pub retransmits: u64,
-}
-
 /// Decides whether to poll for the next ACK before sleeping, from how the
-/// last polls went: a client that answers within [`Limits::spin`] (same
+/// last polls went: a client that answers within [`Settings::spin`] (same
 /// host, fast LAN) is polled for every block; one that does not (firmware
 /// on a real network, an emulated NIC) costs one fruitless spin every
 /// `2^MAX_BACKOFF` blocks.
@@ -154,129 +142,119 @@ impl Spinner {
     }
 }
 
-/// How waiting for one ACK ended.
-enum Wait {
-    Acked,
-    Timeout,
-    End(Outcome),
+/// Runs the transfer to its end on the calling (blocking) thread and returns the machine,
+/// which says how it ended. `sock` is connected to the peer, blocking, with [`POLL_SLICE`]
+/// as read timeout.
+pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, job: Job) -> Transfer {
+    let Job { mut transfer, mut source, runtime, settings } = job;
+    let mut conn = Conn { sock, peer, settings: &settings, rx: [0; 2048], spinner: Spinner::default(), sent: false };
+    let mut tx = Vec::with_capacity(DATA_HEADER + usize::from(transfer.blksize()));
+    let epoch = Instant::now();
+    let mut now = Duration::ZERO;
+    loop {
+        while let Some(packet) = transfer.poll_transmit(now) {
+            let sent = match packet {
+                Transmit::Oack(oack) => sock.send(oack).map(drop),
+                Transmit::Data { first, last } => {
+                    let blksize = transfer.blksize();
+                    (first..=last)
+                        .try_for_each(|block| send_block(sock, &mut tx, &mut source, &runtime, blksize, block))
+                }
+                Transmit::Error(error) => {
+                    if let Err(e) = sock.send(error) {
+                        debug!(%peer, "tftp: sending ERROR failed: {e}");
+                    }
+                    Ok(())
+                }
+            };
+            conn.sent = true;
+            if let Err(e) = sent {
+                transfer.fail(e);
+            }
+        }
+        if transfer.outcome().is_some() {
+            return transfer;
+        }
+        match conn.receive() {
+            Ok(Some(n)) => match transfer.handle(&conn.rx[..n]) {
+                Received::Unexpected(kind) => debug!(%peer, kind, "tftp: ignoring unexpected packet"),
+                Received::Malformed(e) => debug!(%peer, "tftp: ignoring malformed datagram: {e}"),
+                _ => {}
+            },
+            Ok(None) => {}
+            Err(e) => transfer.fail(e),
+        }
+        if settings.stop_requested() {
+            transfer.shutdown();
+        }
+        now = epoch.elapsed();
+        transfer.handle_timeout(now);
+    }
 }
 
-/// Runs the transfer to its end on the calling (blocking) thread. `sock` is
-/// connected to the peer, blocking, with [`POLL_SLICE`] as read timeout.
-pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, mut job: Job, report: &mut Progress) -> Outcome {
-    let mut conn = Conn { sock, peer, limits: &job.limits, rx: [0; 2048], spinner: Spinner::default() };
-    let mut tx = vec![0u8; DATA_HEADER + usize::from(job.blksize)];
-    let len = job.source.len();
-    let blk = u64::from(job.blksize);
-    let total = len / blk + 1;
-    let result = (|| -> io::Result<Outcome> {
-        if !job.oack.is_empty() {
-            if let Some(end) = conn.exchange(0, &job.oack, report)? {
-                return Ok(end);
-            }
-        }
-        for block in 1..=total {
-            if conn.limits.stop_requested() {
-                return Ok(Outcome::Shutdown);
-            }
-            let offset = (block - 1) * blk;
-            if !job.source.is_resident(offset, offset + blk) {
-                job.runtime.block_on(job.source.prepare(offset, offset + blk))?;
-            }
-            tx.truncate(DATA_HEADER);
-            packet::write_data_header(&mut tx, block as u16);
-            tx.extend_from_slice(job.source.get(offset, blk as usize));
-            if let Some(end) = conn.exchange(block, &tx, report)? {
-                return Ok(end);
-            }
-            report.blocks = block;
-            report.bytes = (block * blk).min(len);
-        }
-        Ok(Outcome::Complete)
-    })();
-    match result {
-        Ok(Outcome::Shutdown) => {
-            send_error(sock, peer, &TftpError::undefined("server shutting down"));
-            Outcome::Shutdown
-        }
-        Ok(outcome) => outcome,
-        Err(e) => {
-            send_error(sock, peer, &TftpError::undefined("server error"));
-            Outcome::Failed(e.to_string())
-        }
+/// Builds DATA `block` in `tx` from `source` (reading the file first if the block is not
+/// resident) and sends it.
+fn send_block(
+    sock: &UdpSocket,
+    tx: &mut Vec<u8>,
+    source: &mut Source,
+    runtime: &Handle,
+    blksize: u16,
+    block: u64,
+) -> io::Result<()> {
+    let blk = u64::from(blksize);
+    let offset = (block - 1) * blk;
+    if !source.is_resident(offset, offset + blk) {
+        runtime.block_on(source.prepare(offset, offset + blk))?;
     }
+    tx.clear();
+    tx.extend_from_slice(&[0; DATA_HEADER]);
+    packet::write_data_header(tx, wire_block(block));
+    tx.extend_from_slice(source.get(offset, usize::from(blksize)));
+    sock.send(tx)?;
+    Ok(())
 }
 
 /// The transfer's side of the conversation.
 struct Conn<'a> {
     sock: &'a UdpSocket,
     peer: SocketAddr,
-    limits: &'a Limits,
+    settings: &'a Settings,
     rx: [u8; 2048],
     spinner: Spinner,
+    /// A packet went out since the last receive: the next one may be polled for.
+    sent: bool,
 }
 
 impl Conn<'_> {
-    /// Sends `packet` (block `block`, or the OACK as block 0) until its ACK
-    /// comes; `Some` ends the transfer.
-    fn exchange(&mut self, block: u64, packet: &[u8], report: &mut Progress) -> io::Result<Option<Outcome>> {
-        let mut retries = 0;
-        loop {
-            self.sock.send(packet)?;
-            match self.wait_ack(block as u16, Instant::now() + self.limits.timeout)? {
-                Wait::Acked => return Ok(None),
-                Wait::End(outcome) => return Ok(Some(outcome)),
-                Wait::Timeout => {
-                    retries += 1;
-                    if retries > self.limits.max_retries {
-                        return Ok(Some(Outcome::TimedOut));
-                    }
-                    report.retransmits += 1;
-                }
+    /// Receives one datagram into `rx`: its length, or `None` when a receive timeout
+    /// ([`POLL_SLICE`]) passed or the call was interrupted. The first receive after a send
+    /// may poll before it sleeps (see [`Spinner`]).
+    fn receive(&mut self) -> io::Result<Option<usize>> {
+        let spin = std::mem::take(&mut self.sent)
+            && !self.settings.spin.is_zero()
+            && !self.settings.threads.crowded()
+            && self.spinner.should_spin();
+        let received = if spin {
+            let polled = self.poll(Instant::now() + self.settings.spin);
+            self.spinner.spun(polled.is_some());
+            match polled {
+                Some(r) => r,
+                None => self.sock.recv(&mut self.rx),
             }
-        }
-    }
-
-    /// Waits for ACK `want` until `deadline`. Duplicate and stale ACKs are
-    /// ignored, never answered (sorcerer's apprentice), as is junk.
-    fn wait_ack(&mut self, want: u16, deadline: Instant) -> io::Result<Wait> {
-        let mut spin = !self.limits.spin.is_zero() && !self.limits.threads.crowded() && self.spinner.should_spin();
-        loop {
-            let received = if spin {
-                spin = false;
-                let polled = self.poll(Instant::now() + self.limits.spin);
-                self.spinner.spun(polled.is_some());
-                match polled {
-                    Some(r) => r,
-                    None => self.sock.recv(&mut self.rx),
-                }
-            } else {
-                self.sock.recv(&mut self.rx)
-            };
-            match received {
-                Ok(n) => match Packet::decode(&self.rx[..n]) {
-                    Ok(Packet::Ack { block }) if block == want => return Ok(Wait::Acked),
-                    Ok(Packet::Ack { .. }) => {}
-                    Ok(Packet::Error { code, message }) => {
-                        return Ok(Wait::End(Outcome::ClientError { code, message: message.into_owned() }))
-                    }
-                    Ok(other) => debug!(peer = %self.peer, kind = other.kind(), "tftp: ignoring unexpected packet"),
-                    Err(e) => debug!(peer = %self.peer, "tftp: ignoring malformed datagram: {e}"),
-                },
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
-                // An ICMP error about an earlier DATA: the timeout decides.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    debug!(peer = %self.peer, "tftp: peer reports port unreachable");
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        } else {
+            self.sock.recv(&mut self.rx)
+        };
+        match received {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            // An ICMP error about an earlier DATA: the timeout decides.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                debug!(peer = %self.peer, "tftp: peer reports port unreachable");
+                Ok(None)
             }
-            if self.limits.stop_requested() {
-                return Ok(Wait::End(Outcome::Shutdown));
-            }
-            if Instant::now() >= deadline {
-                return Ok(Wait::Timeout);
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -297,17 +275,11 @@ impl Conn<'_> {
     }
 }
 
-fn send_error(sock: &UdpSocket, peer: SocketAddr, err: &TftpError) {
-    let mut buf = Vec::with_capacity(64);
-    packet::encode_error(&mut buf, err.code, &err.message);
-    if let Err(e) = sock.send(&buf) {
-        debug!(%peer, "tftp: sending ERROR failed: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tftp::handler::Content;
+    use appliance_core::tftp::{Limits, Outcome};
 
     /// A connected pair: (server side, blocking with a short read timeout; client side).
     fn pair() -> (UdpSocket, UdpSocket) {
@@ -319,15 +291,30 @@ mod tests {
         (server, client)
     }
 
-    fn limits(spin: Duration) -> (watch::Sender<bool>, Limits) {
+    fn settings(spin: Duration) -> (watch::Sender<bool>, Settings) {
         let (tx, shutdown) = watch::channel(false);
-        (tx, Limits { timeout: Duration::from_millis(100), max_retries: 1, shutdown, spin, threads: Threads::new(1) })
+        (tx, Settings { shutdown, spin, threads: Threads::new(1) })
+    }
+
+    fn conn<'a>(server: &'a UdpSocket, settings: &'a Settings, spinner: Spinner) -> Conn<'a> {
+        let peer = server.peer_addr().unwrap();
+        Conn { sock: server, peer, settings, rx: [0; 2048], spinner, sent: true }
     }
 
     fn ack(block: u16) -> Vec<u8> {
         let mut v = Vec::new();
         packet::encode_ack(&mut v, block);
         v
+    }
+
+    /// Receives until a datagram comes (each call waits at most one receive timeout).
+    fn next_datagram(conn: &mut Conn<'_>) -> Vec<u8> {
+        for _ in 0..200 {
+            if let Some(n) = conn.receive().unwrap() {
+                return conn.rx[..n].to_vec();
+            }
+        }
+        panic!("nothing arrived within 2 s");
     }
 
     #[test]
@@ -350,85 +337,117 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_that_is_already_there_is_taken_by_the_spin() {
+    fn a_datagram_that_is_already_there_is_taken_by_the_spin() {
         let (server, client) = pair();
-        let (_stop, limits) = limits(Duration::from_millis(5));
-        let peer = client.local_addr().unwrap();
-        let mut conn =
-            Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner { skip: 0, shift: 3 } };
-        client.send(&ack(4)).unwrap(); // stale: ignored
+        let (_stop, settings) = settings(Duration::from_millis(5));
+        let mut conn = conn(&server, &settings, Spinner { skip: 0, shift: 3 });
+        client.send(&ack(4)).unwrap();
         client.send(&ack(5)).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(conn.wait_ack(5, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
-        // A hit resets the backoff; a wait without a spin would have left it at 3.
+        assert_eq!(next_datagram(&mut conn), ack(4));
+        // A hit resets the backoff; a receive without a spin would have left it at 3.
         assert_eq!((conn.spinner.skip, conn.spinner.shift), (0, 0), "the spin found the datagram");
+        // Only the first receive after a send spins.
+        conn.spinner.shift = 3;
+        assert_eq!(next_datagram(&mut conn), ack(5));
+        assert_eq!(conn.spinner.shift, 3, "spun without a send");
     }
 
     #[test]
     fn no_spin_while_more_transfers_run_than_there_are_threads() {
         let (server, client) = pair();
-        let (_stop, limits) = limits(Duration::from_millis(5));
-        let peer = client.local_addr().unwrap();
-        let _one = limits.threads.started();
-        let two = limits.threads.started();
-        let mut conn =
-            Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner { skip: 0, shift: 3 } };
+        let (_stop, settings) = settings(Duration::from_millis(5));
+        let _one = settings.threads.started();
+        let two = settings.threads.started();
+        let mut conn = conn(&server, &settings, Spinner { skip: 0, shift: 3 });
         client.send(&ack(1)).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(conn.wait_ack(1, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
+        assert_eq!(next_datagram(&mut conn), ack(1));
         assert_eq!(conn.spinner.shift, 3, "spun although crowded");
         drop(two);
         client.send(&ack(2)).unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(conn.wait_ack(2, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::Acked));
+        conn.sent = true;
+        assert_eq!(next_datagram(&mut conn), ack(2));
         assert_eq!(conn.spinner.shift, 0, "one transfer per thread again: spins");
     }
 
     #[test]
-    fn a_fruitless_spin_backs_off_and_the_ack_still_arrives() {
+    fn a_fruitless_spin_backs_off_and_the_datagram_still_arrives() {
         let (server, client) = pair();
-        let (_stop, limits) = limits(Duration::from_micros(200));
-        let peer = client.local_addr().unwrap();
-        let mut conn = Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner::default() };
+        let (_stop, settings) = settings(Duration::from_micros(200));
+        let mut conn = conn(&server, &settings, Spinner::default());
         let late = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             client.send(&ack(1)).unwrap();
-            client
         });
-        assert!(matches!(conn.wait_ack(1, Instant::now() + Duration::from_secs(2)).unwrap(), Wait::Acked));
+        assert_eq!(next_datagram(&mut conn), ack(1));
         assert_eq!((conn.spinner.skip, conn.spinner.shift), (1, 1), "the spin found nothing");
-        let client = late.join().unwrap();
-        // The next wait does not spin (skip 1 -> 0), and a timeout is a timeout.
-        assert!(matches!(conn.wait_ack(2, Instant::now() + Duration::from_millis(30)).unwrap(), Wait::Timeout));
-        assert_eq!(conn.spinner.skip, 0);
-        // A client ERROR ends the wait.
-        let mut err = Vec::new();
-        packet::encode_error(&mut err, 0, "stop");
-        client.send(&err).unwrap();
-        assert!(matches!(conn.wait_ack(2, Instant::now() + Duration::from_secs(1)).unwrap(), Wait::End(_)));
+        late.join().unwrap();
+        // The next receive after a send does not spin (skip 1 -> 0); a timeout is `None`.
+        conn.sent = true;
+        assert_eq!(conn.receive().unwrap(), None);
+        assert_eq!((conn.spinner.skip, conn.spinner.shift), (0, 1));
+    }
+
+    /// Runs a lockstep transfer of `len` bytes on this thread against `client`.
+    fn job(len: usize, settings: Settings, runtime: &tokio::runtime::Runtime) -> Job {
+        let transfer = Transfer::new(&[], len as u64, &Limits { timeout: Duration::from_secs(5), ..Limits::default() });
+        let source = Source::new(Content::Bytes(vec![7; len].into()), transfer.blksize(), 1);
+        Job { transfer, source, runtime: runtime.handle().clone(), settings }
     }
 
     #[test]
-    fn shutdown_ends_a_wait_within_a_receive_timeout() {
+    fn runs_a_transfer_to_its_end() {
         let (server, client) = pair();
-        let (stop, limits) = limits(Duration::ZERO);
-        let peer = client.local_addr().unwrap();
-        let mut conn = Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner::default() };
-        stop.send(true).unwrap();
-        let started = Instant::now();
-        assert!(matches!(
-            conn.wait_ack(1, Instant::now() + Duration::from_secs(5)).unwrap(),
-            Wait::End(Outcome::Shutdown)
-        ));
-        assert!(started.elapsed() < Duration::from_secs(1));
-        drop(stop);
-        // A server that is gone counts as a shutdown too.
-        let (stop, limits) = self::limits(Duration::ZERO);
-        drop(stop);
-        let mut conn = Conn { sock: &server, peer, limits: &limits, rx: [0; 2048], spinner: Spinner::default() };
-        assert!(matches!(
-            conn.wait_ack(1, Instant::now() + Duration::from_secs(5)).unwrap(),
-            Wait::End(Outcome::Shutdown)
-        ));
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let (_stop, settings) = settings(Duration::ZERO);
+        let acker = std::thread::spawn(move || {
+            let mut buf = [0u8; 600];
+            let mut sizes = Vec::new();
+            loop {
+                let n = client.recv(&mut buf).unwrap();
+                sizes.push(n - DATA_HEADER);
+                client.send(&[0, 4, buf[2], buf[3]]).unwrap();
+                if n - DATA_HEADER < 512 {
+                    return sizes;
+                }
+            }
+        });
+        let peer = server.peer_addr().unwrap();
+        let t = run(&server, peer, job(1100, settings, &rt));
+        assert_eq!(acker.join().unwrap(), [512, 512, 76]);
+        assert_eq!(t.outcome(), Some(&Outcome::Complete));
+        assert_eq!((t.progress().blocks, t.progress().bytes), (3, 1100));
+    }
+
+    #[test]
+    fn shutdown_ends_a_transfer_within_a_receive_timeout() {
+        let (server, client) = pair();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let peer = server.peer_addr().unwrap();
+        let mut buf = [0u8; 600];
+        for gone in [false, true] {
+            let (stop, settings) = settings(Duration::ZERO);
+            // A server that is gone counts as a shutdown too.
+            let stopper = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                if gone {
+                    drop(stop);
+                } else {
+                    stop.send(true).unwrap();
+                }
+            });
+            let started = Instant::now();
+            let t = run(&server, peer, job(5000, settings, &rt));
+            assert!(started.elapsed() < Duration::from_secs(1), "{gone}");
+            assert_eq!(t.outcome(), Some(&Outcome::Shutdown), "{gone}");
+            stopper.join().unwrap();
+            let n = client.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..4], [0, 3, 0, 1], "DATA 1 first");
+            let n2 = client.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..4], [0, 5, 0, 0], "then ERROR 0 ({n}, {n2})");
+        }
     }
 }

@@ -10,17 +10,18 @@
 //! to one `send_to` per block from a reused buffer. Single blocks (lockstep
 //! transfers) always take that plain path.
 //!
-//! It must not decide which blocks to send (that is `transfer`) nor look at
-//! what comes back.
+//! It must not decide which blocks to send (the transfer machine does) nor
+//! look at what comes back.
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 
+use appliance_core::tftp::packet::{self, DATA_HEADER};
+use appliance_core::tftp::wire_block;
 use nix::errno::Errno;
 use nix::sys::socket::ControlMessage;
 use tracing::debug;
 
-use super::packet::{self, DATA_HEADER};
 use super::source::Source;
 use super::udp::TransferSocket;
 
@@ -97,7 +98,7 @@ impl DataSender {
             self.packet.resize(DATA_HEADER + self.blksize, 0);
         }
         self.packet[DATA_HEADER..DATA_HEADER + n].copy_from_slice(data);
-        packet::write_data_header(&mut self.packet, block as u16);
+        packet::write_data_header(&mut self.packet, wire_block(block));
         self.prepared = Some((block, DATA_HEADER + n));
         Ok(())
     }
@@ -117,7 +118,7 @@ impl DataSender {
         let start = (first - 1) * blk;
         source.prepare(start, start + n as u64 * blk).await?;
         for (i, header) in self.headers[..n].iter_mut().enumerate() {
-            packet::write_data_header(header, (first + i as u64) as u16);
+            packet::write_data_header(header, wire_block(first + i as u64));
         }
         let source = &*source;
         let mut iov = Vec::with_capacity(2 * n);

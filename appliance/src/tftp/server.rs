@@ -12,15 +12,15 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appliance_core::tftp::packet::Packet;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::config::TftpConfig;
 use super::handler::Handler;
 use super::lockstep::Threads;
-use super::options::TftpConfig;
-use super::packet::Packet;
 use super::transfer::{self, Incoming};
 
 /// Largest UDP payload; requests are tiny but we must not truncate junk into

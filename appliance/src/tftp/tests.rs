@@ -13,8 +13,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::client::{self, ClientError, ClientOptions};
-use super::packet::{self, Mode, Packet, Request};
+use appliance_core::tftp::packet::{self, Mode, Packet, Request};
+use testkit::tftp_client::{self as client, ClientError, ClientOptions};
+
 use super::{serve, Content, Handler, Outcome, ReadRequest, TftpConfig, TftpError, TransferReport};
 use crate::latency::CpuLatency;
 
@@ -77,11 +78,14 @@ pub(super) fn test_config() -> TftpConfig {
     TftpConfig { timeout: Duration::from_millis(100), max_retries: 5, ..TftpConfig::default() }
 }
 
-/// Lockstep transfers have two implementations (a dedicated thread, and the
-/// async engine when no thread is free): each test named here is an
-/// `async fn(lockstep_threads: usize)` and runs once with a thread free
-/// (`<name>::on_thread`) and once with none (`<name>::on_async_engine`).
-macro_rules! on_both_engines {
+/// Lockstep transfers have two drivers (a dedicated thread, and the async
+/// engine when no thread is free) around the one protocol machine, which is
+/// tested on its own in `appliance-core`; what differs is the I/O (timers,
+/// shutdown, socket errors, polling), so these socket tests run on both: each
+/// test named here is an `async fn(lockstep_threads: usize)` and runs once
+/// with a thread free (`<name>::on_thread`) and once with none
+/// (`<name>::on_async_engine`).
+macro_rules! on_both_drivers {
     ($($name:ident $([$($runtime:tt)*])?),* $(,)?) => {$(
         mod $name {
             #[tokio::test$(($($runtime)*))?]
@@ -95,7 +99,7 @@ macro_rules! on_both_engines {
         }
     )*};
 }
-pub(super) use on_both_engines;
+pub(super) use on_both_drivers;
 
 /// Checks that a lockstep transfer ran where `lockstep_threads` sends it.
 pub(super) fn assert_engine(r: &TransferReport, lockstep_threads: usize) {
@@ -212,7 +216,7 @@ pub(super) async fn recv_packet(sock: &UdpSocket) -> (Vec<u8>, SocketAddr) {
 
 // ---- downloads through our client ----
 
-on_both_engines!(
+on_both_drivers!(
     downloads_every_blksize_and_windowsize[flavor = "multi_thread", worker_threads = 2],
     edge_sizes_and_no_options,
     block_number_rollover_past_65535[flavor = "multi_thread", worker_threads = 2],

@@ -1,11 +1,18 @@
-//! One read transfer, from request to report, on its own UDP socket.
+//! One request, from its arrival to its report, on its own UDP socket: the answer (an ERROR,
+//! or a transfer on a lockstep thread or here), and the async driver of the transfer machine.
 //!
-//! This module owns the per-transfer state machine: answering the request
-//! (ERROR, OACK or the first window), the RFC 7440 send window with block
-//! number rollover, retransmission on timeout, duplicate-ACK handling, and
-//! ending at once on a client ERROR. It must not parse wire bytes itself
-//! (that is `packet`), decide options (`options`), read files (`source`) or
-//! interpret the requested path (the [`Handler`] does).
+//! This module owns answering a request (WRQ and unsupported modes refused, the handler
+//! asked, where a lockstep transfer runs) and the async driver: a short loop that hands the
+//! socket's datagrams, the clock and a server shutdown to [`Transfer`] and sends what it asks
+//! for. It must not decide anything about the protocol (the machine does), parse wire bytes
+//! (`packet`), read files (`source`) or interpret the requested path (the [`Handler`] does).
+//!
+//! What the driver keeps of the engine's tuning (see ARCHITECTURE.md, "The lockstep path,
+//! block by block"): the socket is registered for read readiness only (`udp`), and in lockstep
+//! the readiness is dropped after an ACK without a syscall; the retransmission timer and the
+//! shutdown watch are created once per transfer and the timer is re-armed lazily; windows go
+//! out in GSO batches (`sender`), and in lockstep the next block is built while the client
+//! works.
 //!
 //! The transfer socket is bound to the listening socket's IP with an
 //! ephemeral port and `connect`ed to the client (see `udp`): datagrams from
@@ -16,19 +23,22 @@
 //! 3% of a lockstep transfer's time.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use appliance_core::tftp::packet::{Mode, Request};
+use appliance_core::tftp::{Outcome, Progress, Received, TftpError, Transfer, Transmit};
+use bytes::Bytes;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use super::handler::{Handler, Outcome, ReadRequest, TftpError, TransferReport};
+use super::config::TftpConfig;
+use super::handler::{Content, Handler, ReadRequest, TransferReport};
 use super::lockstep;
-use super::options::{negotiate, TftpConfig};
-use super::packet::{self, Mode, Packet, Request};
 use super::sender::DataSender;
 use super::source::Source;
 use super::udp::TransferSocket;
@@ -39,17 +49,9 @@ pub(crate) enum Incoming {
     Write(Request),
 }
 
-/// Where a request goes once it has been answered or its options settled.
-enum Step {
-    Done(Outcome),
-    /// A lockstep transfer that got one of the dedicated threads.
-    Lockstep(lockstep::Job, OwnedSemaphorePermit),
-}
-
-/// What the peer (or the clock) did while we waited.
+/// What woke the driver.
 enum Event {
-    Ack(u16),
-    Error { code: u16, message: String },
+    Datagram(usize),
     Timeout,
     Shutdown,
 }
@@ -69,7 +71,6 @@ struct Link {
     /// instead of once per block.
     timer: Pin<Box<Sleep>>,
     rx: Vec<u8>,
-    tx: Vec<u8>,
 }
 
 /// Runs one request to completion and reports it. Never panics on peer input.
@@ -94,7 +95,7 @@ pub(crate) async fn run<H: Handler + ?Sized>(
         local,
         path: req.filename.clone(),
         size: None,
-        blksize: super::options::DEFAULT_BLKSIZE,
+        blksize: appliance_core::tftp::DEFAULT_BLKSIZE,
         windowsize: 1,
         bytes: 0,
         blocks: 0,
@@ -103,7 +104,7 @@ pub(crate) async fn run<H: Handler + ?Sized>(
         duration: Duration::ZERO,
         outcome: Outcome::Complete,
     };
-    report.outcome = match TransferSocket::connect_near(local, peer) {
+    let (outcome, progress) = match TransferSocket::connect_near(local, peer) {
         Ok(sock) => {
             let mut stop_rx = shutdown.clone();
             let stop = Box::pin(async move {
@@ -111,48 +112,37 @@ pub(crate) async fn run<H: Handler + ?Sized>(
                 let _ = stop_rx.changed().await;
             });
             let timer = Box::pin(tokio::time::sleep(config.timeout));
-            let mut link =
-                Link { sock, peer, shutdown, stop, stopped: false, timer, rx: vec![0; 2048], tx: Vec::new() };
-            match handle_request(&*handler, &config, &threads, &mut link, &incoming, &mut report).await {
-                Step::Done(outcome) => outcome,
-                Step::Lockstep(job, permit) => on_thread(link, job, permit, &mut report).await,
-            }
+            let link = Link { sock, peer, shutdown, stop, stopped: false, timer, rx: vec![0; 2048] };
+            handle_request(&*handler, &config, &threads, link, &incoming, &mut report).await
         }
-        Err(e) => Outcome::Failed(format!("binding transfer socket: {e}")),
+        Err(e) => (Outcome::Failed(format!("binding transfer socket: {e}")), Progress::default()),
     };
+    report.outcome = outcome;
+    report.blocks = progress.blocks;
+    report.bytes = progress.bytes;
+    report.retransmits = progress.retransmits;
     report.duration = started.elapsed();
     report.log();
     handler.finished(&report);
 }
 
-/// Moves the transfer socket off the runtime and runs `job` on a blocking
-/// thread, holding `permit` until it ends.
-async fn on_thread(
-    link: Link,
-    job: lockstep::Job,
-    permit: OwnedSemaphorePermit,
-    report: &mut TransferReport,
-) -> Outcome {
-    let peer = link.peer;
-    report.thread = true;
-    let sock = match link.sock.into_blocking(lockstep::POLL_SLICE) {
-        Ok(sock) => sock,
-        Err(e) => return Outcome::Failed(format!("making the transfer socket blocking: {e}")),
-    };
-    let thread = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let mut progress = lockstep::Progress::default();
-        let outcome = lockstep::run(&sock, peer, job, &mut progress);
-        (outcome, progress)
-    });
-    match thread.await {
-        Ok((outcome, progress)) => {
-            report.blocks = progress.blocks;
-            report.bytes = progress.bytes;
-            report.retransmits = progress.retransmits;
-            outcome
+/// How a transfer the machine ran ended, for the report.
+fn ended(transfer: &Transfer) -> (Outcome, Progress) {
+    let outcome = transfer.outcome().cloned().unwrap_or_else(|| Outcome::Failed("transfer left unfinished".into()));
+    (outcome, transfer.progress())
+}
+
+/// The content a read request gets, or the ERROR that refuses it.
+fn lookup<H: Handler + ?Sized>(handler: &H, incoming: &Incoming, req: ReadRequest) -> Result<Content, TftpError> {
+    match incoming {
+        Incoming::Write(_) => Err(TftpError::access_violation("write not supported")),
+        // netascii is served as the stored bytes, unconverted (like most
+        // boot servers): our content is binary or already has the line
+        // endings the client expects.
+        Incoming::Read(r) if !matches!(r.mode, Mode::Octet | Mode::NetAscii) => {
+            Err(TftpError::illegal_operation("unsupported transfer mode"))
         }
-        Err(e) => Outcome::Failed(format!("lockstep transfer thread: {e}")),
+        Incoming::Read(_) => handler.read(&req),
     }
 }
 
@@ -160,102 +150,131 @@ async fn handle_request<H: Handler + ?Sized>(
     handler: &H,
     config: &TftpConfig,
     threads: &Arc<lockstep::Threads>,
-    link: &mut Link,
+    mut link: Link,
     incoming: &Incoming,
     report: &mut TransferReport,
-) -> Step {
-    let req = match incoming {
-        Incoming::Write(_) => return Step::Done(link.refuse(TftpError::access_violation("write not supported")).await),
-        Incoming::Read(r) => r,
-    };
-    match req.mode {
-        // netascii is served as the stored bytes, unconverted (like most
-        // boot servers): our content is binary or already has the line
-        // endings the client expects.
-        Mode::Octet | Mode::NetAscii => {}
-        Mode::Mail | Mode::Other(_) => {
-            return Step::Done(link.refuse(TftpError::illegal_operation("unsupported transfer mode")).await)
+) -> (Outcome, Progress) {
+    let (Incoming::Read(req) | Incoming::Write(req)) = incoming;
+    let request = ReadRequest { path: req.filename.clone(), peer: link.peer, local: report.local };
+    let content = match lookup(handler, incoming, request) {
+        Ok(content) => content,
+        Err(refusal) => {
+            let mut transfer = Transfer::refused(refusal);
+            let mut nothing = Source::new(Content::Bytes(Bytes::new()), transfer.blksize(), 1);
+            drive(&mut link, &mut transfer, &mut nothing).await;
+            return ended(&transfer);
         }
-    }
-    let content = match handler.read(&ReadRequest { path: req.filename.clone(), peer: link.peer, local: report.local })
-    {
-        Ok(c) => c,
-        Err(e) => return Step::Done(link.refuse(e).await),
     };
-    let neg = negotiate(&req.options, content.len(), config);
+    let mut transfer = Transfer::new(&req.options, content.len(), &config.limits());
     report.size = Some(content.len());
-    report.blksize = neg.blksize;
-    report.windowsize = neg.windowsize;
-    let mut source = Source::new(content, neg.blksize, neg.windowsize);
+    report.blksize = transfer.blksize();
+    report.windowsize = transfer.windowsize();
+    let mut source = Source::new(content, transfer.blksize(), transfer.windowsize());
     if *link.shutdown.borrow() {
-        return Step::Done(link.abort_shutdown().await);
-    }
-    if neg.windowsize == 1 {
+        transfer.shutdown();
+    } else if transfer.windowsize() == 1 {
         if let Some(permit) = threads.take() {
-            let mut oack = Vec::new();
-            if !neg.oack.is_empty() {
-                packet::encode_oack(&mut oack, neg.oack.iter().map(|(n, v)| (*n, v.as_str())));
-            }
-            let limits = lockstep::Limits {
-                timeout: neg.timeout,
-                max_retries: config.max_retries,
+            let settings = lockstep::Settings {
                 shutdown: link.shutdown.clone(),
                 spin: config.lockstep_spin,
                 threads: Arc::clone(threads),
             };
-            let job = lockstep::Job {
-                source,
-                oack,
-                blksize: neg.blksize,
-                runtime: tokio::runtime::Handle::current(),
-                limits,
-            };
-            return Step::Lockstep(job, permit);
+            let job = lockstep::Job { transfer, source, runtime: tokio::runtime::Handle::current(), settings };
+            report.thread = true;
+            return on_thread(link, job, permit).await;
         }
     }
-    let sender = DataSender::new(link.peer, neg.blksize, neg.windowsize, &source);
-    let mut session = Session { sender, link, timeout: neg.timeout, max_retries: config.max_retries, report };
-    let result = async {
-        if !neg.oack.is_empty() {
-            if let Some(end) = session.negotiate(&neg.oack).await? {
-                return Ok(end);
+    drive(&mut link, &mut transfer, &mut source).await;
+    ended(&transfer)
+}
+
+/// Moves the transfer socket off the runtime and runs `job` on a blocking
+/// thread, holding `permit` until it ends.
+async fn on_thread(link: Link, mut job: lockstep::Job, permit: OwnedSemaphorePermit) -> (Outcome, Progress) {
+    let peer = link.peer;
+    let sock = match link.sock.into_blocking(lockstep::POLL_SLICE) {
+        Ok(sock) => sock,
+        Err(e) => {
+            job.transfer.fail(format!("making the transfer socket blocking: {e}"));
+            return ended(&job.transfer);
+        }
+    };
+    let thread = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        ended(&lockstep::run(&sock, peer, job))
+    });
+    match thread.await {
+        Ok(end) => end,
+        Err(e) => (Outcome::Failed(format!("lockstep transfer thread: {e}")), Progress::default()),
+    }
+}
+
+/// The async driver: runs `transfer` until it has an outcome and its last packet is out.
+async fn drive(link: &mut Link, transfer: &mut Transfer, source: &mut Source) {
+    let epoch = Instant::now();
+    let mut sender = DataSender::new(link.peer, transfer.blksize(), transfer.windowsize(), source);
+    let lockstep = transfer.windowsize() == 1;
+    loop {
+        if let Err(e) = transmit(&link.sock, link.peer, transfer, &mut sender, source, epoch.elapsed()).await {
+            transfer.fail(e);
+            continue; // sends the ERROR that says so
+        }
+        if transfer.outcome().is_some() {
+            return;
+        }
+        // Always set while the transfer runs; the fallback only keeps a broken promise from
+        // spinning.
+        let deadline = epoch + transfer.poll_timeout().unwrap_or(Duration::from_secs(3600));
+        match link.next_event(deadline).await {
+            Ok(Event::Datagram(n)) => match transfer.handle(&link.rx[..n]) {
+                // The next ACK cannot be queued before the next block is sent.
+                Received::Progress if lockstep => link.sock.forget_readable(),
+                Received::Unexpected(kind) => debug!(peer = %link.peer, kind, "tftp: ignoring unexpected packet"),
+                Received::Malformed(e) => debug!(peer = %link.peer, "tftp: ignoring malformed datagram: {e}"),
+                _ => {}
+            },
+            Ok(Event::Timeout) => transfer.handle_timeout(epoch.elapsed()),
+            Ok(Event::Shutdown) => transfer.shutdown(),
+            Err(e) => transfer.fail(e),
+        }
+    }
+}
+
+/// Sends everything the machine asks for now.
+async fn transmit(
+    sock: &TransferSocket,
+    peer: SocketAddr,
+    transfer: &mut Transfer,
+    sender: &mut DataSender,
+    source: &mut Source,
+    now: Duration,
+) -> io::Result<()> {
+    let (total, lockstep) = (transfer.total_blocks(), transfer.windowsize() == 1);
+    while let Some(packet) = transfer.poll_transmit(now) {
+        match packet {
+            Transmit::Oack(oack) => {
+                sock.send(oack).await?;
+            }
+            Transmit::Data { first, last } => {
+                sender.send(sock, source, first, last).await?;
+                if lockstep && last < total {
+                    // Build the next block while the client works on this one.
+                    sender.prepare(source, last + 1).await?;
+                }
+            }
+            Transmit::Error(error) => {
+                if let Err(e) = sock.send(error).await {
+                    debug!(%peer, "tftp: sending ERROR failed: {e}");
+                }
             }
         }
-        session.send_file(&mut source, neg.blksize, neg.windowsize).await
     }
-    .await;
-    Step::Done(match result {
-        Ok(Outcome::Shutdown) => session.link.abort_shutdown().await,
-        Ok(outcome) => outcome,
-        Err(e) => {
-            session.link.send_error(&TftpError::undefined("server error")).await;
-            Outcome::Failed(e.to_string())
-        }
-    })
+    Ok(())
 }
 
 impl Link {
-    async fn send_error(&mut self, err: &TftpError) {
-        self.tx.clear();
-        packet::encode_error(&mut self.tx, err.code, &err.message);
-        if let Err(e) = self.sock.send(&self.tx).await {
-            debug!(peer = %self.peer, "tftp: sending ERROR failed: {e}");
-        }
-    }
-
-    async fn refuse(&mut self, err: TftpError) -> Outcome {
-        self.send_error(&err).await;
-        Outcome::Refused(err)
-    }
-
-    async fn abort_shutdown(&mut self) -> Outcome {
-        self.send_error(&TftpError::undefined("server shutting down")).await;
-        Outcome::Shutdown
-    }
-
-    /// Waits for an ACK or ERROR from the peer until `deadline`; junk from
-    /// the peer is ignored.
-    async fn next_event(&mut self, deadline: Instant) -> std::io::Result<Event> {
+    /// Waits for a datagram from the peer until `deadline`.
+    async fn next_event(&mut self, deadline: Instant) -> io::Result<Event> {
         if deadline < self.timer.deadline() {
             self.timer.as_mut().reset(deadline);
         }
@@ -263,16 +282,15 @@ impl Link {
             if self.stopped {
                 return Ok(Event::Shutdown);
             }
-            let n = tokio::select! {
+            tokio::select! {
                 biased;
                 r = self.sock.recv(&mut self.rx) => match r {
-                    Ok(n) => n,
+                    Ok(n) => return Ok(Event::Datagram(n)),
                     // An ICMP error the peer's host sent about an earlier DATA
                     // (e.g. port unreachable after the client gave up) is
                     // reported on the next receive; the timeout decides.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                         debug!(peer = %self.peer, "tftp: peer reports port unreachable");
-                        continue;
                     }
                     Err(e) => return Err(e),
                 },
@@ -281,130 +299,10 @@ impl Link {
                         return Ok(Event::Timeout);
                     }
                     self.timer.as_mut().reset(deadline);
-                    continue;
                 }
                 () = &mut self.stop => {
                     self.stopped = true;
                     return Ok(Event::Shutdown);
-                }
-            };
-            let datagram = &self.rx[..n];
-            match Packet::decode(datagram) {
-                Ok(Packet::Ack { block }) => return Ok(Event::Ack(block)),
-                Ok(Packet::Error { code, message }) => return Ok(Event::Error { code, message: message.into_owned() }),
-                Ok(other) => debug!(peer = %self.peer, kind = other.kind(), "tftp: ignoring unexpected packet"),
-                Err(e) => debug!(peer = %self.peer, "tftp: ignoring malformed datagram: {e}"),
-            }
-        }
-    }
-}
-
-struct Session<'a> {
-    sender: DataSender,
-    link: &'a mut Link,
-    timeout: Duration,
-    max_retries: u32,
-    report: &'a mut TransferReport,
-}
-
-impl Session<'_> {
-    /// Sends the OACK and waits for ACK 0. `Some(outcome)` ends the transfer.
-    async fn negotiate(&mut self, oack: &[(&'static str, String)]) -> std::io::Result<Option<Outcome>> {
-        let mut pkt = Vec::with_capacity(64);
-        packet::encode_oack(&mut pkt, oack.iter().map(|(n, v)| (*n, v.as_str())));
-        let mut retries = 0;
-        loop {
-            self.link.sock.send(&pkt).await?;
-            let deadline = Instant::now() + self.timeout;
-            loop {
-                match self.link.next_event(deadline).await? {
-                    Event::Ack(0) => return Ok(None),
-                    Event::Ack(_) => continue,
-                    Event::Error { code, message } => return Ok(Some(Outcome::ClientError { code, message })),
-                    Event::Shutdown => return Ok(Some(Outcome::Shutdown)),
-                    Event::Timeout => break,
-                }
-            }
-            retries += 1;
-            if retries > self.max_retries {
-                return Ok(Some(Outcome::TimedOut));
-            }
-            self.report.retransmits += 1;
-        }
-    }
-
-    /// The data phase: windows of DATA until the last block is acknowledged.
-    async fn send_file(&mut self, source: &mut Source, blksize: u16, windowsize: u16) -> std::io::Result<Outcome> {
-        let len = source.len();
-        let blk = u64::from(blksize);
-        let window = u64::from(windowsize);
-        // Always one more block than full blocks: the last one is short
-        // (possibly empty) and marks the end.
-        let total = len / blk + 1;
-        let mut acked = 0u64; // highest block the client acknowledged
-        let mut sent_hi = 0u64; // highest block ever sent
-        let mut next = 1u64; // first block of the next burst (set on every wake-up)
-        let mut retries = 0u32;
-        // One early resend per progress step on a duplicate ACK (RFC 7440
-        // gap signal); never in lockstep mode (sorcerer's apprentice).
-        let mut dup_resend_armed = true;
-        loop {
-            let hi = (acked + window).min(total);
-            if next <= hi {
-                self.sender.send(&self.link.sock, source, next, hi).await?;
-                if next <= sent_hi {
-                    self.report.retransmits += sent_hi.min(hi) - next + 1;
-                }
-                sent_hi = sent_hi.max(hi);
-            }
-            let deadline = Instant::now() + self.timeout;
-            if window == 1 && sent_hi < total {
-                // Lockstep: build the next block while the client works on this one.
-                self.sender.prepare(source, sent_hi + 1).await?;
-            }
-            loop {
-                match self.link.next_event(deadline).await? {
-                    Event::Ack(n) => {
-                        // Map the 16-bit number into [acked, acked + window].
-                        let delta = u64::from(n.wrapping_sub(acked as u16));
-                        if delta > window || acked + delta > sent_hi {
-                            continue; // stale or bogus
-                        }
-                        if delta == 0 {
-                            if window > 1 && dup_resend_armed {
-                                dup_resend_armed = false;
-                                next = acked + 1;
-                                break;
-                            }
-                            continue;
-                        }
-                        acked += delta;
-                        retries = 0;
-                        if window == 1 {
-                            // The next ACK cannot be queued before the next block is sent.
-                            self.link.sock.forget_readable();
-                        }
-                        dup_resend_armed = true;
-                        self.report.blocks = acked;
-                        self.report.bytes = (acked * blk).min(len);
-                        if acked == total {
-                            return Ok(Outcome::Complete);
-                        }
-                        // Resume right after the acknowledged block: a short
-                        // ACK inside the window means the rest was lost.
-                        next = acked + 1;
-                        break;
-                    }
-                    Event::Error { code, message } => return Ok(Outcome::ClientError { code, message }),
-                    Event::Shutdown => return Ok(Outcome::Shutdown),
-                    Event::Timeout => {
-                        retries += 1;
-                        if retries > self.max_retries {
-                            return Ok(Outcome::TimedOut);
-                        }
-                        next = acked + 1;
-                        break;
-                    }
                 }
             }
         }

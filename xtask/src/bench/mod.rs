@@ -62,6 +62,11 @@ pub struct Args {
     /// passes `--tftp-lockstep-threads 0`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub daemon_arg: Vec<String>,
+    /// Another build of our daemon to measure beside this one, labelled "ours (baseline)" in
+    /// the TFTP tables, with targets that this build is no slower: e.g. the release binary of
+    /// the branch a change starts from, so before and after share one run and its load.
+    #[arg(long, value_name = "PATH")]
+    pub baseline_appliance: Option<PathBuf>,
     /// Internal: run a load generator role (JSON spec) and print its result as JSON.
     #[arg(long, hide = true, value_name = "JSON")]
     pub internal: Option<String>,
@@ -182,6 +187,8 @@ pub struct Ctx {
     pub appliance: PathBuf,
     /// `--daemon-arg`s.
     pub daemon_args: Vec<String>,
+    /// `--baseline-appliance`, absolute.
+    pub baseline: Option<PathBuf>,
     pub peers: peers::Peers,
     pub rt: tokio::runtime::Runtime,
     pub load: peers::LoadMonitor,
@@ -205,12 +212,18 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let root = project_root();
     if std::env::var_os(RELEASE_ENV).is_none() {
+        // Once, in the debug build that re-executes the release one.
+        crate::host::prepare(crate::host::Task::Bench, crate::host::Pins::Download)?;
         build_release(&root, cfg!(debug_assertions))?;
         if cfg!(debug_assertions) {
             return reexec_release(&root);
         }
     }
     preflight()?;
+    let baseline = match &args.baseline_appliance {
+        Some(p) => Some(std::fs::canonicalize(p).with_context(|| format!("--baseline-appliance {}", p.display()))?),
+        None => None,
+    };
     let plan = Plan::new(args);
     let dir = root.join("target/bench");
     let work = dir.join("work");
@@ -236,6 +249,7 @@ pub fn run(args: &Args) -> Result<()> {
         data,
         appliance: root.join("target/release/appliance"),
         daemon_args: args.daemon_arg.clone(),
+        baseline,
         peers,
         rt,
         load,
@@ -355,11 +369,7 @@ fn preflight() -> Result<()> {
     if uid != "0" {
         bail!("the bench needs root: it creates network namespaces and binds 127.0.0.2:69 for dnsmasq");
     }
-    for (tool, package) in [("ip", "iproute2"), ("apt-get", "apt"), ("dpkg-deb", "dpkg"), ("curl", "curl")] {
-        if !peers::on_path(tool) {
-            bail!("`{tool}` not found: install the Debian package {package}");
-        }
-    }
+    // The tools (ip, curl, kill) are there: `crate::host::prepare` saw to it before the build.
     Ok(())
 }
 

@@ -95,11 +95,11 @@ pub struct Ours {
     pub state: PathBuf,
 }
 
-/// `appliance serve` on `config` with `state` (and its blobs under it), in `ns` if given.
-fn serve_command(ctx: &Ctx, ns: Option<&str>, config: &Path, state: &Path) -> Command {
+/// `binary serve` on `config` with `state` (and its blobs under it), in `ns` if given.
+fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, state: &Path) -> Command {
     let mut c = match ns {
-        Some(ns) => netns::command(ns, &ctx.appliance),
-        None => Command::new(&ctx.appliance),
+        Some(ns) => netns::command(ns, binary),
+        None => Command::new(binary),
     };
     c.env("RUST_LOG", "info");
     c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
@@ -117,10 +117,23 @@ pub fn start_loopback(
     bootloaders: Option<&Path>,
     extra: &[&str],
 ) -> Result<Ours> {
+    start_loopback_binary(ctx, &ctx.appliance, name, config, tftp_root, bootloaders, extra)
+}
+
+/// [`start_loopback`] with another build of the daemon (`--baseline-appliance`).
+pub fn start_loopback_binary(
+    ctx: &Ctx,
+    binary: &Path,
+    name: &str,
+    config: &Path,
+    tftp_root: Option<&Path>,
+    bootloaders: Option<&Path>,
+    extra: &[&str],
+) -> Result<Ours> {
     let state = ctx.work.join(format!("{name}-state"));
     std::fs::create_dir_all(&state)?;
     let (tftp_port, http_port) = (peers::free_port()?, peers::free_port()?);
-    let mut cmd = serve_command(ctx, None, config, &state);
+    let mut cmd = serve_command(ctx, binary, None, config, &state);
     cmd.args(["--dhcp", "off", "--listen", "127.0.0.1", "--advertise", "127.0.0.1"])
         .args(["--http-port", &http_port.to_string(), "--tftp-port", &tftp_port.to_string()])
         .args(["--dhcp-port", "0", "--proxy-port", "0", "--no-watch"]);
@@ -152,7 +165,7 @@ pub fn start_in_ns(
         std::fs::remove_dir_all(&state)?;
     }
     std::fs::create_dir_all(&state)?;
-    let mut cmd = serve_command(ctx, Some(ns), config, &state);
+    let mut cmd = serve_command(ctx, &ctx.appliance, Some(ns), config, &state);
     cmd.args(["--dhcp", mode, "--listen", "0.0.0.0", "--advertise", &SERVER_IP.to_string()]).args([
         "--http-port",
         "8080",

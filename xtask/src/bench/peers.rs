@@ -168,10 +168,6 @@ fn check_libs(root: &Path, binary: &Path, package: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
 /// A cgroup (v1 cpuacct) holding one server and every process it forks, so its CPU time is
 /// exact even for children that exit unreaped (tftpd-hpa ignores SIGCHLD, so their time never
 /// reaches the parent's `cutime`). Removed when the server is stopped.

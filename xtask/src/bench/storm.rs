@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use appliance::tftp::client::{get, ClientOptions};
 use serde_json::{json, Value};
 use testkit::netns::Pair;
+use testkit::tftp_client::{get, ClientOptions};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Barrier};
 

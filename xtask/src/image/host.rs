@@ -1,5 +1,5 @@
-//! What the image build needs from the host: tools (installed on the spot when we are root on
-//! Debian), the daemon built in release mode, and the shared libraries it loads.
+//! What the image takes from the host: the daemon, built by cargo, and the shared libraries it
+//! loads. (The host's Debian packages are `crate::host`'s business, done before the build.)
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -8,86 +8,6 @@ use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
 use crate::project_root;
-
-/// A host tool and the Debian package that ships it.
-pub struct Tool {
-    pub command: &'static str,
-    pub package: &'static str,
-}
-
-pub const IMAGE_TOOLS: &[Tool] = &[
-    Tool { command: "apt-get", package: "apt" },
-    Tool { command: "dpkg-deb", package: "dpkg" },
-    Tool { command: "grub-mkimage", package: "grub-common" },
-    Tool { command: "mformat", package: "mtools" },
-    Tool { command: "mmd", package: "mtools" },
-    Tool { command: "mcopy", package: "mtools" },
-    Tool { command: "mke2fs", package: "e2fsprogs" },
-    Tool { command: "debugfs", package: "e2fsprogs" },
-    Tool { command: "qemu-img", package: "qemu-utils" },
-    Tool { command: "ldd", package: "libc-bin" },
-];
-
-pub fn have(command: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).any(|dir| {
-        let p = dir.join(command);
-        p.is_file()
-            && std::fs::metadata(&p)
-                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-                .unwrap_or(false)
-    })
-}
-
-fn is_root() -> bool {
-    // `id -u` without libc: the owner of /proc/self is the effective user.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
-}
-
-/// Makes sure every tool is there. Missing ones are installed with apt-get when running as
-/// root on a Debian system, otherwise the error names the packages to install.
-pub fn ensure_tools(sh: &Shell, tools: &[Tool]) -> Result<()> {
-    let missing: Vec<&Tool> = tools.iter().filter(|t| !have(t.command)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let (list, packages) = describe(&missing);
-    if !is_root() || !have("apt-get") {
-        bail!("{}", missing_message(&missing));
-    }
-    println!("installing missing host tools: {list}");
-    let install = || {
-        let packages = packages.clone();
-        cmd!(sh, "apt-get -q -y -o Dpkg::Use-Pty=0 install --no-install-recommends {packages...}")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()
-    };
-    if install().is_err() {
-        println!("apt-get install failed; refreshing the package lists and trying again");
-        cmd!(sh, "apt-get -q -y update").run().context("apt-get update failed")?;
-        install().with_context(|| format!("`apt-get install {}` failed", packages.join(" ")))?;
-    }
-    let still: Vec<&str> = missing.iter().filter(|t| !have(t.command)).map(|t| t.command).collect();
-    if !still.is_empty() {
-        bail!("installed {} but still cannot find {}", packages.join(" "), still.join(", "));
-    }
-    Ok(())
-}
-
-/// `tool (Debian package p), ...` and the package names.
-fn describe(missing: &[&Tool]) -> (String, Vec<&'static str>) {
-    let packages: BTreeSet<&'static str> = missing.iter().map(|t| t.package).collect();
-    let list = missing.iter().map(|t| format!("{} (Debian package {})", t.command, t.package)).collect::<Vec<_>>();
-    (list.join(", "), packages.into_iter().collect())
-}
-
-pub fn missing_message(missing: &[&Tool]) -> String {
-    let (list, packages) = describe(missing);
-    format!(
-        "missing host tools: {list}; install them with `sudo apt-get install --no-install-recommends {}`",
-        packages.join(" ")
-    )
-}
 
 /// Which build of the daemon goes into the image.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -193,18 +113,5 @@ mod tests {
             parse_ldd(text),
             ["/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libgcc_s.so.1", "/lib64/ld-linux-x86-64.so.2"]
         );
-    }
-
-    #[test]
-    fn missing_tool_names_its_package() {
-        let tools = [Tool { command: "qemu-img", package: "qemu-utils" }, Tool { command: "mcopy", package: "mtools" }];
-        let msg = missing_message(&tools.iter().collect::<Vec<_>>());
-        assert_eq!(
-            msg,
-            "missing host tools: qemu-img (Debian package qemu-utils), mcopy (Debian package mtools); \
-             install them with `sudo apt-get install --no-install-recommends mtools qemu-utils`"
-        );
-        assert!(have("sh"));
-        assert!(!have("no-such-tool-xyz"));
     }
 }

@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use appliance_core::catalog::Catalog;
 use xshell::{cmd, Shell};
 
-use super::host;
 use super::recipe::{self, Recipe};
 use crate::debian::{self, Lock, Pin};
 use crate::project_root;
@@ -48,7 +47,6 @@ pub fn config(sh: &Shell, recipe_path: &Path, data: &Path) -> Result<Config> {
             recipe.config.display()
         )
     })?;
-    host::ensure_tools(sh, host::IMAGE_TOOLS)?;
     let epoch = source_date_epoch(sh);
     println!(
         "  recipe {} ({}), config {}, SOURCE_DATE_EPOCH={epoch}",
@@ -96,7 +94,7 @@ pub struct Pinned {
 /// Runs `cargo xtask fetch`, unpacks the appliance's own packages and copies the recipe's
 /// bootloaders into the data partition's tree.
 pub fn pinned(sh: &Shell, recipe: &Recipe, data: &Path) -> Result<Pinned> {
-    crate::fetch::run(&crate::fetch::Args {
+    crate::fetch::fetch(&crate::fetch::Args {
         out: None,
         update_lock: false,
         all_packages: false,

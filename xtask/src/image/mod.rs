@@ -68,7 +68,9 @@ pub struct Output {
     pub image: PathBuf,
 }
 
+/// `cargo xtask image`: prepares the host, then builds.
 pub fn run(args: &Args) -> Result<()> {
+    crate::host::prepare(crate::host::Task::Image, crate::host::Pins::Download)?;
     build(args).map(|_| ())
 }
 
@@ -135,6 +137,7 @@ impl Work {
     }
 }
 
+/// Builds the image on a host already prepared (`cargo xtask vm` builds before it boots).
 pub fn build(args: &Args) -> Result<Output> {
     let mut steps = Steps::new();
     let sh = Shell::new().context("failed to create a shell")?;
@@ -229,9 +232,6 @@ impl Daemon {
 
 /// Builds the daemon (stripped) and finds the shared libraries it needs.
 fn daemon(sh: &Shell, profile: host::DaemonProfile, work: &Path) -> Result<Daemon> {
-    if profile == host::DaemonProfile::Dev {
-        host::ensure_tools(sh, &[host::Tool { command: "strip", package: "binutils" }])?;
-    }
     let binary = host::build_daemon(sh, profile, work)?;
     let libraries = host::shared_libraries(sh, &binary)?;
     println!(

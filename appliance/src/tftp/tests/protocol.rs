@@ -25,7 +25,7 @@ fn error_code(bytes: &[u8]) -> u16 {
     }
 }
 
-on_both_engines!(
+on_both_drivers!(
     edk2_tsize_probe_then_error_8_stops_transfer,
     client_error_mid_transfer_stops_at_once,
     unknown_tid_is_kept_out_and_transfer_continues,
@@ -74,7 +74,7 @@ async fn edk2_tsize_probe_then_error_8_stops_transfer(lockstep_threads: usize) {
     }
     let r = h.report().await;
     assert_engine(&r, lockstep_threads);
-    assert_eq!(r.outcome, Outcome::ClientError { code: 8, message: "option negotiation refused".into() });
+    assert_eq!(r.outcome, Outcome::SizeProbe { message: "option negotiation refused".into() });
     assert_eq!(r.retransmits, 0);
     // The firmware then re-requests without tsize: no tsize in the OACK.
     let d = client::get(h.addr, "shim.efi", &opts(Some(1468), None, false)).await.unwrap();
@@ -192,7 +192,7 @@ async fn silent_client_times_out_after_max_retries(lockstep_threads: usize) {
     assert_eq!(oacks, 6, "one OACK plus five retransmissions");
     let r = h.report().await;
     assert_engine(&r, lockstep_threads);
-    assert_eq!((r.outcome, r.retransmits), (Outcome::TimedOut, 5));
+    assert_eq!((r.outcome, r.retransmits), (Outcome::TimedOut { block: 0, sends: 6 }, 5));
 }
 
 #[tokio::test]
@@ -276,7 +276,7 @@ async fn requests_beyond_max_transfers_are_dropped(lockstep_threads: usize) {
     let other = raw_socket().await;
     other.send_to(&rrq("f", &[]), h.addr).await.unwrap();
     assert!(recv(&other, Duration::from_millis(120)).await.is_none(), "second transfer started");
-    assert_eq!(h.report().await.outcome, Outcome::TimedOut);
+    assert_eq!(h.report().await.outcome, Outcome::TimedOut { block: 1, sends: 2 });
     let d = client::get(h.addr, "f", &opts(None, None, false)).await.unwrap();
     assert_eq!(d.data, pattern(100, 1));
     h.shutdown().await;

@@ -1,6 +1,5 @@
-//! Server limits ([`TftpConfig`]) and RFC 2347 option negotiation for read
-//! requests: blksize (RFC 2348), tsize and timeout (RFC 2349), windowsize
-//! (RFC 7440).
+//! RFC 2347 option negotiation for read requests: blksize (RFC 2348), tsize and timeout
+//! (RFC 2349), windowsize (RFC 7440), within the server's [`Limits`].
 //!
 //! This module owns the decision of what goes into an OACK. It must not do
 //! I/O. Unknown or invalid options are ignored (never refused), and an option
@@ -16,9 +15,10 @@ pub const MIN_BLKSIZE: u16 = 8;
 /// Block size without a blksize option (RFC 1350).
 pub const DEFAULT_BLKSIZE: u16 = 512;
 
-/// Server-side limits and timers.
-#[derive(Debug, Clone)]
-pub struct TftpConfig {
+/// What the server grants a transfer: its retransmission timer and retries, and the largest
+/// options it accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
     /// Retransmission timeout when the client sends no `timeout` option.
     pub timeout: Duration,
     /// Retransmissions without progress before a transfer is abandoned.
@@ -27,40 +27,17 @@ pub struct TftpConfig {
     pub max_blksize: u16,
     /// Upper bound for a negotiated windowsize (clamped to >= 1).
     pub max_windowsize: u16,
-    /// Concurrent transfers; requests beyond this are dropped (the client
-    /// retries its request after its own timeout).
-    pub max_transfers: usize,
-    /// Lockstep (windowsize 1) transfers that may run at once on a thread of
-    /// their own with blocking socket calls, the shortest path from an ACK to
-    /// the next DATA; further ones run on the async engine. 0 keeps every
-    /// transfer on the async engine.
-    pub lockstep_threads: usize,
-    /// How long a lockstep thread polls its socket for the next ACK before
-    /// sleeping in `recv`, for clients that answer that fast (same host,
-    /// fast LAN): it saves the sleep and the wake-up on both sides. Clients
-    /// that answer slower stop being polled (exponential backoff up to 1,023
-    /// blocks), and no thread polls while more transfers run than there are
-    /// lockstep threads. Zero never polls.
-    pub lockstep_spin: Duration,
 }
 
-impl Default for TftpConfig {
+impl Default for Limits {
     fn default() -> Self {
-        TftpConfig {
-            timeout: Duration::from_secs(1),
-            max_retries: 5,
-            max_blksize: MAX_BLKSIZE,
-            max_windowsize: 64,
-            max_transfers: 1024,
-            lockstep_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            lockstep_spin: Duration::from_micros(20),
-        }
+        Limits { timeout: Duration::from_secs(1), max_retries: 5, max_blksize: MAX_BLKSIZE, max_windowsize: 64 }
     }
 }
 
 /// Result of negotiating a read request's options.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Negotiated {
+pub struct Negotiated {
     pub blksize: u16,
     pub windowsize: u16,
     pub timeout: Duration,
@@ -78,10 +55,10 @@ fn parse_num(value: &str) -> Option<u64> {
 }
 
 /// Negotiates `requested` options for content of `size` bytes.
-pub(crate) fn negotiate(requested: &[(String, String)], size: u64, config: &TftpConfig) -> Negotiated {
-    let max_blksize = config.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
-    let max_window = config.max_windowsize.max(1);
-    let mut n = Negotiated { blksize: DEFAULT_BLKSIZE, windowsize: 1, timeout: config.timeout, oack: Vec::new() };
+pub fn negotiate(requested: &[(String, String)], size: u64, limits: &Limits) -> Negotiated {
+    let max_blksize = limits.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
+    let max_window = limits.max_windowsize.max(1);
+    let mut n = Negotiated { blksize: DEFAULT_BLKSIZE, windowsize: 1, timeout: limits.timeout, oack: Vec::new() };
     let mut seen = [false; 4];
     for (name, value) in requested {
         let (slot, key) = match name.to_ascii_lowercase().as_str() {
@@ -129,7 +106,7 @@ mod tests {
 
     #[test]
     fn no_options_no_oack() {
-        let n = negotiate(&[], 1000, &TftpConfig::default());
+        let n = negotiate(&[], 1000, &Limits::default());
         assert_eq!(n.blksize, 512);
         assert_eq!(n.windowsize, 1);
         assert_eq!(n.timeout, Duration::from_secs(1));
@@ -138,7 +115,7 @@ mod tests {
 
     #[test]
     fn tsize_only_when_asked() {
-        let cfg = TftpConfig::default();
+        let cfg = Limits::default();
         let n = negotiate(&opts(&[("blksize", "1468")]), 42, &cfg);
         assert_eq!(n.oack, vec![("blksize", "1468".to_string())]);
         let n = negotiate(&opts(&[("TSIZE", "0")]), 42, &cfg);
@@ -147,7 +124,7 @@ mod tests {
 
     #[test]
     fn clamps_and_ignores() {
-        let cfg = TftpConfig { max_blksize: 1024, max_windowsize: 8, ..TftpConfig::default() };
+        let cfg = Limits { max_blksize: 1024, max_windowsize: 8, ..Limits::default() };
         let n = negotiate(
             &opts(&[("blksize", "65464"), ("windowsize", "100"), ("timeout", "3"), ("foo", "bar"), ("blksize", "16")]),
             0,
@@ -159,7 +136,7 @@ mod tests {
             n.oack,
             vec![("blksize", "1024".to_string()), ("windowsize", "8".to_string()), ("timeout", "3".to_string()),]
         );
-        let n = negotiate(&opts(&[("blksize", "99999999")]), 0, &TftpConfig::default());
+        let n = negotiate(&opts(&[("blksize", "99999999")]), 0, &Limits::default());
         assert_eq!(n.blksize, MAX_BLKSIZE);
         for bad in [
             ("blksize", "7"),
@@ -169,7 +146,7 @@ mod tests {
             ("timeout", "256"),
             ("timeout", "-1"),
         ] {
-            let n = negotiate(&opts(&[bad]), 0, &TftpConfig::default());
+            let n = negotiate(&opts(&[bad]), 0, &Limits::default());
             assert!(n.oack.is_empty(), "{bad:?}");
             assert_eq!((n.blksize, n.windowsize), (512, 1));
         }

@@ -4,18 +4,17 @@
 //! This module owns the client side of one download into memory. It is not a
 //! general-purpose client: no WRQ, no netascii conversion, and no dallying
 //! after the final ACK (if that ACK is lost the server retransmits and gives
-//! up on its own). It must not be used by the server.
+//! up on its own). It must not be used by the server, and it speaks the wire
+//! through the core's codec only, so it is an independent check of the
+//! daemon's transfer machine.
 
-use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use appliance_core::tftp::packet::{self, Mode, Packet, Request};
+use appliance_core::tftp::{TftpError, DEFAULT_BLKSIZE};
 use tokio::net::UdpSocket;
-
-use super::handler::TftpError;
-use super::options::DEFAULT_BLKSIZE;
-use super::packet::{self, Mode, Packet, Request};
 
 /// What to ask the server for.
 #[derive(Debug, Clone)]
@@ -71,6 +70,23 @@ pub struct ClientStats {
     pub duration: Duration,
 }
 
+/// Before any answer: no options, RFC 1350's block size, lockstep.
+impl Default for ClientStats {
+    fn default() -> Self {
+        ClientStats {
+            oack: Vec::new(),
+            tsize: None,
+            blksize: DEFAULT_BLKSIZE,
+            windowsize: 1,
+            blocks: 0,
+            acks: 0,
+            retransmits: 0,
+            server_tid: None,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
 /// A downloaded file.
 #[derive(Debug, Clone)]
 pub struct Download {
@@ -78,34 +94,35 @@ pub struct Download {
     pub stats: ClientStats,
 }
 
-#[derive(Debug)]
+/// Why a download failed.
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    Io(io::Error),
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
     /// The server answered with an ERROR packet.
+    #[error("server sent {0}")]
     Server(TftpError),
     /// No answer after the configured retransmissions.
+    #[error("timed out")]
     Timeout,
-    /// The server broke the protocol.
-    Protocol(String),
+    /// The server's OACK was refused (the client told it so with ERROR 8).
+    #[error("OACK refused: {0}")]
+    Oack(#[from] OackError),
+    /// A DATA block longer than the negotiated block size.
+    #[error("DATA of {len} bytes exceeds blksize {blksize}")]
+    OversizedData { len: usize, blksize: u16 },
 }
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Io(e) => write!(f, "I/O error: {e}"),
-            ClientError::Server(e) => write!(f, "server sent {e}"),
-            ClientError::Timeout => f.write_str("timed out"),
-            ClientError::Protocol(m) => write!(f, "protocol error: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-impl From<io::Error> for ClientError {
-    fn from(e: io::Error) -> Self {
-        ClientError::Io(e)
-    }
+/// What is wrong with a server's OACK.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OackError {
+    /// An option value that is not a number.
+    #[error("bad OACK value {name}={value}")]
+    BadValue { name: String, value: String },
+    /// An option we did not ask for, or a value we cannot accept (a blksize or windowsize
+    /// above what we asked, a timeout other than ours).
+    #[error("unexpected OACK option {name}={value}")]
+    Unexpected { name: String, value: String },
 }
 
 /// Binds an ephemeral UDP socket of the right family with a large receive
@@ -123,9 +140,10 @@ fn bind_for(server: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
-fn parse_oack(options: &[(String, String)], opts: &ClientOptions, stats: &mut ClientStats) -> Result<(), String> {
+/// Applies a server's OACK to `stats`, checking it against what we asked for in `opts`.
+fn parse_oack(options: &[(String, String)], opts: &ClientOptions, stats: &mut ClientStats) -> Result<(), OackError> {
     for (name, value) in options {
-        let num: u64 = value.parse().map_err(|_| format!("bad OACK value {name}={value}"))?;
+        let num: u64 = value.parse().map_err(|_| OackError::BadValue { name: name.clone(), value: value.clone() })?;
         match name.to_ascii_lowercase().as_str() {
             "blksize" if opts.blksize.is_some_and(|b| (8..=u64::from(b)).contains(&num)) => {
                 stats.blksize = num as u16;
@@ -135,7 +153,7 @@ fn parse_oack(options: &[(String, String)], opts: &ClientOptions, stats: &mut Cl
             }
             "tsize" if opts.tsize => stats.tsize = Some(num),
             "timeout" if opts.timeout_option == Some(num as u8) && num <= 255 => {}
-            _ => return Err(format!("unexpected OACK option {name}={value}")),
+            _ => return Err(OackError::Unexpected { name: name.clone(), value: value.clone() }),
         }
     }
     stats.oack = options.to_vec();
@@ -164,17 +182,7 @@ pub async fn get(server: SocketAddr, path: &str, opts: &ClientOptions) -> Result
     let mut last_dest = server;
     sock.send_to(&last, last_dest).await?;
 
-    let mut stats = ClientStats {
-        oack: Vec::new(),
-        tsize: None,
-        blksize: DEFAULT_BLKSIZE,
-        windowsize: 1,
-        blocks: 0,
-        acks: 0,
-        retransmits: 0,
-        server_tid: None,
-        duration: Duration::ZERO,
-    };
+    let mut stats = ClientStats::default();
     let mut data = Vec::new();
     let mut buf = vec![0u8; 65536];
     let mut expected: u64 = 1; // absolute number of the next block we need
@@ -215,11 +223,11 @@ pub async fn get(server: SocketAddr, path: &str, opts: &ClientOptions) -> Result
         }
         let ack = match Packet::decode(&buf[..n]) {
             Ok(Packet::Oack { options }) if expected == 1 => {
-                if let Err(msg) = parse_oack(&options, opts, &mut stats) {
+                if let Err(e) = parse_oack(&options, opts, &mut stats) {
                     let mut out = Vec::new();
-                    packet::encode_error(&mut out, TftpError::OPTION_REFUSED, &msg);
+                    packet::encode_error(&mut out, TftpError::OPTION_REFUSED, &e.to_string());
                     sock.send_to(&out, from).await?;
-                    return Err(ClientError::Protocol(msg));
+                    return Err(e.into());
                 }
                 if let Some(size) = stats.tsize {
                     data.reserve(size.min(1 << 30) as usize);
@@ -244,11 +252,7 @@ pub async fn get(server: SocketAddr, path: &str, opts: &ClientOptions) -> Result
                     (expected - 1) as u16
                 } else {
                     if payload.len() > usize::from(stats.blksize) {
-                        return Err(ClientError::Protocol(format!(
-                            "DATA of {} bytes exceeds blksize {}",
-                            payload.len(),
-                            stats.blksize
-                        )));
+                        return Err(ClientError::OversizedData { len: payload.len(), blksize: stats.blksize });
                     }
                     data.extend_from_slice(payload);
                     expected += 1;
@@ -280,5 +284,42 @@ pub async fn get(server: SocketAddr, path: &str, opts: &ClientOptions) -> Result
         last_dest = from;
         sock.send_to(&last, last_dest).await?;
         stats.acks += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats() -> ClientStats {
+        ClientStats::default()
+    }
+
+    fn oack(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn oack_within_what_was_asked_is_taken() {
+        let opts = ClientOptions { blksize: Some(1468), windowsize: Some(8), tsize: true, ..Default::default() };
+        let mut s = stats();
+        parse_oack(&oack(&[("BLKSIZE", "1024"), ("windowsize", "4"), ("tsize", "99")]), &opts, &mut s).unwrap();
+        assert_eq!((s.blksize, s.windowsize, s.tsize), (1024, 4, Some(99)));
+        assert_eq!(s.oack.len(), 3);
+    }
+
+    #[test]
+    fn oack_beyond_what_was_asked_is_refused() {
+        let opts = ClientOptions { blksize: Some(1024), ..Default::default() };
+        let unexpected = |n: &str, v: &str| OackError::Unexpected { name: n.into(), value: v.into() };
+        for (list, want) in [
+            (oack(&[("blksize", "1468")]), unexpected("blksize", "1468")),
+            (oack(&[("blksize", "7")]), unexpected("blksize", "7")),
+            (oack(&[("tsize", "5")]), unexpected("tsize", "5")),
+            (oack(&[("windowsize", "2")]), unexpected("windowsize", "2")),
+            (oack(&[("blksize", "big")]), OackError::BadValue { name: "blksize".into(), value: "big".into() }),
+        ] {
+            assert_eq!(parse_oack(&list, &opts, &mut stats()), Err(want.clone()), "{list:?}");
+        }
     }
 }
