@@ -66,6 +66,11 @@ impl FileProbe for DirProbe {
         let full = self.resolve(rel)?;
         sha256_file(&full).map_err(ProbeError::Read)
     }
+
+    fn text(&self, rel: &Path) -> Result<String, ProbeError> {
+        let full = self.resolve(rel)?;
+        std::fs::read_to_string(&full).map_err(ProbeError::Read)
+    }
 }
 
 /// The sha256 of a file, read in chunks (also used by xtask for downloaded packages).

@@ -7,16 +7,24 @@
 //! - `config_dir`: reading a config directory for the core's validation; `kernel_signatures`:
 //!   whether its kernels are signed, for the core's Secure Boot warnings.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
-//! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them.
+//! - `dhcp`, `tftp`, `http`: the servers; `admin`: the operators' API (re-arm); `serve`: the
+//!   daemon that runs them.
 //! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
 //!   latency request.
+//! - `install_store`: the install log (which machines are installed, their events) on disk;
+//!   `secret_files`: the machine token key and the admin token; `atomic_file`: crash-safe
+//!   writes of state files.
 
+pub mod admin;
 pub mod artifacts;
+pub mod atomic_file;
 pub mod config_dir;
 pub mod dhcp;
 pub mod http;
+pub mod install_store;
 pub mod kernel_signatures;
 pub mod latency;
+pub mod secret_files;
 pub mod serve;
 pub mod state;
 pub mod tftp;

@@ -64,6 +64,21 @@ enum Command {
         /// Assume this MAC was already handed the iPXE binary (the chained iPXE asking).
         #[arg(long)]
         chained: bool,
+        /// The daemon's state directory: show the machine's install state and events, and
+        /// render its token with the daemon's key.
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Re-arm a machine that reported `installed`: its next netboot is decided by its target
+    /// again (with `after_install: local` it booted its disk until now). Writes the install
+    /// log in the state directory; a running daemon sees the change at the machine's next
+    /// request.
+    Rearm {
+        /// The daemon's state directory.
+        #[arg(long, default_value = "/var/lib/appliance")]
+        state: PathBuf,
+        /// The machine's MAC address.
+        mac: MacAddr,
     },
     /// Serve DHCP (or proxyDHCP), TFTP and HTTP. SIGHUP reloads the config (an invalid one is
     /// refused and the old one keeps serving); SIGTERM or Ctrl-C shuts down gracefully.
@@ -142,6 +157,26 @@ struct ServeArgs {
     /// transfers run than there are lockstep threads. 0 never polls.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 20)]
     tftp_spin: u64,
+    /// Address of the admin API (`POST /admin/rearm/<mac>`, bearer token), or `off`. Keep it
+    /// on loopback or a management network: it is for operators, never for machines.
+    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDRESS:PORT|off", value_parser = parse_admin_listen)]
+    admin_listen: AdminListenArg,
+    /// File holding the admin API's bearer token [default: <state>/admin.token, created once
+    /// with a random token, mode 0600].
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+}
+
+/// `--admin-listen`: an address, or `None` for `off`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct AdminListenArg(Option<std::net::SocketAddr>);
+
+/// clap's value parser (see `parse_cpu_latency` for why a `String` error).
+fn parse_admin_listen(s: &str) -> Result<AdminListenArg, String> {
+    if s == "off" {
+        return Ok(AdminListenArg(None));
+    }
+    s.parse().map(|a| AdminListenArg(Some(a))).map_err(|_| format!("expected ADDRESS:PORT or `off`, got {s:?}"))
 }
 
 /// `--cpu-latency`: microseconds, or `None` for `off`.
@@ -203,8 +238,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             let sets: usize = catalog.profiles().map(|p| p.arches.len()).sum();
+            let answers: usize = catalog.profiles().map(|p| p.answers.len()).sum();
+            // Every answer file was rendered for every machine that may get it (validation does).
+            let answers = match answers {
+                0 => String::new(),
+                1 => ", 1 answer file".to_string(),
+                n => format!(", {n} answer files"),
+            };
             println!(
-                "{}: ok: {} profiles ({} artifact sets), {} machines, {} vendor rules, {} menus, dhcp {}",
+                "{}: ok: {} profiles ({} artifact sets{answers}), {} machines, {} vendor rules, {} menus, dhcp {}",
                 config.display(),
                 catalog.profiles().len(),
                 sets,
@@ -227,13 +269,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             user_class,
             path,
             chained,
+            state,
         } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
             };
-            let q = Query { mac: Some(mac), client_arch, vendor_class, user_class, path, chained };
+            let mut q =
+                Query { mac: Some(mac), client_arch, vendor_class, user_class, path, chained, ..Query::default() };
+            if let Some(state) = &state {
+                let installs = appliance::install_store::InstallStore::new(state);
+                q.install = Some(installs.machine(mac).unwrap_or_default());
+                q.tokens = appliance::secret_files::existing_token_key(state)
+                    .with_context(|| format!("reading the token key in {}", state.display()))?;
+            }
             print!("{}", explain::explain(&catalog, &q)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rearm { state, mac } => {
+            let installs = appliance::install_store::InstallStore::new(&state);
+            let before = installs.installed(mac);
+            let at = appliance::install_store::now();
+            installs
+                .update(|log| log.rearm(mac, at, appliance_core::install::RearmedBy::Command))
+                .with_context(|| format!("writing {}", installs.path().display()))?;
+            match before {
+                Some(i) => println!(
+                    "{mac}: re-armed (it reported installed {}); its next netboot follows its target",
+                    appliance_core::install::utc(i.at)
+                ),
+                None => {
+                    println!("{mac}: re-armed (it had not reported installed); its next netboot follows its target")
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
@@ -287,6 +355,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             opts.tftp.lockstep_threads = n;
         }
         opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
+        opts.admin_token_file = args.admin_token_file.clone();
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
@@ -295,7 +364,15 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("binding HTTP to {}:{}", args.listen, args.http_port))?;
         let dhcp = appliance::dhcp::DhcpSockets::bind(args.dhcp_port, Some(args.proxy_port), args.interface.as_deref())
             .with_context(|| format!("binding DHCP to port {}", args.dhcp_port))?;
-        let listeners = appliance::serve::Listeners { dhcp: Some(dhcp), tftp, http };
+        let admin = match args.admin_listen {
+            AdminListenArg(Some(addr)) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin API to {addr}"))?,
+            ),
+            AdminListenArg(None) => None,
+        };
+        let listeners = appliance::serve::Listeners { dhcp: Some(dhcp), tftp, http, admin };
         let reload = std::sync::Arc::new(tokio::sync::Notify::new());
         let r = reload.clone();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -333,6 +410,15 @@ mod tests {
             Command::Serve(a) => a,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn the_admin_api_listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(serve_args(&[]).admin_listen, AdminListenArg(Some("127.0.0.1:9090".parse().unwrap())));
+        assert_eq!(serve_args(&["--admin-listen", "off"]).admin_listen, AdminListenArg(None));
+        assert_eq!(serve_args(&["--admin-listen", "10.1.0.1:8443"]).admin_listen.0.unwrap().port(), 8443);
+        let err = Cli::try_parse_from(["appliance", "serve", "--admin-listen", "9090"]).err().unwrap().to_string();
+        assert!(err.contains("ADDRESS:PORT or `off`"), "{err}");
     }
 
     #[test]

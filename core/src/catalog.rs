@@ -8,8 +8,10 @@
 //! `Menu`), so "no such profile" cannot even be written. The daemon shares a catalog behind an
 //! `Arc` and swaps it whole on reload.
 
+use crate::answers::{Answer, Templates};
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
+use crate::install::AfterInstall;
 use crate::mac::{MacAddr, Oui};
 use crate::uefi_chain::UefiChain;
 use serde::Serialize;
@@ -30,6 +32,7 @@ pub struct Catalog {
     unknown: Target,
     unknown_policy: Policy,
     menus: BTreeMap<String, Arc<Menu>>,
+    answer_templates: Templates,
 }
 
 /// What validation has checked, assembled into a catalog (by `config::validate` only).
@@ -42,6 +45,7 @@ pub(crate) struct Parts {
     pub unknown: Target,
     pub unknown_policy: Policy,
     pub menus: BTreeMap<String, Arc<Menu>>,
+    pub answer_templates: Templates,
 }
 
 /// Where an entry was written: file, line and column (1-based), and its field path, for
@@ -66,6 +70,8 @@ impl std::fmt::Display for Origin {
 pub struct Policy {
     /// Its own `uefi_chain`, else the global one applies.
     pub uefi_chain: Option<UefiChain>,
+    /// What an unknown machine boots once it reported `installed` (`None`: netboot).
+    pub after_install: Option<AfterInstall>,
     /// Where `unknown:` was written (`None`: not written; unknown machines are ignored).
     pub origin: Option<Origin>,
 }
@@ -175,6 +181,9 @@ pub struct Machine {
     /// `None`: the vendor rule's, else the global one.
     pub uefi_chain: Option<UefiChain>,
     pub vars: serde_json::Value,
+    /// What it boots once it reported `installed`; `None`: its vendor rule or the
+    /// unknown-machine policy says.
+    pub after_install: Option<AfterInstall>,
     pub origin: Origin,
 }
 
@@ -186,6 +195,7 @@ pub struct VendorRule {
     /// `None`: the global one.
     pub uefi_chain: Option<UefiChain>,
     pub comment: Option<String>,
+    pub after_install: Option<AfterInstall>,
     pub origin: Origin,
 }
 
@@ -195,6 +205,10 @@ pub struct Profile {
     pub description: String,
     /// Never empty: a profile is built for at least one architecture.
     pub arches: BTreeMap<Arch, ArtifactSet>,
+    /// Answer files by name (`GET /answers/<mac>/<name>`); templates in `Catalog::answer_templates`.
+    pub answers: BTreeMap<String, Answer>,
+    /// The profile's file, for errors found after validation (`answers::check_all`).
+    pub file: PathBuf,
 }
 
 impl Profile {
@@ -216,6 +230,9 @@ pub struct ArtifactSet {
     pub kernel: Artifact,
     pub initrds: Vec<Artifact>,
     pub fdt: Option<Artifact>,
+    /// A disk image an installer writes to the machine's disk (the deploy profile's); its
+    /// URL and sha256 are `artifacts.image` in the templates. Always a file (path, deb or url).
+    pub image: Option<Artifact>,
     /// Kernel command line, a minijinja template (already checked to compile).
     pub cmdline: String,
     /// Content-derived version: the same inputs always give the same version.
@@ -224,7 +241,7 @@ pub struct ArtifactSet {
 
 impl ArtifactSet {
     pub fn files(&self) -> impl Iterator<Item = &Artifact> {
-        std::iter::once(&self.kernel).chain(self.initrds.iter()).chain(self.fdt.iter())
+        std::iter::once(&self.kernel).chain(self.initrds.iter()).chain(self.fdt.iter()).chain(self.image.iter())
     }
 }
 
@@ -293,8 +310,8 @@ pub enum MenuAction {
 
 impl Catalog {
     pub(crate) fn new(p: Parts) -> Catalog {
-        let Parts { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus } = p;
-        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus }
+        let Parts { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus, answer_templates } = p;
+        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus, answer_templates }
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).
@@ -343,6 +360,16 @@ impl Catalog {
     /// The unknown-machine policy's own settings (its `uefi_chain`, where it was written).
     pub fn unknown_policy(&self) -> &Policy {
         &self.unknown_policy
+    }
+
+    /// What an unknown machine boots once it reported `installed`, if the policy says.
+    pub fn unknown_after_install(&self) -> Option<AfterInstall> {
+        self.unknown_policy.after_install
+    }
+
+    /// The compiled templates of every profile's answer files.
+    pub fn answer_templates(&self) -> &Templates {
+        &self.answer_templates
     }
 
     pub fn menu(&self, name: &str) -> Option<&Menu> {

@@ -68,6 +68,8 @@ pub struct Client {
     /// Set by the caller from its state: this MAC was already handed an iPXE binary in this
     /// boot, so an iPXE request with the very same options is the chained iPXE, not the ROM.
     pub ipxe_chained: bool,
+    /// Set by the caller from its install log: this MAC's `installed` record, if it has one.
+    pub installed: Option<crate::install::Installed>,
 }
 
 impl Client {
@@ -83,6 +85,7 @@ impl Client {
             relay: None,
             ip: None,
             ipxe_chained: false,
+            installed: None,
         }
     }
 

@@ -3,12 +3,13 @@
 //!
 //! Architecture invariant: pure. No sockets, no clock, no file system; the same catalog and
 //! client always give the same decision. Anything stateful (has this MAC already been chained
-//! to iPXE?) arrives as a field of `Client`.
+//! to iPXE? did it report `installed`?) arrives as a field of `Client`.
 
 use crate::arch::{Arch, Firmware};
 use crate::boot_file::BootFile;
 use crate::catalog::{Catalog, Machine, Target};
 use crate::client::{Client, Learned};
+use crate::install::{standing, AfterInstall, Standing};
 use crate::mac::{MacAddr, Oui};
 use crate::uefi_chain::UefiChain;
 use serde::Serialize;
@@ -135,6 +136,9 @@ pub enum Rule {
     Global,
     /// Nothing said anything.
     None,
+    /// The machine reported `installed` at `at` (Unix seconds), and `after_install: local`
+    /// (said by rule `by`) sends it to its disk until it is re-armed.
+    Installed { at: u64, by: Box<Rule> },
 }
 
 impl fmt::Display for Rule {
@@ -146,6 +150,11 @@ impl fmt::Display for Rule {
             Rule::UnknownPolicy => write!(f, "unknown-machine policy"),
             Rule::Global => write!(f, "appliance.yaml"),
             Rule::None => write!(f, "no rule"),
+            Rule::Installed { at, by } => write!(
+                f,
+                "installed {}; booting local until re-armed (after_install: local by {by})",
+                crate::install::utc(*at)
+            ),
         }
     }
 }
@@ -192,13 +201,7 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     } else {
         (None, Rule::None)
     };
-    let (target, target_rule) = if let Some((t, e)) = entry.and_then(|e| e.target.as_ref().map(|t| (t, e))) {
-        (t, Rule::ExactMac(e.mac))
-    } else if let Some((t, v)) = vendor.and_then(|v| v.target.as_ref().map(|t| (t, v))) {
-        (t, Rule::Oui(v.oui))
-    } else {
-        (catalog.unknown(), Rule::UnknownPolicy)
-    };
+    let (target, mut target_rule) = target_of(catalog, client.mac);
     let machine = identity(client.mac, entry);
     let uefi = stage == Stage::Dhcp && matches!(client.firmware, Firmware::UefiPxe | Firmware::UefiHttp);
     let uefi_chain = uefi.then(|| uefi_chain(catalog, client.mac));
@@ -207,9 +210,59 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
             let chain = uefi_chain.as_ref().map_or(UefiChain::default(), |c| c.chain);
             dhcp_outcome(catalog, client, entry, arch, target, chain)
         }
-        _ => config_outcome(arch, target, &target_rule),
+        // Installed, and told to boot its disk then: local until re-armed, whatever the target.
+        _ => match installed_local(catalog, client).filter(|_| *target != Target::Ignore) {
+            Some(rule) => {
+                target_rule = rule;
+                Outcome::Local
+            }
+            None => config_outcome(arch, target, &target_rule),
+        },
     };
     Decision { stage, outcome, arch, arch_rule, target_rule, machine, uefi_chain }
+}
+
+/// What `mac` is sent to and by which rule: its MAC database entry's target, else its vendor
+/// rule's, else the unknown-machine policy.
+pub fn target_of(catalog: &Catalog, mac: Option<MacAddr>) -> (&Target, Rule) {
+    let entry = mac.and_then(|m| catalog.machine(m));
+    let vendor = mac.and_then(|m| catalog.vendor_rule(m));
+    if let Some((t, e)) = entry.and_then(|e| e.target.as_ref().map(|t| (t, e))) {
+        (t, Rule::ExactMac(e.mac))
+    } else if let Some((t, v)) = vendor.and_then(|v| v.target.as_ref().map(|t| (t, v))) {
+        (t, Rule::Oui(v.oui))
+    } else {
+        (catalog.unknown(), Rule::UnknownPolicy)
+    }
+}
+
+/// What `mac` boots once installed, and which rule says it: the first of its entry, its vendor
+/// rule and the unknown-machine policy that says anything; netboot when none does.
+pub fn after_install_of(catalog: &Catalog, mac: Option<MacAddr>) -> (AfterInstall, Rule) {
+    let entry = mac.and_then(|m| catalog.machine(m));
+    let vendor = mac.and_then(|m| catalog.vendor_rule(m));
+    if let Some((a, e)) = entry.and_then(|e| e.after_install.map(|a| (a, e))) {
+        (a, Rule::ExactMac(e.mac))
+    } else if let Some((a, v)) = vendor.and_then(|v| v.after_install.map(|a| (a, v))) {
+        (a, Rule::Oui(v.oui))
+    } else if let Some(a) = catalog.unknown_after_install() {
+        (a, Rule::UnknownPolicy)
+    } else {
+        (AfterInstall::Netboot, Rule::None)
+    }
+}
+
+/// The rule that sends an installed machine to its disk: it has an `installed` record made
+/// under its entry in force, and `after_install: local` applies to it.
+fn installed_local(catalog: &Catalog, client: &Client) -> Option<Rule> {
+    let Standing::Installed { at } = standing(client.installed.as_ref(), client.mac.and_then(|m| catalog.machine(m)))
+    else {
+        return None;
+    };
+    match after_install_of(catalog, client.mac) {
+        (AfterInstall::Local, by) => Some(Rule::Installed { at, by: Box::new(by) }),
+        (AfterInstall::Netboot, _) => None,
+    }
 }
 
 /// The boot chain of the UEFI machine `mac`: its MAC database entry's, else its vendor rule's,

@@ -6,11 +6,13 @@
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
 use crate::boot_image;
-use crate::catalog::{Catalog, Target};
+use crate::catalog::{Catalog, Profile, Target};
 use crate::client::{self, Client, Learned, TftpRequest};
-use crate::decide::{decide, Decision, Outcome, Stage, Transport};
+use crate::decide::{after_install_of, decide, target_of, Decision, Outcome, Stage, Transport};
+use crate::install::{standing, MachineLog};
 use crate::mac::MacAddr;
 use crate::render::{self, Format, RenderError, ServerInfo};
+use crate::token::TokenKey;
 use crate::uefi_chain::UefiChain;
 use dhcproto::v4::{self, DhcpOption, Message, MessageType};
 use std::fmt::Write as _;
@@ -25,6 +27,10 @@ pub struct Query {
     pub path: Option<String>,
     /// Pretend the iPXE binary was already handed out to this MAC.
     pub chained: bool,
+    /// The machine's install log, as the daemon's state directory has it (`--state`).
+    pub install: Option<MachineLog>,
+    /// The daemon's token key (from `--state`); else tokens are rendered with the check-only key.
+    pub tokens: Option<TokenKey>,
 }
 
 /// Builds the DHCP DISCOVER such a client would send and identifies it the way the daemon does.
@@ -47,6 +53,7 @@ pub fn client_from_query(q: &Query) -> Client {
     }
     let mut c = client::from_dhcp(&msg);
     c.ipxe_chained = q.chained;
+    c.installed = q.install.as_ref().and_then(|l| l.installed.clone());
     c
 }
 
@@ -73,7 +80,10 @@ pub fn for_path(mut client: Client, path: &str) -> (Stage, Option<Format>, Clien
 
 /// The full explanation `appliance explain` prints.
 pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
-    let server = ServerInfo::from_catalog(catalog);
+    let mut server = ServerInfo::from_catalog(catalog);
+    if let Some(key) = &q.tokens {
+        server.tokens = key.clone();
+    }
     let client = client_from_query(q);
     let mut out = String::new();
     let _ = writeln!(out, "client:");
@@ -118,8 +128,57 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
                 let _ = writeln!(out, "\n(no {format} for this client: answered \"not found\")");
             }
         }
+        describe_answers(&mut out, catalog, &d2, &server);
     }
+    describe_install(&mut out, catalog, &client, q.install.as_ref());
     Ok(out)
+}
+
+/// The install state and history of the machine, and what `after_install` says for it.
+fn describe_install(out: &mut String, catalog: &Catalog, client: &Client, log: Option<&MachineLog>) {
+    let (after, by) = after_install_of(catalog, client.mac);
+    let entry = client.mac.and_then(|m| catalog.machine(m));
+    let _ = writeln!(out, "\ninstall state:");
+    let _ = writeln!(out, "  after install: {after} (by {by})");
+    let Some(log) = log else {
+        let _ = writeln!(out, "  state:         unknown (give --state DIR to read the daemon's install log)");
+        return;
+    };
+    let now = standing(log.installed.as_ref(), entry);
+    let consequence = match (&now, after) {
+        (crate::install::Standing::Installed { .. }, crate::install::AfterInstall::Local) => {
+            "; booting local until re-armed"
+        }
+        _ => "",
+    };
+    let _ = writeln!(out, "  state:         {now}{consequence}");
+    if !log.events.is_empty() {
+        let _ = writeln!(out, "  events (oldest first):");
+        for e in &log.events {
+            let _ = writeln!(out, "    {e}");
+        }
+    }
+}
+
+/// The answer files of the profile the decision boots (or its machine's target profile).
+fn describe_answers(out: &mut String, catalog: &Catalog, d: &Decision, server: &ServerInfo) {
+    let profile = match (&d.outcome, target_of(catalog, d.machine.mac).0) {
+        (Outcome::Boot { profile, .. }, _) => catalog.profile(profile),
+        (_, Target::Profile(p)) => Some(&**p),
+        _ => None,
+    };
+    let Some(profile) = profile.filter(|p| !p.answers.is_empty()) else { return };
+    for name in profile.answers.keys() {
+        let url = render::context::answer_url(server, &d.machine, profile, name, true).unwrap_or_default();
+        match crate::answers::render(catalog, profile, name, d.arch, &d.machine, server, true) {
+            Ok(a) => {
+                let _ = writeln!(out, "--- answer {name} ({url}, {}) ---\n{}", a.content_type, a.text);
+            }
+            Err(e) => {
+                let _ = writeln!(out, "--- answer {name} ({url}): not served (500): {e} ---\n");
+            }
+        }
+    }
 }
 
 fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
@@ -238,6 +297,15 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
             }
         }
     }
+    let mut answers = Vec::new();
+    for m in catalog.machines() {
+        let arches = machine_arches(catalog, m);
+        for arch in &arches {
+            let suffix = if arches.len() > 1 { format!(".{arch}") } else { String::new() };
+            let dir = format!("http/answers/{}{suffix}", m.mac.dashed());
+            answer_files(catalog, &server, m.mac, *arch, &dir, &mut answers)?;
+        }
+    }
     // What an unknown machine gets, per architecture.
     for arch in [Arch::X86_64, Arch::Arm64] {
         let mut c = Client::new(crate::arch::Firmware::Unknown);
@@ -259,8 +327,41 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
             }
         }
     }
+    for arch in [Arch::X86_64, Arch::Arm64] {
+        let dir = format!("http/answers/unknown.{arch}");
+        answer_files(catalog, &server, crate::answers::SAMPLE_UNKNOWN, arch, &dir, &mut answers)?;
+    }
+    files.extend(answers);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// The answer files `mac` gets on `arch` when its target is a profile with answers, as
+/// `<dir>/<name>` (rendered with the check-only token key).
+fn answer_files(
+    catalog: &Catalog,
+    server: &ServerInfo,
+    mac: MacAddr,
+    arch: Arch,
+    dir: &str,
+    files: &mut Vec<RenderedFile>,
+) -> Result<(), RenderError> {
+    let Target::Profile(profile) = target_of(catalog, Some(mac)).0 else { return Ok(()) };
+    let profile: &Profile = profile;
+    if !profile.arches.contains_key(&arch) {
+        return Ok(());
+    }
+    let mut c = Client::new(crate::arch::Firmware::Unknown).with_mac(mac, Learned::Chaddr);
+    c.arch_hint = Some((arch, Learned::Chaddr));
+    let d = decide(catalog, &c, Stage::IpxeScript);
+    for name in profile.answers.keys() {
+        let answer =
+            crate::answers::render(catalog, profile, name, Some(arch), &d.machine, server, true).map_err(|e| {
+                RenderError::Answer { profile: profile.name.clone(), name: name.clone(), error: e.to_string() }
+            })?;
+        files.push(RenderedFile { path: format!("{dir}/{name}"), bytes: answer.text.into_bytes() });
+    }
+    Ok(())
 }
 
 /// The architectures a machine can boot: its own (or its vendor's), else its profile's.

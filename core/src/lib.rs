@@ -12,9 +12,13 @@
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
-//! - `gc`: which artifact versions may be removed.
+//! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
 //! - `pe`, `secure_boot`: whether a kernel carries an Authenticode signature (from bytes the
 //!   daemon reads), and the warnings for machines on the shim chain whose kernel does not.
+//! - `answers`: per-machine answer files (preseed, cloud-init, kickstart, Ignition) from the
+//!   operator's templates; `token`: the per-machine token installers report with; `events`:
+//!   what they report; `install`: which machines are installed and boot their disk until
+//!   re-armed.
 //!
 //! Architecture invariant: no I/O and no clock. Files arrive as bytes, time as an argument,
 //! and answers leave as values; the daemon crate (`appliance`) owns sockets, files and clocks.
@@ -25,21 +29,26 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod answers;
 pub mod arch;
 pub mod boot_file;
 pub mod boot_image;
+pub mod calendar;
 pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod cpio;
 pub mod decide;
 pub mod dhcp;
+pub mod events;
 pub mod explain;
 pub mod gc;
+pub mod install;
 pub mod mac;
 pub mod pe;
 pub mod render;
 pub mod secure_boot;
 pub mod tftp;
+pub mod token;
 pub mod uefi_chain;
 pub mod version;

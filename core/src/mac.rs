@@ -68,6 +68,14 @@ impl serde::Serialize for MacAddr {
     }
 }
 
+/// Any spelling `parse` takes (the install log keys machines by their colon spelling).
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        MacAddr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for MacAddr {
     type Err = BadMac;
     fn from_str(s: &str) -> Result<Self, BadMac> {

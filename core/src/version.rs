@@ -1,7 +1,7 @@
 //! Artifact versions. A version names one architecture's whole artifact set (kernel, initrds,
-//! device tree, command-line template) and is derived from their content, so the same inputs
-//! always give the same version and any change gives a new one. A node that was told version N
-//! fetches every file from N, whatever is published meanwhile.
+//! device tree, disk image, command-line template) and is derived from their content, so the
+//! same inputs always give the same version and any change gives a new one. A node that was
+//! told version N fetches every file from N, whatever is published meanwhile.
 //!
 //! Pure: digests of local files are computed by the loader and passed in.
 
@@ -21,13 +21,16 @@ pub fn set_version(
     kernel: &Artifact,
     initrds: &[Artifact],
     fdt: Option<&Artifact>,
+    image: Option<&Artifact>,
 ) -> String {
     let mut h = Sha256::new();
     h.update(BUILD_FORMAT);
     field(&mut h, arch.as_str().as_bytes());
     field(&mut h, cmdline.as_bytes());
-    let roles =
-        std::iter::once(("kernel", kernel)).chain(initrds.iter().map(|i| ("initrd", i))).chain(fdt.map(|f| ("fdt", f)));
+    let roles = std::iter::once(("kernel", kernel))
+        .chain(initrds.iter().map(|i| ("initrd", i)))
+        .chain(fdt.map(|f| ("fdt", f)))
+        .chain(image.map(|i| ("image", i)));
     for (role, a) in roles {
         field(&mut h, role.as_bytes());
         field(&mut h, a.name.as_bytes());

@@ -41,7 +41,7 @@ fn catalog_with(live: &str) -> Catalog {
 }
 
 fn server() -> ServerInfo {
-    ServerInfo { address: "10.0.0.1".parse().unwrap(), http_base: "http://10.0.0.1".into() }
+    ServerInfo::new("10.0.0.1".parse().unwrap(), "http://10.0.0.1".into())
 }
 
 fn plan_for(c: &Catalog, client: &appliance_core::client::Client) -> Option<Plan> {

@@ -6,13 +6,16 @@
 use appliance_core::arch::Arch;
 use std::path::Path;
 use std::time::Duration;
-use testkit::qemu::firmware::E1000_ROM;
+use testkit::qemu::firmware::{E1000_ROM, VIRTIO_ROM};
 use testkit::qemu::{Firmware, Machine, Net, Nic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Client {
     /// SeaBIOS with QEMU's default e1000 option ROM, which is iPXE.
     SeaBiosIpxeRom,
+    /// SeaBIOS with QEMU's iPXE ROM on virtio-net-pci: for payloads whose kernel drives virtio
+    /// NICs only (Debian's cloud kernel in the deploy profile).
+    SeaBiosVirtio,
     /// OVMF's own PXE stack: virtio-net-pci without option ROM.
     OvmfPxe,
     /// OVMF UEFI HTTP Boot: as `OvmfPxe`, with PXE switched off through fw_cfg so the boot
@@ -35,7 +38,7 @@ pub enum Client {
 impl Client {
     pub fn firmware(self) -> Firmware {
         match self {
-            Client::SeaBiosIpxeRom => Firmware::SeaBios,
+            Client::SeaBiosIpxeRom | Client::SeaBiosVirtio => Firmware::SeaBios,
             Client::OvmfPxe | Client::OvmfHttp => Firmware::Ovmf,
             Client::UBootArm64 => Firmware::UBootArm64,
             Client::ArmVirtEdk2 => Firmware::ArmVirt,
@@ -56,6 +59,7 @@ impl Client {
     pub fn extra_files(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Client::SeaBiosIpxeRom => &[(E1000_ROM, "ipxe-qemu")],
+            Client::SeaBiosVirtio => &[(VIRTIO_ROM, "ipxe-qemu")],
             _ => &[],
         }
     }
@@ -65,7 +69,7 @@ impl Client {
     pub fn path_texts(self) -> &'static [&'static str] {
         match self {
             // SeaBIOS's serial console (sercon) shows the iPXE ROM's screen.
-            Client::SeaBiosIpxeRom => &["iPXE initialising devices"],
+            Client::SeaBiosIpxeRom | Client::SeaBiosVirtio => &["iPXE initialising devices"],
             Client::OvmfPxe | Client::OvmfPxeSecureBoot => &[">>Start PXE over IPv4"],
             Client::OvmfHttp | Client::OvmfHttpSecureBoot => &[">>Start HTTP Boot over IPv4"],
             Client::UBootArm64 => &["Retrieving file: pxelinux.cfg/"],
@@ -80,6 +84,7 @@ impl Client {
     pub fn machine(self, mac: &str, tap: &str, out: &Path, lifetime: Duration) -> Machine {
         let (model, rom) = match self {
             Client::SeaBiosIpxeRom => ("e1000", true),
+            Client::SeaBiosVirtio => ("virtio-net-pci", true),
             Client::OvmfPxe
             | Client::OvmfHttp
             | Client::ArmVirtEdk2

@@ -22,6 +22,8 @@ pub fn default_dir() -> PathBuf {
 enum Fetch {
     Copy(PathBuf),
     Download(String),
+    /// The demo disk (`demo_disk::URL`): built here, never downloaded.
+    DemoDisk,
 }
 
 /// One fetchable source and who uses it (for error messages).
@@ -93,7 +95,14 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
                 let path = find_in_tree(&tree, file).with_context(|| format!("{}: {file} in {package}", w.used_by))?;
                 (hex::encode(sha256), Fetch::Copy(path))
             }
-            Source::Url { url, sha256 } => (hex::encode(sha256), Fetch::Download(url.clone())),
+            Source::Url { url, sha256 } if url == crate::demo_disk::URL => (hex::encode(sha256), Fetch::DemoDisk),
+            Source::Url { url, sha256 } => {
+                if host(url).ends_with(".invalid") {
+                    // RFC 6761: never resolves. Such a URL only stands for bytes built here.
+                    bail!("{}: {url} names a host that cannot exist; nothing here builds that file", w.used_by);
+                }
+                (hex::encode(sha256), Fetch::Download(url.clone()))
+            }
             _ => continue,
         };
         let dest = blobs.join(&sha);
@@ -106,6 +115,10 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
             Fetch::Download(url) => cmd!(sh, "curl -fsSL --retry 2 -o {tmp} {url}")
                 .run()
                 .with_context(|| format!("failed to download {url}"))?,
+            Fetch::DemoDisk => {
+                println!("  building the demo disk for {} (nothing is downloaded)", w.used_by);
+                crate::demo_disk::build(sh, lock, &tmp).context("building the demo disk")?;
+            }
         }
         let actual = debian::sha256_file(&tmp)?;
         if actual != sha {
@@ -118,6 +131,14 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     }
     println!("profile artifacts from {}: {count} fetched, cache {}", config.display(), blobs.display());
     Ok(())
+}
+
+/// The host part of an http(s) URL.
+fn host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.split(':').next().unwrap_or("")
 }
 
 /// A file inside an extracted package; `*` in the last component matches exactly one file.
@@ -148,4 +169,16 @@ fn find_in_tree(tree: &Path, file: &str) -> Result<PathBuf> {
 
 fn copy(src: &Path, dest: &Path) -> Result<()> {
     fs::copy(src, dest).map(|_| ()).with_context(|| format!("failed to copy {} to {}", src.display(), dest.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host;
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(host(crate::demo_disk::URL), "demo-disk.invalid");
+        assert_eq!(host("https://user@images.example:8443/a?b"), "images.example");
+        assert_eq!(host("http://10.0.0.1/x"), "10.0.0.1");
+    }
 }

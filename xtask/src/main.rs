@@ -6,6 +6,7 @@
 mod bench;
 mod blobs;
 mod debian;
+mod demo_disk;
 mod fetch;
 mod host;
 mod image;

@@ -1,6 +1,6 @@
-//! Keeping the lease table across restarts: `<state dir>/leases.json`, written atomically (a
-//! temporary file in the same directory, fsync, rename over the old file, fsync the directory)
-//! so a crash leaves either the old table or the new one, never a torn file.
+//! Keeping the lease table across restarts: `<state dir>/leases.json`, written atomically
+//! (`atomic_file`: a temporary file in the same directory, fsync, rename over the old file,
+//! fsync the directory) so a crash leaves either the old table or the new one, never a torn file.
 //!
 //! A file that cannot be read as a lease table is logged, moved aside (`leases.json.corrupt-<unix
 //! seconds>`) and replaced by an empty table: losing leases is better than not serving. The
@@ -9,7 +9,7 @@
 use appliance_core::dhcp::leases::{Lease, Leases, State};
 use appliance_core::mac::{BadMac, MacAddr};
 use serde::{Deserialize, Serialize};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use tracing::{info, warn};
@@ -73,18 +73,7 @@ impl LeaseStore {
                 leases
             }
             Err(e) => {
-                let aside = self.path.with_file_name(format!("{FILE_NAME}.corrupt-{now}"));
-                match std::fs::rename(&self.path, &aside) {
-                    Ok(()) => warn!(
-                        path = %self.path.display(),
-                        moved_to = %aside.display(),
-                        "dhcp: lease file is corrupt, moved aside, starting empty: {e}"
-                    ),
-                    Err(re) => warn!(
-                        path = %self.path.display(),
-                        "dhcp: lease file is corrupt ({e}) and could not be moved aside ({re}), starting empty"
-                    ),
-                }
+                crate::atomic_file::set_aside(&self.path, now, "dhcp: lease file", &e);
                 Leases::new()
             }
         }
@@ -93,22 +82,7 @@ impl LeaseStore {
     /// Writes `bytes` (from [`encode`]) over the lease file atomically. Blocking: call it from
     /// `spawn_blocking` in async code.
     pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{FILE_NAME}.tmp-{}", std::process::id()));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &self.path)?;
-            // The rename itself is only durable once the directory is.
-            std::fs::File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        crate::atomic_file::write(&self.path, bytes)
     }
 }
 

@@ -50,7 +50,7 @@ const REPLY_WAIT: Duration = Duration::from_secs(2);
 impl Harness {
     pub async fn start(catalog: Catalog, mode: Option<DhcpMode>, state_dir: Option<&Path>) -> Harness {
         init_tracing();
-        let shared = Shared::new(Arc::new(catalog), ServerInfo { address: SERVER, http_base: HTTP_BASE.into() });
+        let shared = Shared::new(Arc::new(catalog), ServerInfo::new(SERVER, HTTP_BASE.into()));
         Self::start_shared(shared, mode, state_dir).await
     }
 
@@ -130,7 +130,7 @@ fn run_is_send() {
     fn assert_send<T: Send>(_: &T) {}
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let sockets = DhcpSockets { dhcp: bind(loopback, None).unwrap(), pxe: None };
-    let shared = Shared::new(Arc::new(catalog()), ServerInfo { address: SERVER, http_base: HTTP_BASE.into() });
+    let shared = Shared::new(Arc::new(catalog()), ServerInfo::new(SERVER, HTTP_BASE.into()));
     let fut = run(shared, sockets, DhcpOptions::default(), std::future::pending());
     assert_send(&fut);
 }

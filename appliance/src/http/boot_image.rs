@@ -13,6 +13,7 @@
 use super::files::{self, Mutability, Validators};
 use super::routes::open_regular;
 use crate::artifacts;
+use crate::install_store::InstallStore;
 use crate::state::Shared;
 use appliance_core::arch::{Arch, Firmware};
 use appliance_core::boot_image::{self, Contents};
@@ -63,13 +64,15 @@ pub(super) struct Sources<'a> {
     pub store: &'a Path,
     pub bootloaders: Option<&'a Path>,
     pub cache: &'a Path,
+    /// The install log: an installed machine booting local gets no image.
+    pub installs: &'a InstallStore,
 }
 
 /// The image named `name` (`52-54-00-12-34-56.x86_64.img`), from the cache or built now.
 /// Blocking: file reads, hashing and the FAT writer.
 pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     let (mac, arch) = boot_image::parse_file_name(name).ok_or(ImageError::NoImage { decision: None })?;
-    let (handed, decision) = decisions(src.shared, name, mac, arch);
+    let (handed, decision) = decisions(src.shared, src.installs, name, mac, arch);
     // Only the image DHCP hands this machine: not one for a machine on the ipxe chain, nor
     // under the name of another architecture than the one decided for it.
     if !matches!(handed.outcome, Outcome::BootImage { .. }) || handed.arch != Some(arch) {
@@ -114,13 +117,13 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
 
 /// For machine `mac` of `arch`: what DHCP hands it as a UEFI HTTP Boot client, and what its
 /// GRUB gets (the config in the image).
-fn decisions(shared: &Shared, name: &str, mac: MacAddr, arch: Arch) -> (Decision, Decision) {
+fn decisions(shared: &Shared, installs: &InstallStore, name: &str, mac: MacAddr, arch: Arch) -> (Decision, Decision) {
     let facts = PathFacts { mac: Some(mac), arch: Some(arch), ..PathFacts::default() };
     let path = format!("/{}/{name}", boot_image::URL_DIR);
     let catalog = shared.catalog();
     let now = Instant::now();
     let [dhcp, grub] = [(Firmware::UefiHttp, Stage::Dhcp), (Firmware::Grub, Stage::Grub)].map(|(firmware, stage)| {
-        decide(&catalog, &crate::serve::identify::client(shared, &path, &facts, firmware, None, now), stage)
+        decide(&catalog, &crate::serve::identify::client(shared, installs, &path, &facts, firmware, None, now), stage)
     });
     (dhcp, grub)
 }

@@ -4,9 +4,10 @@
 //! Routes (`routes`): `GET|HEAD /boot.ipxe`, `/ipxe/script?mac=..&buildarch=..&platform=..`,
 //! `/artifacts/<profile>/<version>/<file>`, `/<boot program>` (`ipxe.efi`, `snponly.efi`,
 //! `undionly.kpxe`, `grubnetx64.efi`, `grubnetaa64.efi`, and the signed `shimx64.efi`,
-//! `shimaa64.efi`, `grubx64.efi`, `grubaa64.efi`, which shim fetches as `//grubx64.efi`), and
+//! `shimaa64.efi`, `grubx64.efi`, `grubaa64.efi`, which shim fetches as `//grubx64.efi`),
 //! `/grub/grub.cfg` (also under `/debian-installer/<arch>/`) for the machine at the source
-//! address. Files (`files`, `body`) are streamed
+//! address; for installers (`provisioning`) `GET|HEAD /answers/<mac>/<name>` and
+//! `POST /events/<mac>`. Files (`files`, `body`) are streamed
 //! in large chunks with exact `Content-Length`, single `Range` requests, `ETag` and
 //! `Last-Modified`.
 //!
@@ -19,12 +20,14 @@ mod body;
 mod boot_image;
 pub use boot_image::{prune as prune_boot_images, CACHE_DIR as BOOT_IMAGES_DIR};
 mod files;
+mod provisioning;
 mod routes;
 mod sendfile;
 #[cfg(test)]
 mod tests;
 
 use crate::artifacts::Touches;
+use crate::install_store::InstallStore;
 use crate::state::Shared;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -69,10 +72,18 @@ pub struct HttpContext {
     pub write_stall: Duration,
     /// Held from each request until its response body is sent or dropped.
     pub cpu_latency: crate::latency::CpuLatency,
+    /// Installer events are recorded here; installed machines are looked up here.
+    pub installs: Arc<InstallStore>,
 }
 
 impl HttpContext {
-    pub fn new(shared: Arc<Shared>, store: PathBuf, bootloaders: Option<PathBuf>, touches: Arc<Touches>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        store: PathBuf,
+        bootloaders: Option<PathBuf>,
+        touches: Arc<Touches>,
+        installs: Arc<InstallStore>,
+    ) -> Self {
         HttpContext {
             shared,
             // Beside the store, in the state directory: `<state>/boot-images`.
@@ -80,6 +91,7 @@ impl HttpContext {
             store,
             bootloaders,
             touches,
+            installs,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             write_stall: DEFAULT_WRITE_STALL,
             cpu_latency: crate::latency::CpuLatency::disabled(),
@@ -95,6 +107,26 @@ pub async fn serve(
     ctx: Arc<HttpContext>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let grace = ctx.shutdown_grace;
+    accept_until(listener, "http", grace, shutdown, move |stream, peer, stop| {
+        connection(stream, peer, ctx.clone(), stop)
+    })
+    .await
+}
+
+/// The accept loop of an HTTP listener (the boot port's, the admin API's): runs
+/// `connection(stream, peer, stop)` for each client until `shutdown`, then tells every
+/// connection to stop (`stop` turns true), waits up to `grace` for them, and cuts off the rest.
+pub(crate) async fn accept_until<F>(
+    listener: TcpListener,
+    what: &'static str,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+    connection: impl Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> F,
+) -> io::Result<()>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -103,27 +135,26 @@ pub async fn serve(
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(connection(stream, peer, ctx.clone(), stop_rx.clone()));
+                    connections.spawn(connection(stream, peer, stop_rx.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!("http accept failed: {e}");
+                    tracing::warn!("{what} accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             Some(done) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(e) = done {
-                    tracing::error!("http connection task failed: {e}");
+                    tracing::error!("{what} connection task failed: {e}");
                 }
             }
         }
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained =
-        tokio::time::timeout(ctx.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(connections = connections.len(), "http shutdown: cutting off transfers still running");
+        tracing::warn!(connections = connections.len(), "{what} shutdown: cutting off transfers still running");
         connections.shutdown().await;
     }
     Ok(())

@@ -22,22 +22,27 @@ use std::time::{Instant, SystemTime};
 
 /// What the log line of one request says besides method, path, status and size.
 #[derive(Default)]
-struct Notes {
-    mac: Option<MacAddr>,
-    decision: Option<String>,
-    rule: Option<String>,
+pub(super) struct Notes {
+    pub mac: Option<MacAddr>,
+    pub decision: Option<String>,
+    pub rule: Option<String>,
     /// For artifacts: the version to mark as used when the transfer ends.
-    touch: Option<(String, String)>,
+    pub touch: Option<(String, String)>,
 }
 
 pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let latency = ctx.cpu_latency.hold();
     let mut notes = Notes::default();
-    let response = route(ctx, &req, peer, &mut notes).await;
-    let status = response.status().as_u16();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let response = match (&method, path.strip_prefix("/events/")) {
+        (&Method::POST, Some(rest)) if check_path(&path).is_ok() => {
+            super::provisioning::event(ctx, req, rest, &mut notes).await
+        }
+        _ => route(ctx, &req, peer, &mut notes).await,
+    };
+    let status = response.status().as_u16();
     let touches = ctx.touches.clone();
     response.map(move |body| {
         body.on_drop(move |bytes| {
@@ -83,6 +88,14 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
         (&Method::GET | &Method::HEAD, p) if boot_image_name(p).is_some() => {
             boot_image(ctx, req, boot_image_name(p).unwrap_or_default(), notes).await
         }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/answers/") => {
+            super::provisioning::answer(ctx, &p["/answers/".len()..], req.uri().query().unwrap_or(""), notes, head)
+        }
+        (_, p) if p.starts_with("/events/") => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "events are posted", head);
+            r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/grub/") || p.starts_with("/debian-installer/") => {
             grub_file(ctx, p, peer, notes, head)
         }
@@ -91,7 +104,7 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             None => not_found(head),
         },
         _ => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served", false);
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served here", false);
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             r
         }
@@ -139,6 +152,8 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
         // Later TFTP requests from this address (no MAC in their path) are this machine.
         ctx.shared.remember_ip(mac, ip);
     }
+    // Installed machines boot their disk (`after_install: local`); a `stat` of the install log.
+    client.installed = ctx.installs.installed(mac);
     let catalog = ctx.shared.catalog();
     let server = ctx.shared.server();
     let decision = decide(&catalog, &client, Stage::IpxeScript);
@@ -164,7 +179,7 @@ fn grub_file(ctx: &HttpContext, path: &str, peer: SocketAddr, notes: &mut Notes,
         std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
     };
     let stage = (Stage::Grub, Format::Grub);
-    match crate::serve::identify::config_file(&ctx.shared, path, &facts, stage, peer) {
+    match crate::serve::identify::config_file(&ctx.shared, &ctx.installs, path, &facts, stage, peer) {
         Ok((decision, text)) => {
             notes.mac = decision.machine.mac;
             notes.decision = Some(describe(&decision));
@@ -200,11 +215,17 @@ async fn boot_image(ctx: &HttpContext, req: &Request<Incoming>, name: &str, note
     use super::boot_image::{self as image, ImageError, Sources};
     let head = req.method() == Method::HEAD;
     notes.mac = appliance_core::boot_image::parse_file_name(name).map(|(mac, _)| mac);
-    let (shared, store, bootloaders, cache) =
-        (ctx.shared.clone(), ctx.store.clone(), ctx.bootloaders.clone(), ctx.boot_images.clone());
+    let (shared, store, bootloaders, cache, installs) =
+        (ctx.shared.clone(), ctx.store.clone(), ctx.bootloaders.clone(), ctx.boot_images.clone(), ctx.installs.clone());
     let name = name.to_string();
     let built = tokio::task::spawn_blocking(move || {
-        let src = Sources { shared: &shared, store: &store, bootloaders: bootloaders.as_deref(), cache: &cache };
+        let src = Sources {
+            shared: &shared,
+            store: &store,
+            bootloaders: bootloaders.as_deref(),
+            cache: &cache,
+            installs: &installs,
+        };
         image::open(&src, &name)
     })
     .await;
@@ -297,22 +318,22 @@ fn open_error(e: io::Error, head: bool) -> Response<Body> {
     }
 }
 
-fn script_response(script: String, head: bool) -> Response<Body> {
+pub(super) fn script_response(script: String, head: bool) -> Response<Body> {
     let mut r = bytes_response(StatusCode::OK, "text/plain; charset=utf-8", script.into_bytes(), head);
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn not_found(head: bool) -> Response<Body> {
+pub(super) fn not_found(head: bool) -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found", head)
 }
 
-fn internal_error(what: std::fmt::Arguments<'_>, head: bool) -> Response<Body> {
+pub(super) fn internal_error(what: std::fmt::Arguments<'_>, head: bool) -> Response<Body> {
     tracing::error!("{what}");
     text(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the appliance log)", head)
 }
 
-fn text(status: StatusCode, message: &str, head: bool) -> Response<Body> {
+pub(super) fn text(status: StatusCode, message: &str, head: bool) -> Response<Body> {
     bytes_response(status, "text/plain; charset=utf-8", format!("{message}\n").into_bytes(), head)
 }
 

@@ -40,9 +40,10 @@ impl TestServer {
         fixture.publish(&catalog).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = ServerInfo { address: Ipv4Addr::LOCALHOST, http_base: format!("http://{addr}") };
+        let server = ServerInfo::new(Ipv4Addr::LOCALHOST, format!("http://{addr}"));
         let shared = Shared::new(catalog.clone(), server);
-        let mut ctx = HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new()));
+        let installs = Arc::new(crate::install_store::InstallStore::new(&fixture.store));
+        let mut ctx = HttpContext::new(shared, fixture.store.clone(), bootloaders, Arc::new(Touches::new()), installs);
         configure(&mut ctx);
         let ctx = Arc::new(ctx);
         let (tx, rx) = oneshot::channel::<()>();

@@ -5,6 +5,7 @@
 //! all there is.
 
 use super::neighbours;
+use crate::install_store::InstallStore;
 use crate::state::Shared;
 use appliance_core::arch::Firmware;
 use appliance_core::client::{Client, Learned, PathFacts};
@@ -19,6 +20,7 @@ use std::time::Instant;
 /// the firmware itself fetches.
 pub fn client(
     shared: &Shared,
+    installs: &InstallStore,
     path: &str,
     facts: &PathFacts,
     firmware: Firmware,
@@ -43,6 +45,8 @@ pub fn client(
     }
     if let Some(mac) = client.mac {
         client.ipxe_chained = shared.chained(mac, now);
+        // Installed machines boot their disk (`after_install: local`); a `stat` of the install log.
+        client.installed = installs.installed(mac);
     }
     client
 }
@@ -57,13 +61,14 @@ pub fn mac_for(shared: &Shared, ip: Ipv4Addr) -> Option<MacAddr> {
 /// moves on to its next name).
 pub fn config_file(
     shared: &Shared,
+    installs: &InstallStore,
     path: &str,
     facts: &PathFacts,
     (stage, format): (Stage, Format),
     peer: Option<Ipv4Addr>,
 ) -> Result<(Decision, Option<String>), RenderError> {
     let firmware = if format == Format::Grub { Firmware::Grub } else { Firmware::Uboot };
-    let client = client(shared, path, facts, firmware, peer, Instant::now());
+    let client = client(shared, installs, path, facts, firmware, peer, Instant::now());
     let catalog = shared.catalog();
     let decision = decide(&catalog, &client, stage);
     let text = render::render(&catalog, &decision, &shared.server(), format)?;

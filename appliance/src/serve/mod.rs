@@ -12,10 +12,12 @@ pub mod tftp_routes;
 pub mod watcher;
 
 use crate::artifacts::{self, Touches};
+use crate::install_store::InstallStore;
 use crate::state::Shared;
 use anyhow::{Context, Result};
 use appliance_core::catalog::{Catalog, DhcpMode};
 use appliance_core::render::ServerInfo;
+use appliance_core::token::TokenKey;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,8 @@ pub struct ServeOptions {
     pub watch: Option<Duration>,
     /// Held while TFTP transfers and HTTP responses run (see [`crate::latency`]).
     pub cpu_latency: crate::latency::CpuLatency,
+    /// The admin listener's bearer token file; `None`: `<state>/admin.token` (created once).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -71,6 +75,7 @@ impl ServeOptions {
             gc_grace: None,
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
+            admin_token_file: None,
         }
     }
 
@@ -89,6 +94,8 @@ pub struct Listeners {
     pub dhcp: Option<crate::dhcp::DhcpSockets>,
     pub tftp: UdpSocket,
     pub http: TcpListener,
+    /// The admin listener (`crate::admin`); `None`: no admin API.
+    pub admin: Option<TcpListener>,
 }
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
@@ -110,7 +117,7 @@ fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::Pu
     Ok((catalog, report))
 }
 
-fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> ServerInfo {
+fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
     let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
     let http_base = if opts.advertise.is_none() && http_port == s.http_port {
@@ -120,7 +127,7 @@ fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> Server
     } else {
         format!("http://{address}:{http_port}")
     };
-    ServerInfo { address, http_base }
+    ServerInfo { tokens: tokens.clone(), ..ServerInfo::new(address, http_base) }
 }
 
 /// Runs the daemon until `shutdown` resolves. Every `reload.notify_one()` re-reads the config.
@@ -138,8 +145,14 @@ pub async fn run(
         tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await??
     };
     log_publish(&report);
+    let state_dir = opts.state_dir.clone();
+    let tokens = tokio::task::spawn_blocking(move || crate::secret_files::token_key(&state_dir))
+        .await?
+        .with_context(|| format!("the machine token key in {}", opts.state_dir.display()))?;
+    let installs = Arc::new(InstallStore::new(&opts.state_dir));
+    rearm_changed(&installs, &catalog).await;
     let http_port = listeners.http.local_addr()?.port();
-    let server = server_info(&catalog, &opts, http_port);
+    let server = server_info(&catalog, &opts, http_port, &tokens);
     info!(
         config = %opts.config_dir.display(),
         profiles = catalog.profiles().len(),
@@ -166,6 +179,7 @@ pub async fn run(
         touches: touches.clone(),
         mode: opts.dhcp_mode,
         grub_images: Default::default(),
+        installs: installs.clone(),
     });
     let tftp_stop = stopped(stop_rx.clone());
     let (tftp_cfg, tftp_latency) = (opts.tftp.clone(), opts.cpu_latency.clone());
@@ -181,9 +195,23 @@ pub async fn run(
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
         cpu_latency: opts.cpu_latency.clone(),
+        installs: installs.clone(),
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
+    if let Some(admin) = listeners.admin {
+        let (state, file) = (opts.state_dir.clone(), opts.admin_token_file.clone());
+        let token = tokio::task::spawn_blocking(move || crate::secret_files::admin_token(&state, file.as_deref()))
+            .await?
+            .context("the admin token")?;
+        if let Some(f) = opts.admin_token_file.as_deref().filter(|f| crate::secret_files::readable_by_others(f)) {
+            warn!(file = %f.display(), "the admin token file is readable by other users");
+        }
+        info!(admin = %admin.local_addr()?, "admin API listening");
+        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token });
+        let admin_stop = stopped(stop_rx.clone());
+        tasks.spawn(async move { crate::admin::serve(admin, ctx, admin_stop).await.context("admin") });
+    }
     if let Some(sockets) = listeners.dhcp {
         let dhcp_opts =
             crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
@@ -225,7 +253,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = reload.notified() => reload_config(&opts, &shared, http_port).await,
+            _ = reload.notified() => reload_config(&opts, &shared, http_port, &tokens, &installs).await,
             _ = gc_tick.tick() => collect_garbage(&opts, &shared, &touches, started).await,
             Some(done) = tasks.join_next() => {
                 // A server task only ends on shutdown; anything else is fatal for the daemon.
@@ -256,18 +284,37 @@ fn log_publish(report: &artifacts::PublishReport) {
     }
 }
 
-async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port: u16) {
+async fn reload_config(
+    opts: &Arc<ServeOptions>,
+    shared: &Arc<Shared>,
+    http_port: u16,
+    tokens: &TokenKey,
+    installs: &Arc<InstallStore>,
+) {
     let o = opts.clone();
     match tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await {
         Ok(Ok((catalog, report))) => {
             log_publish(&report);
-            let server = server_info(&catalog, opts, http_port);
+            let server = server_info(&catalog, opts, http_port, tokens);
             info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
             shared.set_server(server);
-            shared.replace_catalog(Arc::new(catalog));
+            let catalog = Arc::new(catalog);
+            shared.replace_catalog(catalog.clone());
+            rearm_changed(installs, &catalog).await;
         }
         Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
         Err(e) => error!("reload failed: {e}"),
+    }
+}
+
+/// Re-arms the installed machines whose entry changed in `catalog` (see
+/// `appliance_core::install`), so a reverted edit does not bring their record back.
+async fn rearm_changed(installs: &Arc<InstallStore>, catalog: &Catalog) {
+    let (i, c) = (installs.clone(), catalog.clone());
+    match tokio::task::spawn_blocking(move || i.rearm_changed(&c)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => error!(path = %installs.path().display(), "install log: re-arming changed entries failed: {e}"),
+        Err(e) => error!("install log: re-arming changed entries failed: {e}"),
     }
 }
 

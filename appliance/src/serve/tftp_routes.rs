@@ -35,6 +35,8 @@ pub struct TftpRoutes {
     /// GRUB images with our address written in, so a boot storm does not re-read and re-patch
     /// them per request.
     pub grub_images: GrubImages,
+    /// Which machines are installed (they boot their disk under `after_install: local`).
+    pub installs: Arc<crate::install_store::InstallStore>,
 }
 
 /// Patched GRUB images by file name, valid while the file's size and mtime and our address stay.
@@ -72,7 +74,7 @@ fn peer_v4(req: &ReadRequest) -> Option<Ipv4Addr> {
 impl TftpRoutes {
     /// Everything we know about the client behind this request.
     fn client(&self, req: &ReadRequest, facts: &PathFacts, firmware: Firmware, now: Instant) -> Client {
-        identify::client(&self.shared, &req.path, facts, firmware, peer_v4(req), now)
+        identify::client(&self.shared, &self.installs, &req.path, facts, firmware, peer_v4(req), now)
     }
 
     fn rendered(
@@ -86,8 +88,9 @@ impl TftpRoutes {
             // A shortened hex address never names one machine.
             return Err(TftpError::not_found());
         }
-        let (decision, text) = identify::config_file(&self.shared, &req.path, facts, (stage, format), peer_v4(req))
-            .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
+        let (decision, text) =
+            identify::config_file(&self.shared, &self.installs, &req.path, facts, (stage, format), peer_v4(req))
+                .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
         log(req, &decision, if text.is_some() { "rendered" } else { "not found" });
         match text {
             Some(t) => Ok(Content::Bytes(t.into_bytes().into())),
@@ -245,6 +248,7 @@ mod tests {
             touches: Arc::new(Touches::new()),
             mode: Some(mode),
             grub_images: Default::default(),
+            installs: Arc::new(crate::install_store::InstallStore::new(store.path())),
         };
         Fixture { routes, _dirs: (boot, store, config) }
     }

@@ -3,6 +3,7 @@
 //!
 //! Nothing here is trusted; `validate` turns these into `catalog` types.
 
+use crate::install::AfterInstall;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -88,6 +89,8 @@ pub struct MachineWire {
     pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_yaml::Value>,
+    /// `local`: boot the disk once the machine reported `installed`, until re-armed.
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +103,7 @@ pub struct VendorWire {
     pub action: Option<ActionWire>,
     pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     pub comment: Option<String>,
+    pub after_install: Option<AfterInstall>,
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +122,7 @@ pub struct TargetWire {
     pub profile: Option<String>,
     pub menu: Option<String>,
     pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
+    pub after_install: Option<AfterInstall>,
 }
 
 /// `menus.yaml`
@@ -167,6 +172,9 @@ pub struct ProfileFile {
     #[serde(default)]
     pub cmdline: String,
     pub arch: BTreeMap<String, ArchWire>,
+    /// Answer files: name -> template path in the config directory.
+    #[serde(default)]
+    pub answers: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +184,8 @@ pub struct ArchWire {
     #[serde(default)]
     pub initrd: Vec<SourceWire>,
     pub fdt: Option<SourceWire>,
+    /// A disk image for an installer to write (a file: `path`, `deb` or `url`).
+    pub image: Option<SourceWire>,
     /// Overrides the profile's command line for this architecture.
     pub cmdline: Option<String>,
 }

@@ -5,28 +5,38 @@
 //! needs arrives in the catalog, the decision and `ServerInfo`. Every artifact URL or path names
 //! an explicit version, so one boot never mixes files of two versions.
 
+pub mod context;
 pub mod grub_image;
 pub mod uimage;
 
 use crate::arch::Arch;
 use crate::catalog::{ArtifactSet, Catalog, MenuAction, Profile};
 use crate::decide::{Decision, Outcome};
+use crate::token::TokenKey;
 use minijinja::{context, Environment, UndefinedBehavior, Value};
 use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::sync::OnceLock;
 
-/// How clients reach us, as seen by the running daemon (ports may differ from the settings).
+/// How clients reach us, as seen by the running daemon (ports may differ from the settings),
+/// and the key of the machine tokens it renders (`machine.token`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerInfo {
     pub address: Ipv4Addr,
     /// Base of HTTP URLs, without a trailing slash.
     pub http_base: String,
+    pub tokens: TokenKey,
 }
 
 impl ServerInfo {
+    /// The settings' address and HTTP base, with the check-only token key (`check`, `render`).
     pub fn from_catalog(c: &Catalog) -> Self {
-        ServerInfo { address: c.settings().address, http_base: c.settings().http_base.clone() }
+        ServerInfo::new(c.settings().address, c.settings().http_base.clone())
+    }
+
+    /// With the check-only token key; the daemon sets its own key in `tokens`.
+    pub fn new(address: Ipv4Addr, http_base: String) -> Self {
+        ServerInfo { address, http_base, tokens: TokenKey::check_only() }
     }
 }
 
@@ -54,6 +64,8 @@ pub enum RenderError {
     Template { template: String, source: minijinja::Error },
     #[error("kernel command line of profile {profile} ({arch}): {source:#}")]
     Cmdline { profile: String, arch: Arch, source: minijinja::Error },
+    #[error("answer {name} of profile {profile}: {error}")]
+    Answer { profile: String, name: String, error: String },
 }
 
 const TEMPLATES: &[(&str, &str)] = &[
@@ -61,6 +73,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("ipxe_boot_lines.j2", include_str!("templates/ipxe_boot_lines.j2")),
     ("ipxe_menu.j2", include_str!("templates/ipxe_menu.j2")),
     ("ipxe_exit.j2", include_str!("templates/ipxe_exit.j2")),
+    ("ipxe_local.j2", include_str!("templates/ipxe_local.j2")),
+    ("ipxe_local_lines.j2", include_str!("templates/ipxe_local_lines.j2")),
     ("ipxe_entry.j2", include_str!("templates/ipxe_entry.j2")),
     ("pxelinux_boot.j2", include_str!("templates/pxelinux_boot.j2")),
     ("pxelinux_label.j2", include_str!("templates/pxelinux_label.j2")),
@@ -154,13 +168,9 @@ pub fn render_cmdline(
     decision: &Decision,
     server: &ServerInfo,
 ) -> Result<String, RenderError> {
-    let ctx = context! {
-        machine => Value::from_serialize(&decision.machine),
-        profile => context! { name => profile.name, description => profile.description },
-        arch => arch.as_str(),
-        version => set.version,
-        server => context! { address => server.address.to_string(), http_base => server.http_base },
-    };
+    // The profile's answers are the machine's own when the profile is its target, not a menu's.
+    let direct = matches!(&decision.outcome, Outcome::Boot { profile: p, .. } if *p == profile.name);
+    let ctx = context::template_context(profile, Some((arch, set)), &decision.machine, server, direct);
     let out = cmdline_env().render_str(&set.cmdline, ctx).map_err(|source| RenderError::Cmdline {
         profile: profile.name.clone(),
         arch,
@@ -246,9 +256,7 @@ pub fn render(
             };
             run(name, merge(base, context! { menu => menu_value, entries => entries, arch => arch.as_str() })).map(Some)
         }
-        (Outcome::Local, Format::Ipxe) => {
-            run("ipxe_exit.j2", merge(base, context! { what => "boot from local disk", message => "Booting from local disk" })).map(Some)
-        }
+        (Outcome::Local, Format::Ipxe) => run("ipxe_local.j2", base).map(Some),
         (Outcome::Local, Format::Pxelinux) => Ok(Some(format!(
             "# {}: boot from local disk\ndefault local\nprompt 0\ntimeout 0\n\nlabel local\n\tlocalboot 0\n",
             decision.machine.hostname

@@ -42,6 +42,10 @@ impl FileProbe for DirFiles {
         let bytes = std::fs::read(self.0.join(rel)).map_err(ProbeError::Read)?;
         Ok(Sha256::digest(bytes).into())
     }
+
+    fn text(&self, rel: &Path) -> Result<String, ProbeError> {
+        std::fs::read_to_string(self.0.join(rel)).map_err(ProbeError::Read)
+    }
 }
 
 /// The files of a config directory, by path relative to it.
@@ -52,6 +56,12 @@ impl FileProbe for MemFiles {
         let not_found = || ProbeError::NotFound { dir: "/config".into(), error: std::io::ErrorKind::NotFound.into() };
         let bytes = self.0.get(rel).ok_or_else(not_found)?;
         Ok(Sha256::digest(bytes).into())
+    }
+
+    fn text(&self, rel: &Path) -> Result<String, ProbeError> {
+        let not_found = || ProbeError::NotFound { dir: "/config".into(), error: std::io::ErrorKind::NotFound.into() };
+        let bytes = self.0.get(rel).ok_or_else(not_found)?;
+        String::from_utf8(bytes.clone()).map_err(|e| ProbeError::Read(std::io::Error::other(e)))
     }
 }
 
@@ -83,6 +93,7 @@ pub fn dhcp(m: &str, arch: Option<u16>, vendor: Option<&str>, user: Option<&str>
         user_class: user.map(String::from),
         path: None,
         chained: false,
+        ..Query::default()
     })
 }
 

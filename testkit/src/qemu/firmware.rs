@@ -21,6 +21,8 @@ pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.ms.fd";
 pub const AAVMF_VARS_MS: &str = "/usr/share/AAVMF/AAVMF_VARS.ms.fd";
 /// The option ROM QEMU gives an e1000 NIC: an iPXE build (BIOS and EFI).
 pub const E1000_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
+/// The option ROM QEMU gives a virtio-net-pci NIC: iPXE again.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";

@@ -172,7 +172,15 @@ impl Machine {
             c.arg("-fw_cfg").arg(item);
         }
         if let Some(disk) = &self.disk {
-            let boot = if self.nic.boot_first { "" } else { ",bootindex=0" };
+            // Network first, then the disk (a machine netbooting until it is installed), or the
+            // disk alone. OVMF drops devices without a boot index from the boot order once any
+            // device has one, so the disk gets the next index rather than none.
+            let boot = match (self.nic.boot_first, self.firmware.pci()) {
+                (true, true) => ",bootindex=1",
+                // The NIC has no boot index to come after (U-Boot's NICs sit on MMIO).
+                (true, false) => "",
+                (false, _) => ",bootindex=0",
+            };
             c.arg("-drive").arg(format!("file={},format={},if=none,id=disk0", disk.path.display(), disk.format));
             // `ide.0` is the PIIX IDE controller on `pc` and the ICH9 AHCI controller on `q35`.
             let device = if disk.ide { "ide-hd,bus=ide.0" } else { "virtio-blk-pci" };
@@ -292,6 +300,18 @@ mod tests {
             assert!(line.contains(part), "{line}\nlacks {part}");
         }
         assert!(d.join("OVMF_VARS.fd").is_file());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_machine_installed_from_the_network_boots_its_nic_then_its_disk() {
+        let d = dir("netfirst");
+        let mut m =
+            Machine::new(Firmware::SeaBios, nic("virtio-net-pci", true, true), Net::Tap("tap0".into()), d.clone());
+        m.disk = Some(Disk { path: "/x/disk.img".into(), format: "raw", ide: false });
+        let line = render_cmdline(&m.command(None).unwrap());
+        assert!(line.contains("-device virtio-blk-pci,drive=disk0,bootindex=1"), "{line}");
+        assert!(line.ends_with("-device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,bootindex=0"), "{line}");
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -154,8 +154,20 @@ fn kernel(recipe: &Recipe, pinned: &Pinned) -> Result<Kernel> {
 /// Builds both GRUBs and fills the ESP's tree (`EFI/BOOT/BOOTX64.EFI`, `boot/grub/grub.cfg`,
 /// `boot/vmlinuz`, `boot/initrd.img`); returns GRUB's BIOS boot code.
 pub fn esp(sh: &Shell, recipe: &Recipe, pinned: &Pinned, boot: &Boot, work: &Path, esp: &Path) -> Result<BiosBoot> {
-    let grub_pc_dir = pinned.grub_pc.join("usr/lib/grub/i386-pc");
-    let grub_efi_dir = pinned.grub_efi.join("usr/lib/grub/x86_64-efi");
+    let bios = grub(sh, &pinned.grub_pc, &pinned.grub_efi, work, esp)?;
+    stdfs::write(esp.join("boot/grub/grub.cfg"), grub_cfg(recipe, &boot.ids))?;
+    stdfs::copy(&boot.kernel.vmlinuz, esp.join("boot/vmlinuz"))?;
+    stdfs::write(esp.join("boot/initrd.img"), &boot.initrd)?;
+    Ok(bios)
+}
+
+/// GRUB for a disk laid out as `layout` plans it (GPT; the ESP is partition 2), from the
+/// extracted `grub-pc-bin` and `grub-efi-amd64-bin` packages: `EFI/BOOT/BOOTX64.EFI` in the
+/// ESP's tree `esp` and, for BIOS, the boot code to install; both read `/boot/grub/grub.cfg`
+/// from the ESP (`boot/grub/` is created for it). Also the demo disk's (`demo_disk`).
+pub fn grub(sh: &Shell, grub_pc: &Path, grub_efi: &Path, work: &Path, esp: &Path) -> Result<BiosBoot> {
+    let grub_pc_dir = grub_pc.join("usr/lib/grub/i386-pc");
+    let grub_efi_dir = grub_efi.join("usr/lib/grub/x86_64-efi");
     let core_img = work.join("core.img");
     grub_mkimage(sh, &grub_pc_dir, "i386-pc", "(,gpt2)/boot/grub", &[GRUB_COMMON, GRUB_PC].concat(), &core_img)?;
     stdfs::create_dir_all(esp.join("EFI/BOOT"))?;
@@ -168,9 +180,6 @@ pub fn esp(sh: &Shell, recipe: &Recipe, pinned: &Pinned, boot: &Boot, work: &Pat
         &[GRUB_COMMON, GRUB_EFI].concat(),
         &esp.join("EFI/BOOT/BOOTX64.EFI"),
     )?;
-    stdfs::write(esp.join("boot/grub/grub.cfg"), grub_cfg(recipe, &boot.ids))?;
-    stdfs::copy(&boot.kernel.vmlinuz, esp.join("boot/vmlinuz"))?;
-    stdfs::write(esp.join("boot/initrd.img"), &boot.initrd)?;
     Ok(BiosBoot { boot_img: stdfs::read(grub_pc_dir.join("boot.img"))?, core: stdfs::read(&core_img)? })
 }
 

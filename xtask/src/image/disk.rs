@@ -13,7 +13,7 @@ use super::boot::BiosBoot;
 use super::gpt::{self, Guid, Partition, Table, SECTOR};
 use super::identity::Ids;
 use super::layout::Layout;
-use super::{bios, fs, initramfs};
+use super::{bios, fs};
 
 /// The ESP's FAT label.
 pub const ESP_LABEL: &str = "APPLIANCE";
@@ -34,13 +34,14 @@ pub fn esp_filesystem(sh: &Shell, layout: &Layout, ids: &Ids, epoch: u64, esp: &
     Ok(image)
 }
 
-/// The ext4 file system of the data partition, from the tree in `data`, as `work/data.img`.
+/// The ext4 file system of the data partition, labelled `label`, from the tree in `data`, as
+/// `work/data.img`.
 pub fn data_filesystem(
     sh: &Shell,
     layout: &Layout,
     ids: &Ids,
     epoch: u64,
-    data: &Path,
+    (data, label): (&Path, &str),
     work: &Path,
 ) -> Result<PathBuf> {
     let image = work.join("data.img");
@@ -48,7 +49,7 @@ pub fn data_filesystem(
         root: data,
         image: &image,
         bytes: layout.data.bytes(),
-        label: initramfs::DATA_PARTNAME,
+        label,
         uuid: ids.data_uuid.clone(),
         hash_seed: ids.data_hash_seed.clone(),
         epoch,
@@ -58,8 +59,8 @@ pub fn data_filesystem(
     Ok(image)
 }
 
-/// The partition table the layout describes.
-fn table(layout: &Layout, ids: &Ids) -> Result<Table> {
+/// The partition table the layout describes; the data partition is called `data_name`.
+fn table(layout: &Layout, ids: &Ids, data_name: &str) -> Result<Table> {
     let partition = |type_guid: &str, guid: Guid, name: &str, extent: super::layout::Extent| -> Result<Partition> {
         Ok(Partition {
             type_guid: Guid::parse(type_guid)?,
@@ -76,7 +77,7 @@ fn table(layout: &Layout, ids: &Ids) -> Result<Table> {
         partitions: vec![
             partition(gpt::BIOS_BOOT, ids.bios_part, "BIOS boot", layout.bios)?,
             partition(gpt::EFI_SYSTEM, ids.esp_part, "EFI system", layout.esp)?,
-            partition(gpt::LINUX_DATA, ids.data_part, initramfs::DATA_PARTNAME, layout.data)?,
+            partition(gpt::LINUX_DATA, ids.data_part, data_name, layout.data)?,
         ],
     })
 }
@@ -88,13 +89,15 @@ pub struct Parts<'a> {
     pub bios: &'a BiosBoot,
     pub esp_img: &'a Path,
     pub data_img: &'a Path,
+    /// The data partition's GPT name (the appliance's initramfs finds its partition by it).
+    pub data_name: &'a str,
 }
 
 /// Writes `image`: MBR and primary GPT, GRUB's core image, both file systems, the backup GPT;
 /// then reads the partition table back. Returns the core image's size in sectors.
 pub fn assemble(parts: &Parts<'_>, image: &Path) -> Result<u64> {
     let layout = parts.layout;
-    let table = table(layout, parts.ids)?;
+    let table = table(layout, parts.ids, parts.data_name)?;
     let mut core = parts.bios.core.clone();
     let core_sectors = bios::place_core_img(&mut core, layout.bios.first_lba)?;
     let mut mbr = table.protective_mbr(parts.ids.mbr_signature);

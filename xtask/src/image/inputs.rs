@@ -147,7 +147,7 @@ fn source_date_epoch(sh: &Shell) -> u64 {
 }
 
 /// An extracted copy of a pinned package in target/cache/extracted (verified download first).
-fn extracted(sh: &Shell, lock: &Lock, name: &str, arch: &str) -> Result<PathBuf> {
+pub fn extracted(sh: &Shell, lock: &Lock, name: &str, arch: &str) -> Result<PathBuf> {
     let pin = lock.get(name, arch)?;
     let deb = debian::ensure_deb(sh, lock, name, arch)?;
     let tree = project_root().join("target/cache/extracted").join(format!(

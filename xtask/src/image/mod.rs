@@ -164,12 +164,19 @@ pub fn build(args: &Args) -> Result<Output> {
     steps.start("ESP file system (FAT32)");
     let esp_img = disk::esp_filesystem(&sh, &layout, &boot.ids, config.epoch, &esp, work.path())?;
     steps.start("data partition (ext4)");
-    let data_img = disk::data_filesystem(&sh, &layout, &boot.ids, config.epoch, &data, work.path())?;
+    let data_img =
+        disk::data_filesystem(&sh, &layout, &boot.ids, config.epoch, (&data, initramfs::DATA_PARTNAME), work.path())?;
     steps.start("GPT and BIOS boot code (disk image)");
     stdfs::create_dir_all(&out_dir).with_context(|| format!("failed to create {}", out_dir.display()))?;
     let image = out_dir.join(format!("{}.img", recipe.name));
-    let parts =
-        disk::Parts { layout: &layout, ids: &boot.ids, bios: &bios_boot, esp_img: &esp_img, data_img: &data_img };
+    let parts = disk::Parts {
+        layout: &layout,
+        ids: &boot.ids,
+        bios: &bios_boot,
+        esp_img: &esp_img,
+        data_img: &data_img,
+        data_name: initramfs::DATA_PARTNAME,
+    };
     let core_sectors = disk::assemble(&parts, &image)?;
     let qcow2 = if args.no_qcow2 {
         None
@@ -247,7 +254,7 @@ fn artifact_store(catalog: &Catalog, data: &Path) -> Result<PathBuf> {
 }
 
 /// Measures the ESP's and the data partition's trees and plans the disk from them.
-fn plan_layout(state_mib: u32, bios_boot: &boot::BiosBoot, esp: &Path, data: &Path) -> Result<Layout> {
+pub(crate) fn plan_layout(state_mib: u32, bios_boot: &boot::BiosBoot, esp: &Path, data: &Path) -> Result<Layout> {
     let data_entries = fs::walk(data)?;
     let layout = Layout::plan(&Contents {
         esp_bytes: fs::allocated(&fs::walk(esp)?, 512),

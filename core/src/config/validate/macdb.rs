@@ -49,7 +49,13 @@ fn target(
     Some(Some(t))
 }
 
-type MacDb = (BTreeMap<MacAddr, Machine>, Vec<VendorRule>, (Target, Policy));
+/// The merged MAC database.
+pub(super) struct MacDb {
+    pub machines: BTreeMap<MacAddr, Machine>,
+    pub vendors: Vec<VendorRule>,
+    pub unknown: Target,
+    pub unknown_policy: Policy,
+}
 
 pub(super) fn validate_macdb(
     input: &Input,
@@ -132,6 +138,7 @@ pub(super) fn validate_macdb(
                     target: t,
                     uefi_chain: w.uefi_chain,
                     comment: w.comment.clone(),
+                    after_install: w.after_install,
                     origin: doc.origin(&base),
                 });
             }
@@ -145,7 +152,11 @@ pub(super) fn validate_macdb(
                 target(u.profile.as_ref(), u.menu.as_ref(), u.action, "unknown", profiles, menus, &doc, errs)
             {
                 unknown = t.unwrap_or(Target::Ignore);
-                policy = Policy { uefi_chain: u.uefi_chain, origin: Some(doc.origin("unknown")) };
+                policy = Policy {
+                    uefi_chain: u.uefi_chain,
+                    after_install: u.after_install,
+                    origin: Some(doc.origin("unknown")),
+                };
             }
         }
     }
@@ -166,7 +177,12 @@ pub(super) fn validate_macdb(
             }
         }
     }
-    (machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(), vendors, (unknown, policy))
+    MacDb {
+        machines: machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(),
+        vendors,
+        unknown,
+        unknown_policy: policy,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -237,6 +253,7 @@ fn machine(
         chain_ipxe: w.chain_ipxe,
         uefi_chain: w.uefi_chain,
         vars,
+        after_install: w.after_install,
         origin: doc.origin(base),
     })
 }

@@ -81,11 +81,18 @@ pub fn is_yaml(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-/// Access to local artifact files, relative to the config directory: the one thing validation
-/// needs from the file system, handed in by the caller.
+/// Access to local files, relative to the config directory: the one thing validation needs from
+/// the file system, handed in by the caller.
 pub trait FileProbe {
     /// The sha256 of the file, or why it cannot be read.
     fn digest(&self, rel: &Path) -> Result<Digest, ProbeError>;
+
+    /// The text of a template (a profile's answer file), or why it cannot be read. A probe
+    /// that reads no templates refuses every one.
+    fn text(&self, rel: &Path) -> Result<String, ProbeError> {
+        let _ = rel;
+        Err(ProbeError::Read(std::io::Error::new(std::io::ErrorKind::Unsupported, "this probe reads no templates")))
+    }
 }
 
 /// Why a local artifact file gives no digest. Reported as `artifact file "PATH": <this>`.
@@ -112,26 +119,42 @@ fn contained(rel: &str) -> bool {
     !rel.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
+/// Validates a config: every file on its own, every reference between them, and then every
+/// template rendered for every machine (`answers::check_all`).
 pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigErrors> {
     let mut errs = Errors::default();
     let settings = validate_settings(input, &mut errs);
-    let profiles = validate_profiles(input, probe, &mut errs);
+    let mut templates = crate::answers::Templates::builder();
+    let profiles = validate_profiles(input, probe, &mut templates, &mut errs);
     let menus = validate_menus(input, &profiles, &mut errs);
-    let (machines, vendors, (unknown, unknown_policy)) =
-        validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
-    match (errs.is_empty(), settings) {
-        (true, Some(settings)) => Ok(Catalog::new(Parts {
-            dir: input.dir.clone(),
-            settings,
-            profiles,
-            machines,
-            vendors,
-            unknown,
-            unknown_policy,
-            menus,
-        })),
-        _ => Err(errs.into()),
+    let macdb = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
+    let (true, Some(settings)) = (errs.is_empty(), settings) else { return Err(errs.into()) };
+    let catalog = Catalog::new(Parts {
+        dir: input.dir.clone(),
+        settings,
+        profiles,
+        machines: macdb.machines,
+        vendors: macdb.vendors,
+        unknown: macdb.unknown,
+        unknown_policy: macdb.unknown_policy,
+        menus,
+        answer_templates: templates.build(),
+    });
+    let cmdline_field = |profile: &Profile, arch: Arch| {
+        let text = input.profiles.iter().find(|f| f.path == profile.file).map_or("", |f| f.text.as_str());
+        let doc = Doc::new(&profile.file, text);
+        let arch_field = key(&key("arch", arch.as_str()), "cmdline");
+        let field = if doc.position(&arch_field) != doc.position(&key("arch", arch.as_str())) {
+            arch_field
+        } else {
+            "cmdline".to_string()
+        };
+        doc.error(&field, "")
+    };
+    for e in crate::answers::check_all(&catalog, &cmdline_field) {
+        errs.push(e);
     }
+    errs.check().map(|()| catalog)
 }
 
 fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {

@@ -5,6 +5,7 @@ use super::*;
 pub(super) fn validate_profiles(
     input: &Input,
     probe: &dyn FileProbe,
+    templates: &mut crate::answers::Builder,
     errs: &mut Errors,
 ) -> BTreeMap<String, Arc<Profile>> {
     let mut out = BTreeMap::new();
@@ -66,18 +67,81 @@ pub(super) fn validate_profiles(
                 })
                 .collect();
             let fdt = a.fdt.as_ref().map(|s| artifact("fdt", key(&base, "fdt"), s, "", errs));
-            let (Some(kernel), Some(initrds), Some(fdt)) =
-                (kernel, initrds.into_iter().collect::<Option<Vec<_>>>(), fdt.map_or(Some(None), |f| f.map(Some)))
+            let image = a.image.as_ref().map(|s| {
+                let field = key(&base, "image");
+                let image = artifact("image", field.clone(), s, "", errs)?;
+                if matches!(image.source, Source::Cpio { .. }) {
+                    // The installer checks the bytes it writes against `artifacts.image.sha256`,
+                    // which only a file source pins.
+                    errs.at(&doc, &field, "an image is a file (`path`, `deb` or `url`), not a `cpio` recipe");
+                    return None;
+                }
+                Some(image)
+            });
+            let optional = |a: Option<Option<Artifact>>| a.map_or(Some(None), |a| a.map(Some));
+            let (Some(kernel), Some(initrds), Some(fdt), Some(image)) =
+                (kernel, initrds.into_iter().collect::<Option<Vec<_>>>(), optional(fdt), optional(image))
             else {
                 continue;
             };
-            let version = crate::version::set_version(arch, &cmdline, &kernel, &initrds, fdt.as_ref());
-            arches.insert(arch, ArtifactSet { kernel, initrds, fdt, cmdline, version });
+            let version = crate::version::set_version(arch, &cmdline, &kernel, &initrds, fdt.as_ref(), image.as_ref());
+            arches.insert(arch, ArtifactSet { kernel, initrds, fdt, image, cmdline, version });
         }
+        let answers = answers(input, &wire, &doc, probe, templates, errs);
         out.insert(
             wire.name.clone(),
-            Arc::new(Profile { name: wire.name.clone(), description: wire.description.clone(), arches }),
+            Arc::new(Profile {
+                name: wire.name.clone(),
+                description: wire.description.clone(),
+                arches,
+                answers,
+                file: src.path.clone(),
+            }),
         );
+    }
+    out
+}
+
+/// The profile's answer files: valid names, templates inside the config directory that read
+/// and compile (a syntax error is reported at its line and column in the template's file).
+fn answers(
+    input: &Input,
+    wire: &ProfileFile,
+    doc: &Doc<'_>,
+    probe: &dyn FileProbe,
+    templates: &mut crate::answers::Builder,
+    errs: &mut Errors,
+) -> BTreeMap<String, crate::answers::Answer> {
+    let mut out = BTreeMap::new();
+    for (name, path) in &wire.answers {
+        let field = key("answers", name);
+        if !valid_name(name) {
+            errs.at(doc, &field, format!("{name:?} is not a valid answer name (letters, digits, '-', '_', '.')"));
+            continue;
+        }
+        if !contained(path) {
+            errs.at(doc, &field, format!("{path:?} must be a relative path inside the config directory"));
+            continue;
+        }
+        let text = match probe.text(Path::new(path)) {
+            Ok(t) => t,
+            Err(e) => {
+                errs.at(doc, &field, format!("answer template {path:?}: {e}"));
+                continue;
+            }
+        };
+        let answer = crate::answers::Answer {
+            name: name.clone(),
+            path: PathBuf::from(path),
+            file: input.dir.join(path),
+            format: crate::answers::Format::of(name, Path::new(path)),
+        };
+        match templates.add(&wire.name, &answer, text) {
+            Ok(()) => {
+                out.insert(name.clone(), answer);
+            }
+            Err(e) => errs.push(e),
+        }
     }
     out
 }

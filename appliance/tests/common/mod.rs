@@ -1,0 +1,172 @@
+//! The daemon in-process for the integration tests: a private copy of the core's test config,
+//! loopback ephemeral ports (TFTP, HTTP and the admin API), and the clients the tests use.
+#![allow(dead_code)]
+
+use appliance::serve::{Listeners, ServeOptions};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use testkit::tftp_client::{self as client, ClientOptions};
+use tokio::sync::{oneshot, Notify};
+
+/// What a daemon serves from and keeps its state in.
+struct Dirs {
+    config: tempfile::TempDir,
+    state: tempfile::TempDir,
+    root: tempfile::TempDir,
+    bootloaders: tempfile::TempDir,
+}
+
+/// A running daemon over a private copy of the test config.
+pub struct Daemon {
+    pub config: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    pub root: tempfile::TempDir,
+    pub bootloaders: tempfile::TempDir,
+    pub http: SocketAddr,
+    pub tftp: SocketAddr,
+    /// The admin API.
+    pub admin: SocketAddr,
+    pub reload: Arc<Notify>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The core's test config (profiles, machines, menus and their files).
+pub fn test_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config")
+}
+
+/// 20 MB of a deterministic pattern, so ranges can be checked.
+pub fn big_bytes() -> Vec<u8> {
+    (0..20_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+}
+
+impl Daemon {
+    pub async fn start(tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+        let config = tempfile::tempdir().unwrap();
+        copy_dir(&test_config(), config.path());
+        std::fs::write(config.path().join("files/big.img"), big_bytes()).unwrap();
+        std::fs::write(
+            config.path().join("big.yaml"),
+            "name: big\ncmdline: \"v={{ version }}\"\narch:\n  x86_64:\n    kernel: { path: files/vmlinuz-x86_64, name: vmlinuz }\n    initrd: [ { path: files/big.img, name: big.img } ]\n",
+        )
+        .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("hello.txt"), b"hello from the fallback root\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("escape")).unwrap();
+        let bootloaders = tempfile::tempdir().unwrap();
+        for (name, bytes) in
+            [("undionly.kpxe", vec![0x55u8; 70_000]), ("ipxe.efi", (0..=255u8).cycle().take(900_000).collect())]
+        {
+            std::fs::write(bootloaders.path().join(name), bytes).unwrap();
+        }
+        let dirs = Dirs { config, state, root, bootloaders };
+        Daemon::launch(dirs, tweak).await
+    }
+
+    /// Starts the daemon on `dirs` (a new one, or those of a daemon that was killed).
+    async fn launch(dirs: Dirs, tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+        let Dirs { config, state, root, bootloaders } = dirs;
+        let mut opts = ServeOptions::new(config.path().to_path_buf(), state.path().to_path_buf());
+        opts.bootloaders = Some(bootloaders.path().to_path_buf());
+        opts.tftp_root = Some(root.path().to_path_buf());
+        opts.advertise = Some("127.0.0.1".parse().unwrap());
+        opts.tftp.timeout = Duration::from_millis(300);
+        tweak(&mut opts);
+        let tftp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (tftp_addr, http_addr, admin_addr) =
+            (tftp.local_addr().unwrap(), http.local_addr().unwrap(), admin.local_addr().unwrap());
+        let reload = Arc::new(Notify::new());
+        let (tx, rx) = oneshot::channel();
+        let r = reload.clone();
+        let task = tokio::spawn(async move {
+            appliance::serve::run(opts, Listeners { dhcp: None, tftp, http, admin: Some(admin) }, r, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        // Ready when HTTP and the admin API answer.
+        for addr in [http_addr, admin_addr] {
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Daemon {
+            config,
+            state,
+            root,
+            bootloaders,
+            http: http_addr,
+            tftp: tftp_addr,
+            admin: admin_addr,
+            reload,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Ends the daemon without a shutdown (its tasks are dropped where they stand, as by
+    /// `kill -9`: nothing more is written) and starts a new one on the same directories.
+    pub async fn kill_and_restart(mut self) -> Daemon {
+        let task = self.task.take().unwrap();
+        task.abort();
+        let _ = task.await;
+        let dirs = Dirs { config: self.config, state: self.state, root: self.root, bootloaders: self.bootloaders };
+        Daemon::launch(dirs, |_| {}).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.state.path().join("artifacts")
+    }
+
+    pub fn catalog(&self) -> appliance_core::catalog::Catalog {
+        appliance::config_dir::load(self.config.path(), None).unwrap()
+    }
+}
+
+/// Runs a command, returning (success, stdout bytes, stderr text).
+pub fn run(cmd: &mut Command, what: &str) -> (bool, Vec<u8>, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): install it (Debian package named in the test)"));
+    (out.status.success(), out.stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+pub fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
+    run(Command::new("curl").args(["-s", "-S"]).args(args), "curl (Debian package curl)")
+}
+
+pub async fn tftp_get(d: &Daemon, path: &str) -> Result<Vec<u8>, String> {
+    client::get(d.tftp, path, &ClientOptions::default()).await.map(|dl| dl.data).map_err(|e| e.to_string())
+}
