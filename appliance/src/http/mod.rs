@@ -15,6 +15,7 @@
 
 mod body;
 mod files;
+mod observe;
 mod provisioning;
 mod routes;
 mod sendfile;
