@@ -72,6 +72,8 @@ pub struct Cell {
     /// Texts the daemon's log must show (e.g. which rule decided).
     pub daemon_log_shows: Vec<String>,
     pub stack: Stack,
+    /// After the boot, headless Chromium checks the daemon's status pages (`crate::browser`).
+    pub status_pages: bool,
 }
 
 /// What a passing boot cell measured.
@@ -100,7 +102,14 @@ impl Cell {
             serial_shows: client.path_texts().iter().map(|t| t.to_string()).collect(),
             daemon_log_shows: Vec::new(),
             stack: Stack::Ours,
+            status_pages: false,
         }
+    }
+
+    /// After the boot, check the status pages in headless Chromium (`crate::browser`).
+    pub fn status_pages(mut self) -> Cell {
+        self.status_pages = true;
+        self
     }
 
     /// The same cell served by the reference stack instead of our daemon, named `<name>-reference`.
@@ -255,6 +264,9 @@ impl Cell {
         let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
         let config_dir = scratch.path().join("config");
         let config = TestConfig::build(&host::profiles_dir(), &config_dir, &self.config)?;
+        if self.status_pages {
+            missing.extend(crate::browser::missing());
+        }
         missing.extend(config.missing_blobs(&blobs).into_iter().map(|m| format!("{m}: run `cargo xtask fetch`")));
         if !missing.is_empty() {
             bail!(host::report(&missing));
@@ -320,6 +332,21 @@ impl Cell {
         let result = match &expected {
             Some((profile, arch, version)) => self.watch_boot(&mut run, profile, *arch, version),
             None => self.watch_no_boot(&mut run),
+        };
+        let result = match (result, &expected, run.lab.as_ref()) {
+            (Ok(o), Some((profile, _, version)), Some(lab)) if self.status_pages && run.daemon.is_some() => {
+                if let Some(vm) = run.vm.as_mut() {
+                    vm.stop();
+                }
+                let want = crate::browser::Expected {
+                    mac: &self.mac,
+                    profile,
+                    version,
+                    steps: &["dhcp", "config", "artifact"],
+                };
+                crate::browser::check_status_pages(lab.server(), out, &want).map(|()| o)
+            }
+            (result, _, _) => result,
         };
         // Stop the VM and the daemon (so its last log lines are written) before showing the logs.
         run.stop_processes();
