@@ -103,6 +103,9 @@ fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, stat
     };
     c.env("RUST_LOG", "info");
     c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
+    // The admin listener's fixed default port may be taken by another daemon on this host; the
+    // bench reads nothing from it.
+    c.args(["--admin-listen", "off"]);
     c.args(&ctx.daemon_args);
     c
 }
