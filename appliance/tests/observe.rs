@@ -244,6 +244,62 @@ async fn the_timeline_survives_a_restart() {
     d.stop().await;
 }
 
+/// The provisioning steps are journaled: an answer-file fetch with the decision behind it, an
+/// installer's `installed` with its message, and the summary's install state follows.
+#[tokio::test(flavor = "multi_thread")]
+async fn answer_files_and_installer_events_are_in_the_timeline() {
+    const INSTALL1: &str = "52:54:00:00:00:0a";
+    let d = Daemon::start(|_| {}).await;
+    let (status, body) = http_get(&d.url(&format!("/answers/{INSTALL1}/user-data")));
+    assert_eq!(status, 200, "{body}");
+    let key = loop {
+        if let Some(k) = appliance::secret_files::existing_token_key(d.state.path()).unwrap() {
+            break k;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let auth = format!("Authorization: Bearer {}", key.token(appliance_core::mac::MacAddr::parse(INSTALL1).unwrap()));
+    let url = d.url(&format!("/events/{INSTALL1}"));
+    let (ok, _, err) = curl(&["-f", "-H", &auth, "--data", "event=installed&message=disk+written", &url]);
+    assert!(ok, "{err}");
+
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (status, body) = admin(&d, &format!("/api/machines/{INSTALL1}"));
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let t = v["timeline"].as_array().unwrap();
+            if t.len() >= 2 {
+                assert_eq!(
+                    (&t[0]["kind"], &t[0]["name"], &t[0]["status"]),
+                    (&"answer".into(), &"user-data".into(), &200.into()),
+                    "{body}"
+                );
+                assert_eq!(t[0]["decision"]["profile"], "installer", "{body}");
+                assert_eq!(
+                    (&t[1]["kind"], &t[1]["event"], &t[1]["message"]),
+                    (&"installer".into(), &"installed".into(), &"disk written".into()),
+                    "{body}"
+                );
+                assert!(v["summary"]["install"].as_str().unwrap().starts_with("installed"), "{body}");
+                d.stop().await;
+                return;
+            }
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the answer fetch and the event never reached the timeline:\n{last}");
+}
+
+fn http_get(url: &str) -> (u16, String) {
+    let (ok, out, err) = curl(&["-w", "\n%{http_code}", url]);
+    assert!(ok, "curl {url}: {err}");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_string())
+}
+
 /// `--journal off`: no record is made, the metrics still count.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_the_journal_off_only_metrics_count() {
