@@ -4,7 +4,8 @@
 //! client identification, `decide`, `render`, DHCP messages and leases), which the modules
 //! here call with what they read from the world.
 //!
-//! - `config_dir`: reading a config directory for the core's validation.
+//! - `config_dir`: reading a config directory for the core's validation; `kernel_signatures`:
+//!   whether its kernels are signed, for the core's Secure Boot warnings.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `admin`: the operators' API (re-arm); `serve`: the
 //!   daemon that runs them.
@@ -22,6 +23,7 @@ pub mod config_dir;
 pub mod dhcp;
 pub mod http;
 pub mod install_store;
+pub mod kernel_signatures;
 pub mod latency;
 pub mod observe;
 pub mod secret_files;

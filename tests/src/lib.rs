@@ -7,6 +7,7 @@
 //! | module    | what |
 //! |-----------|------|
 //! | `matrix`  | one cell end to end: prerequisites, config, namespaces, processes, verdict |
+//! | `lifecycle` | one machine installed from the network, booting its disk, re-armed |
 //! | `client`  | the client machines: firmware, NIC, what the console shows on the cell's path |
 //! | `daemon`  | `appliance serve` in the namespace |
 //! | `browser` | headless Chromium reading the daemon's status pages after a boot |
@@ -21,5 +22,6 @@ pub mod config;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod host;
+pub mod lifecycle;
 pub mod matrix;
 pub mod reference;

@@ -7,7 +7,7 @@ use super::files::{self, Mutability, Validators};
 use super::HttpContext;
 use crate::artifacts;
 use appliance_core::boot_file::BootFile;
-use appliance_core::client;
+use appliance_core::client::{self, TftpRequest};
 use appliance_core::decide::{decide, Decision, Outcome, Stage};
 use appliance_core::mac::MacAddr;
 use appliance_core::render::{self, Format};
@@ -83,7 +83,7 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
 }
 
 async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, notes: &mut Notes) -> Response<Body> {
-    let path = req.uri().path();
+    let path = second_stage_path(req.uri().path());
     let head = req.method() == Method::HEAD;
     if let Err(why) = check_path(path) {
         return text(StatusCode::BAD_REQUEST, why, head);
@@ -109,6 +109,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             r
         }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/grub/") || p.starts_with("/debian-installer/") => {
+            grub_file(ctx, p, peer, notes, head)
+        }
         (&Method::GET | &Method::HEAD, _) => match boot_program {
             Some(file) => bootloader(ctx, req, file).await,
             None => not_found(head),
@@ -118,6 +121,16 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             r
         }
+    }
+}
+
+/// shim fetches its GRUB from the directory of its own URL, and for shim at the root it asks
+/// for `//grubx64.efi` (measured with OVMF HTTP Boot, docs/firmware.md#the-shim-chain). That
+/// one empty segment is read as the root; every other path is judged as it is.
+fn second_stage_path(path: &str) -> &str {
+    match path.strip_prefix("//").and_then(BootFile::from_file_name) {
+        Some(file) if file.is_second_stage() => &path[1..],
+        _ => path,
     }
 }
 
@@ -166,6 +179,33 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
         Ok(Some(script)) => script_response(script, head),
         Ok(None) => text(StatusCode::NOT_FOUND, "no boot script for this machine", head),
         Err(e) => internal_error(format_args!("rendering the iPXE script for {mac}: {e:#}"), head),
+    }
+}
+
+/// `/grub/…` and `/debian-installer/<arch>/grub/…`: the config a signed GRUB reads, for the
+/// machine at the request's source address (its name says nothing of the machine), and a quick
+/// 404 for the module lists and anything else it probes.
+fn grub_file(ctx: &HttpContext, path: &str, peer: SocketAddr, notes: &mut Notes, head: bool) -> Response<Body> {
+    let TftpRequest::GrubConfig(facts) = client::classify_tftp(path) else { return not_found(head) };
+    if facts.ip_prefix {
+        return not_found(head);
+    }
+    let peer = match peer.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let stage = (Stage::Grub, Format::Grub);
+    match crate::serve::identify::config_file(&ctx.shared, &ctx.installs, path, &facts, stage, peer) {
+        Ok((decision, text)) => {
+            notes.mac = decision.machine.mac;
+            notes.decision = Some(describe(&decision));
+            notes.rule = Some(decision.target_rule.to_string());
+            match text {
+                Some(text) => script_response(text, head),
+                None => not_found(head),
+            }
+        }
+        Err(e) => internal_error(format_args!("rendering the GRUB config at {path}: {e:#}"), head),
     }
 }
 
@@ -279,6 +319,16 @@ fn bytes_response(status: StatusCode, content_type: &'static str, bytes: Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::check_path;
+
+    #[test]
+    fn shims_double_slash_is_read_as_the_root_for_its_grub_only() {
+        use super::second_stage_path;
+        assert_eq!(second_stage_path("//grubx64.efi"), "/grubx64.efi");
+        assert_eq!(second_stage_path("//grubaa64.efi"), "/grubaa64.efi");
+        for kept in ["/grubx64.efi", "//shimx64.efi", "//artifacts/x", "///grubx64.efi", "//grubnetx64.efi"] {
+            assert_eq!(second_stage_path(kept), kept);
+        }
+    }
 
     #[test]
     fn paths_that_could_escape_are_refused() {

@@ -6,6 +6,7 @@
 //! an invalid one is refused with every error logged, and the old one keeps serving.
 
 pub mod files;
+pub mod identify;
 pub mod neighbours;
 pub mod tftp_observe;
 pub mod tftp_routes;
@@ -143,6 +144,15 @@ fn catalog_view(opts: &ServeOptions, catalog: &Catalog, version: String) -> appl
     }
 }
 
+/// [`load_versioned`], then the Secure Boot warnings of the new config, logged.
+fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, report, version) = load_versioned(opts)?;
+    for w in crate::kernel_signatures::warnings(&catalog, Some(&opts.blobs)) {
+        warn!("{w}");
+    }
+    Ok((catalog, report, version))
+}
+
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
     let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
@@ -168,7 +178,7 @@ pub async fn run(
     let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
     let (catalog, report, version) = {
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || load_versioned(&o)).await?.map_err(|r| r.error)?
+        tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await?.map_err(|r| r.error)?
     };
     log_publish(&report);
     let telemetry = start_telemetry(&opts).await?;
@@ -324,7 +334,7 @@ async fn reload_config(
     installs: &Arc<InstallStore>,
 ) {
     let o = opts.clone();
-    match tokio::task::spawn_blocking(move || load_versioned(&o)).await {
+    match tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await {
         Ok(Ok((catalog, report, version))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port, tokens);

@@ -136,7 +136,7 @@ pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigE
         machines: macdb.machines,
         vendors: macdb.vendors,
         unknown: macdb.unknown,
-        unknown_after_install: macdb.unknown_after_install,
+        unknown_policy: macdb.unknown_policy,
         menus,
         answer_templates: templates.build(),
     });
