@@ -350,12 +350,7 @@ fn dhcp_outcome(
             return ignore(IgnoreReason::NoArtifacts { profile: p.name.clone(), arch: a });
         }
     }
-    // A machine that may be told to boot locally later needs an iPXE that returns to the boot
-    // manager on `exit`; iPXE's all-drivers build (2019) does not (docs/firmware.md#ipxe-efi-exit).
-    let efi_ipxe = match after_install_of(catalog, client.mac).0 {
-        AfterInstall::Local => BootFile::SnponlyEfi,
-        AfterInstall::Netboot => catalog.settings().ipxe_efi,
-    };
+    let efi_ipxe = catalog.settings().ipxe_efi;
     let tftp = |file| Outcome::BootFile { file, transport: Transport::Tftp };
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     match client.firmware {

@@ -251,21 +251,6 @@ fn an_installed_machine_boots_local_until_rearmed() {
     assert_eq!(decide(&c, &dhcp, Stage::Dhcp).outcome, Outcome::IpxeScript);
 }
 
-/// Under UEFI a machine that boots locally once installed gets snponly.efi, which returns to
-/// the boot manager on `exit` (ipxe.efi, the configured one, does not); the others get the
-/// configured binary.
-#[test]
-fn machines_booting_locally_later_get_an_ipxe_that_can_exit() {
-    let c = catalog();
-    let file = |m: &str| match decide(&c, &ovmf_pxe(m), Stage::Dhcp).outcome {
-        Outcome::BootFile { file, .. } => file,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(file(INSTALL1), appliance_core::boot_file::BootFile::SnponlyEfi);
-    assert_eq!(file("52:54:00:00:00:03"), c.settings().ipxe_efi);
-    assert_eq!(c.settings().ipxe_efi, appliance_core::boot_file::BootFile::IpxeEfi);
-}
-
 #[test]
 fn a_changed_entry_rearms_the_machine() {
     let c = catalog();

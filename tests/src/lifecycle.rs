@@ -31,7 +31,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 use testkit::lab::{Lab, NS_PREFIX};
 use testkit::procs::{self, tail};
-use testkit::qemu::{Disk, Vm};
+use testkit::qemu::{Disk, Firmware, Vm};
 
 /// What the demo disk's `/init` prints (xtask's `demo_disk`).
 pub const DISK_MARKER: &str = "DEMO-DISK-OK";
@@ -170,6 +170,14 @@ impl Lifecycle {
         machine.monitor = true;
         machine.nic.boot_first = true;
         machine.disk = Some(Disk { path: disk, format: "raw", ide: false });
+        if self.client.firmware() == Firmware::Ovmf {
+            // OVMF's NIC brings four boot options before the disk: PXE and HTTP Boot, each over
+            // IPv4 and IPv6. Each one told to boot locally fails over to the next, and PXE over
+            // IPv6 waits tens of seconds for a DHCPv6 answer that never comes
+            // (docs/firmware.md#ovmf-boot-order-after-a-local-boot); without IPv6 the cell
+            // still walks PXE and HTTP Boot over IPv4 to the disk.
+            machine.fw_cfg.push("name=opt/org.tianocore/IPv6Support,string=no".into());
+        }
         let vm = run.vm.insert(Vm::start("qemu", &machine, Some(lab.server()))?);
         let power_on = vm.started;
 
