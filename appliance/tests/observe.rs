@@ -36,8 +36,10 @@ async fn dhcp(d: &Daemon, req: Req) -> dhcproto::v4::Message {
     let (server, client) = d.dhcp.as_ref().unwrap();
     client.send_to(&req.bytes(), server).await.unwrap();
     let mut buf = vec![0u8; 1500];
+    // The sockets are bound before the daemon starts: a first request waits in the socket
+    // until the config is loaded and published, which takes seconds when the tests run at once.
     let (n, _) =
-        tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.expect("a reply").unwrap();
+        tokio::time::timeout(Duration::from_secs(30), client.recv_from(&mut buf)).await.expect("a reply").unwrap();
     dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(&buf[..n])).unwrap()
 }
 
