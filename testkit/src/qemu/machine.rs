@@ -175,7 +175,12 @@ impl Machine {
             // Network first, then the disk (a machine netbooting until it is installed), or the
             // disk alone. OVMF drops devices without a boot index from the boot order once any
             // device has one, so the disk gets the next index rather than none.
-            let boot = if self.nic.boot_first && self.firmware.pci() { ",bootindex=1" } else { ",bootindex=0" };
+            let boot = match (self.nic.boot_first, self.firmware.pci()) {
+                (true, true) => ",bootindex=1",
+                // The NIC has no boot index to come after (U-Boot's NICs sit on MMIO).
+                (true, false) => "",
+                (false, _) => ",bootindex=0",
+            };
             c.arg("-drive").arg(format!("file={},format={},if=none,id=disk0", disk.path.display(), disk.format));
             // `ide.0` is the PIIX IDE controller on `pc` and the ICH9 AHCI controller on `q35`.
             let device = if disk.ide { "ide-hd,bus=ide.0" } else { "virtio-blk-pci" };
