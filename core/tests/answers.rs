@@ -310,10 +310,9 @@ fn vendor_rules_and_the_unknown_policy_can_say_after_install() {
 }
 
 /// A UEFI machine on the shim chain keeps getting shim at the DHCP stage (Secure Boot needs the
-/// signed chain whatever comes next); once installed, the signed GRUB's config says `exit`, so
-/// the firmware goes on to the disk.
+/// signed chain whatever comes next); once installed, the signed GRUB's config boots the disk.
 #[test]
-fn an_installed_machine_on_the_shim_chain_gets_grub_exit() {
+fn an_installed_machine_on_the_shim_chain_gets_grub_to_boot_the_disk() {
     let m = "52:54:00:00:00:01";
     let c = one_profile(&format!(
         "machines:\n  \"{m}\": {{ profile: p, arch: x86_64, uefi_chain: shim, after_install: local }}\n"
@@ -330,7 +329,10 @@ fn an_installed_machine_on_the_shim_chain_gets_grub_exit() {
     let d = decide(&c, &grub, Stage::Grub);
     assert_eq!(d.outcome, Outcome::Local);
     let text = render::render(&c, &d, &server(), Format::Grub).unwrap().unwrap();
-    assert!(text.ends_with("exit\n") && !text.contains("linux"), "{text}");
+    // The disk's own loader, chained (a GRUB `exit` alone would stop OVMF at its menu), and
+    // `exit` when no disk has one.
+    assert!(text.contains("chainloader /EFI/BOOT/BOOTX64.EFI\n") && text.ends_with("fi\nexit\n"), "{text}");
+    assert!(!text.contains("linux"), "{text}");
 }
 
 #[test]

@@ -47,6 +47,8 @@ pub struct Lifecycle {
     pub mac: String,
     /// Limit of each phase (install, boot the disk, netboot again after the re-arm).
     pub phase_timeout: Duration,
+    /// More fields of the machine's entry (e.g. `uefi_chain: shim`).
+    pub entry_extra: String,
 }
 
 /// What a passing cell measured, from QEMU's start.
@@ -70,7 +72,13 @@ struct Running {
 impl Lifecycle {
     pub fn new(name: &str, client: Client, mac: &str) -> Lifecycle {
         let secs = std::env::var("BOOT_TESTS_TIMEOUT").ok().and_then(|s| s.parse().ok()).unwrap_or(240);
-        Lifecycle { name: name.into(), client, mac: mac.into(), phase_timeout: Duration::from_secs(secs) }
+        Lifecycle {
+            name: name.into(),
+            client,
+            mac: mac.into(),
+            phase_timeout: Duration::from_secs(secs),
+            entry_extra: String::new(),
+        }
     }
 
     /// Runs the cell; panics with the evidence when it fails.
@@ -131,8 +139,9 @@ impl Lifecycle {
         let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
         let config_dir = scratch.path().join("config");
         let entry = format!(
-            "{{ hostname: {}, arch: x86_64, profile: {PROFILE}, after_install: local }}",
-            self.name.replace('_', "-")
+            "{{ hostname: {}, arch: x86_64, profile: {PROFILE}, after_install: local{} }}",
+            self.name.replace('_', "-"),
+            if self.entry_extra.is_empty() { String::new() } else { format!(", {}", self.entry_extra) }
         );
         let spec =
             ConfigSpec { mode: DhcpMode::Server, machines: vec![(self.mac.clone(), entry)], ..ConfigSpec::default() };
@@ -217,9 +226,9 @@ impl Lifecycle {
         })?;
         let disk_marker = power_on.elapsed();
         let daemon = run.daemon.as_ref().ok_or_else(|| anyhow!("no daemon"))?;
+        // An iPXE script (HTTP log: `decision="local"`) or a GRUB config (TFTP log: `outcome=Local`).
         let told_local = daemon.lines_about(&self.mac).iter().any(|l| {
-            l.contains("path=/ipxe/script")
-                && l.contains("decision=\"local\"")
+            (l.contains("decision=\"local\"") || l.contains("outcome=Local"))
                 && l.contains("booting local until re-armed")
         });
         if !told_local {
@@ -231,8 +240,8 @@ impl Lifecycle {
         if !rearm.status.success() {
             bail!("appliance rearm failed: {}", String::from_utf8_lossy(&rearm.stderr));
         }
-        let kernel = format!("path=/artifacts/{PROFILE}/{version}/vmlinuz");
-        let served = |d: &Daemon| d.log_text().matches(kernel.as_str()).count();
+        let kernel = format!("artifacts/{PROFILE}/{version}/vmlinuz");
+        let served = |d: &Daemon| d.log_text().lines().filter(|l| l.contains("path=") && l.contains(&kernel)).count();
         let before = served(daemon);
         let reset = Instant::now();
         run.vm.as_ref().ok_or_else(|| anyhow!("no vm"))?.monitor("system_reset")?;
@@ -240,10 +249,14 @@ impl Lifecycle {
             Ok(run.daemon.as_ref().is_some_and(|d| served(d) > before))
         })?;
         let netboot_again = reset.elapsed();
-        let boot_again = format!("decision=\"boot {PROFILE}/{version}\"");
+        // The iPXE script (HTTP log) or the GRUB config (TFTP log) that sent it there.
+        let boot_again = [
+            format!("decision=\"boot {PROFILE}/{version}\""),
+            format!("outcome=Boot {{ profile: \"{PROFILE}\", version: \"{version}\" }}"),
+        ];
         let daemon = run.daemon.as_ref().ok_or_else(|| anyhow!("no daemon"))?;
-        if !daemon.lines_about(&self.mac).iter().any(|l| l.contains("path=/ipxe/script") && l.contains(&boot_again)) {
-            bail!("the kernel was served, but no iPXE script for {} said `{boot_again}`", self.mac);
+        if !daemon.lines_about(&self.mac).iter().any(|l| boot_again.iter().any(|b| l.contains(b.as_str()))) {
+            bail!("the kernel was served, but no boot config for {} said `{}`", self.mac, boot_again[0]);
         }
         Ok(Times { installed, disk_marker, netboot_again })
     }

@@ -23,3 +23,13 @@ fn lifecycle_seabios() {
 fn lifecycle_ovmf() {
     Lifecycle::new("lifecycle_ovmf", OvmfPxe, "52:54:00:4d:10:02").run();
 }
+
+/// OVMF's own PXE on the shim chain (Secure Boot off): shim → Debian's signed GRUB, whose
+/// config, once the machine is installed, chainloads the disk's own loader (a GRUB `exit`
+/// returns success, and OVMF then stops at its menu: docs/firmware.md#grub-exit-under-uefi).
+#[test]
+fn lifecycle_ovmf_shim() {
+    let mut cell = Lifecycle::new("lifecycle_ovmf_shim", OvmfPxe, "52:54:00:4d:10:03");
+    cell.entry_extra = "uefi_chain: shim".into();
+    cell.run();
+}
