@@ -16,6 +16,15 @@ pub fn load(dir: &Path, overlay: Option<&Path>) -> Result<Catalog, ConfigErrors>
     config::validate(&input, &DirProbe { root: dir.to_path_buf() })
 }
 
+/// [`load`], with the configuration's version (`appliance_core::version::catalog_version`)
+/// from the very files it read.
+pub fn load_versioned(dir: &Path, overlay: Option<&Path>) -> Result<(Catalog, String), ConfigErrors> {
+    let input = read_input(dir, overlay)?;
+    let catalog = config::validate(&input, &DirProbe { root: dir.to_path_buf() })?;
+    let version = appliance_core::version::catalog_version(&input, &catalog);
+    Ok((catalog, version))
+}
+
 fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors> {
     let io_err = |path: &Path, e: std::io::Error| {
         ConfigErrors(vec![ConfigError {

@@ -10,10 +10,11 @@
 //! - `dhcp`, `tftp`, `http`: the servers; `admin`: the operators' API (re-arm); `serve`: the
 //!   daemon that runs them.
 //! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
-//!   latency request.
+//!   latency request; `observe`: the boot journal, the metrics and the status pages.
 //! - `install_store`: the install log (which machines are installed, their events) on disk;
 //!   `secret_files`: the machine token key and the admin token; `atomic_file`: crash-safe
 //!   writes of state files.
+//! - `status_cli`: `appliance status`, the machines table of a running daemon.
 
 pub mod admin;
 pub mod artifacts;
@@ -24,7 +25,9 @@ pub mod http;
 pub mod install_store;
 pub mod kernel_signatures;
 pub mod latency;
+pub mod observe;
 pub mod secret_files;
 pub mod serve;
 pub mod state;
+pub mod status_cli;
 pub mod tftp;

@@ -80,6 +80,13 @@ enum Command {
         /// The machine's MAC address.
         mac: MacAddr,
     },
+    /// Print the machines table of a running daemon (its admin listener's /api/machines):
+    /// each machine's last stage, profile and version, install state and last error.
+    Status {
+        /// The admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        url: String,
+    },
     /// Serve DHCP (or proxyDHCP), TFTP and HTTP. SIGHUP reloads the config (an invalid one is
     /// refused and the old one keeps serving); SIGTERM or Ctrl-C shuts down gracefully.
     Serve(ServeArgs),
@@ -161,6 +168,23 @@ struct ServeArgs {
     /// on loopback or a management network: it is for operators, never for machines.
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDRESS:PORT|off", value_parser = parse_admin_listen)]
     admin_listen: AdminListenArg,
+    /// The boot journal: every DHCP exchange, TFTP transfer and HTTP request per machine, kept
+    /// in memory for the status page and appended to <state>/journal/journal.jsonl; `off` makes
+    /// no records at all.
+    #[arg(long, value_enum, default_value = "on")]
+    journal: OnOff,
+    /// Machines the journal keeps in memory (the least recently heard go first).
+    #[arg(long, default_value_t = appliance_core::journal::Limits::default().machines, value_name = "N")]
+    journal_machines: usize,
+    /// Records the journal keeps in memory per machine.
+    #[arg(long, default_value_t = appliance_core::journal::Limits::default().records, value_name = "N")]
+    journal_records: usize,
+    /// Size (KiB) at which the journal file is rotated.
+    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    journal_file_kib: u64,
+    /// Rotated journal files kept (journal.jsonl.1 …).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    journal_keep: usize,
     /// File holding the admin API's bearer token [default: <state>/admin.token, created once
     /// with a random token, mode 0600].
     #[arg(long, value_name = "FILE")]
@@ -193,6 +217,12 @@ fn parse_cpu_latency(s: &str) -> Result<CpuLatencyArg, String> {
         Ok(us) if us >= 0 => Ok(CpuLatencyArg(Some(us))),
         _ => Err(format!("expected a number of microseconds (0 or more) or `off`, got {s:?}")),
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -305,6 +335,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve(args) => serve(args),
+        Command::Status { url } => {
+            print!("{}", appliance::status_cli::run(&url)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render { cfg: ConfigArgs { config, overlay }, out } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
@@ -356,6 +390,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
         opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
         opts.admin_token_file = args.admin_token_file.clone();
+        opts.journal.enabled = args.journal == OnOff::On;
+        opts.journal.limits =
+            appliance_core::journal::Limits { machines: args.journal_machines, records: args.journal_records };
+        opts.journal.file_bytes = args.journal_file_kib * 1024;
+        opts.journal.keep = args.journal_keep;
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
@@ -419,6 +458,13 @@ mod tests {
         assert_eq!(serve_args(&["--admin-listen", "10.1.0.1:8443"]).admin_listen.0.unwrap().port(), 8443);
         let err = Cli::try_parse_from(["appliance", "serve", "--admin-listen", "9090"]).err().unwrap().to_string();
         assert!(err.contains("ADDRESS:PORT or `off`"), "{err}");
+    }
+
+    #[test]
+    fn the_journal_is_on_unless_told_off() {
+        let a = serve_args(&[]);
+        assert_eq!((a.journal, a.journal_machines, a.journal_records), (OnOff::On, 4096, 200));
+        assert_eq!(serve_args(&["--journal", "off"]).journal, OnOff::Off);
     }
 
     #[test]

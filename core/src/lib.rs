@@ -13,6 +13,8 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
+//! - `journal`: the boot journal's records, the bounded per-machine model and summaries;
+//!   `status`: the status pages and the JSON API built from it.
 //! - `pe`, `secure_boot`: whether a kernel carries an Authenticode signature (from bytes the
 //!   daemon reads), and the warnings for machines on the shim chain whose kernel does not.
 //! - `answers`: per-machine answer files (preseed, cloud-init, kickstart, Ignition) from the
@@ -44,10 +46,12 @@ pub mod events;
 pub mod explain;
 pub mod gc;
 pub mod install;
+pub mod journal;
 pub mod mac;
 pub mod pe;
 pub mod render;
 pub mod secure_boot;
+pub mod status;
 pub mod tftp;
 pub mod token;
 pub mod uefi_chain;

@@ -77,6 +77,8 @@ pub struct Cell {
     /// For a no-boot cell: once the console shows this, the outcome is settled (the firmware
     /// refused what it got, say) and the cell ends without waiting out `within`.
     pub settled_by: Option<String>,
+    /// After the boot, headless Chromium checks the daemon's status pages (`crate::browser`).
+    pub status_pages: bool,
 }
 
 /// What a passing boot cell measured.
@@ -107,7 +109,14 @@ impl Cell {
             daemon_log_lacks: Vec::new(),
             stack: Stack::Ours,
             settled_by: None,
+            status_pages: false,
         }
+    }
+
+    /// After the boot, check the status pages in headless Chromium (`crate::browser`).
+    pub fn status_pages(mut self) -> Cell {
+        self.status_pages = true;
+        self
     }
 
     /// The same cell served by the reference stack instead of our daemon, named `<name>-reference`.
@@ -278,6 +287,9 @@ impl Cell {
         let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
         let config_dir = scratch.path().join("config");
         let config = TestConfig::build(&host::profiles_dir(), &config_dir, &self.config)?;
+        if self.status_pages {
+            missing.extend(crate::browser::missing());
+        }
         missing.extend(config.missing_blobs(&blobs).into_iter().map(|m| format!("{m}: run `cargo xtask fetch`")));
         if !missing.is_empty() {
             bail!(host::report(&missing));
@@ -343,6 +355,21 @@ impl Cell {
         let result = match &expected {
             Some((profile, arch, version)) => self.watch_boot(&mut run, profile, *arch, version),
             None => self.watch_no_boot(&mut run),
+        };
+        let result = match (result, &expected, run.lab.as_ref()) {
+            (Ok(o), Some((profile, _, version)), Some(lab)) if self.status_pages && run.daemon.is_some() => {
+                if let Some(vm) = run.vm.as_mut() {
+                    vm.stop();
+                }
+                let want = crate::browser::Expected {
+                    mac: &self.mac,
+                    profile,
+                    version,
+                    steps: &["dhcp", "config", "artifact"],
+                };
+                crate::browser::check_status_pages(lab.server(), out, &want).map(|()| o)
+            }
+            (result, _, _) => result,
         };
         // Stop the VM and the daemon (so its last log lines are written) before showing the logs.
         run.stop_processes();

@@ -268,8 +268,12 @@ fn gc_removes_an_unreferenced_version_only_after_the_grace_period() {
     let report = gc(&new, &f.store, grace, &|p: &str, v: &str| touches.last(p, v), later);
     assert!(report.removed.is_empty(), "{report:?}");
 
+    let v1_bytes: u64 =
+        std::fs::read_dir(f.store.join("live").join(&v1)).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     let report = gc(&new, &f.store, grace, &never, later);
     assert_eq!(report.removed, [("live".to_string(), v1.clone())]);
+    assert_eq!(report.freed_bytes, v1_bytes);
+    assert!(v1_bytes > 0);
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(!f.store.join("live").join(&v1).exists());
     assert!(f.store.join("live").join(&v2).join("vmlinuz").exists());

@@ -34,6 +34,25 @@ use tracing::{debug, info, warn};
 
 /// Receive buffer: larger than any Ethernet datagram, so a truncated read means junk.
 const RECV_BUF: usize = 4096;
+/// How often the lease gauges are brought up to date (counting walks the lease table, so not
+/// per packet).
+const LEASE_USAGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets the lease gauges from the table (server mode only: elsewhere nothing is leased).
+fn count_leases(shared: &Shared, opts: &DhcpOptions, state: &State) {
+    let catalog = shared.catalog();
+    if opts.mode.unwrap_or(catalog.settings().dhcp.mode) != DhcpMode::Server {
+        return;
+    }
+    let pool = appliance_core::dhcp::leases::Pool::new(
+        &catalog.settings().dhcp,
+        catalog.fixed_addresses(),
+        shared.server().address,
+    );
+    if let Some(pool) = pool {
+        shared.telemetry.metrics.set_leases(&state.leases.usage(&pool, unix_now()));
+    }
+}
 
 /// The sockets the service answers on.
 pub struct DhcpSockets {
@@ -101,7 +120,8 @@ pub async fn run(
         None => Default::default(),
     };
     let mut state = State::new(leases);
-    let mut writer = store.map(LeaseWriter::start);
+    let failures = shared.telemetry.metrics.lease_write_failures.clone();
+    let mut writer = store.map(|s| LeaseWriter::start(s, failures));
     let dhcp = Arc::new(sockets.dhcp.into_async()?);
     let pxe = sockets.pxe.map(DhcpSocket::into_async).transpose()?.map(Arc::new);
     info!(
@@ -112,10 +132,16 @@ pub async fn run(
     );
     let mut buf_dhcp = vec![0u8; RECV_BUF];
     let mut buf_pxe = vec![0u8; RECV_BUF];
+    let mut usage_tick = tokio::time::interval(LEASE_USAGE_EVERY);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         let (port, received) = tokio::select! {
             _ = &mut shutdown => break,
+            _ = usage_tick.tick() => {
+                count_leases(&shared, &opts, &state);
+                continue;
+            }
             () = writer_ready(writer.as_mut()) => {
                 if let Some(w) = writer.as_mut() {
                     w.hand_over(&state.leases);
@@ -161,7 +187,7 @@ struct LeaseWriter {
 }
 
 impl LeaseWriter {
-    fn start(store: LeaseStore) -> LeaseWriter {
+    fn start(store: LeaseStore, failures: prometheus_client::metrics::counter::Counter) -> LeaseWriter {
         let (latest, mut pending) = watch::channel(None::<(u64, Arc<Vec<u8>>)>);
         let (durable_tx, durable) = watch::channel(0u64);
         let task = tokio::spawn(async move {
@@ -171,8 +197,14 @@ impl LeaseWriter {
                 let s = store.clone();
                 match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}"),
-                    Err(e) => warn!("dhcp: lease writer failed: {e}"),
+                    Ok(Err(e)) => {
+                        failures.inc();
+                        warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}");
+                    }
+                    Err(e) => {
+                        failures.inc();
+                        warn!("dhcp: lease writer failed: {e}");
+                    }
                 }
                 // A failed write is reported and the replies go out anyway, as they always did:
                 // refusing service over a full disk helps no one.
@@ -317,17 +349,21 @@ async fn serve_one(
     let confirms = handled.reply.is_some();
     let egress = Egress { ifindex: rx.ifindex, local: rx.local };
     let socket = socket.clone();
+    let telemetry = shared.telemetry.clone();
     let finish = async move {
+        let mut sent = true;
         if let Some((reply, dest)) = &handled.reply {
             let dest = match (port, reply_to) {
                 (Port::Dhcp, Some(SocketAddr::V4(to))) => to,
                 _ => *dest,
             };
             if let Err(e) = socket.send(&reply.encode(), dest, egress).await {
+                sent = false;
                 warn!(mac = %fmt_mac(&client), %dest, "dhcp: sending {:?} failed: {e}", reply.kind);
             }
         }
         log_exchange(&client, &req, port, mode, &handled);
+        super::observe::exchange(&telemetry, &client, port, mode, &handled, sent);
     };
     match durable {
         // The reply confirms a lease change: it waits for the write, the loop does not.

@@ -20,6 +20,7 @@ mod body;
 mod boot_image;
 pub use boot_image::{prune as prune_boot_images, CACHE_DIR as BOOT_IMAGES_DIR};
 mod files;
+mod observe;
 mod provisioning;
 mod routes;
 mod sendfile;

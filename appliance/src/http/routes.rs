@@ -28,6 +28,12 @@ pub(super) struct Notes {
     pub rule: Option<String>,
     /// For artifacts: the version to mark as used when the transfer ends.
     pub touch: Option<(String, String)>,
+    /// The decision behind the response, for the journal.
+    pub decided: Option<appliance_core::journal::Decided>,
+    /// The request fetched this answer file.
+    pub answer: Option<String>,
+    /// The request was an installer's report: what it said, once it was read.
+    pub installer: Option<(Option<appliance_core::events::EventKind>, Option<String>)>,
 }
 
 pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -36,20 +42,30 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
     let mut notes = Notes::default();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let telemetry = ctx.shared.telemetry.clone();
+    telemetry.metrics.http.in_flight.inc();
     let response = match (&method, path.strip_prefix("/events/")) {
         (&Method::POST, Some(rest)) if check_path(&path).is_ok() => {
+            notes.installer = Some((None, None));
             super::provisioning::event(ctx, req, rest, &mut notes).await
         }
         _ => route(ctx, &req, peer, &mut notes).await,
     };
     let status = response.status().as_u16();
+    let length = (method != Method::HEAD)
+        .then(|| response.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok())
+        .flatten();
+    let running = super::observe::running(ctx, &notes, peer, &path, length);
     let touches = ctx.touches.clone();
+    let shared = ctx.shared.clone();
     response.map(move |body| {
         body.on_drop(move |bytes| {
             drop(latency);
             if let Some((profile, version)) = &notes.touch {
                 touches.touch(profile, version, SystemTime::now());
             }
+            let done = super::observe::Done { method: &method, path: &path, status, bytes, length, started, peer };
+            super::observe::finished(&shared, &notes, done, running);
             tracing::info!(
                 %method,
                 path = %path,
@@ -158,6 +174,9 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
     let server = ctx.shared.server();
     let decision = decide(&catalog, &client, Stage::IpxeScript);
     notes.decision = Some(describe(&decision));
+    if ctx.shared.telemetry.journal.enabled() {
+        notes.decided = Some(appliance_core::journal::Decided::new(&decision));
+    }
     notes.rule = Some(decision.target_rule.to_string());
     match render::render(&catalog, &decision, &server, Format::Ipxe) {
         Ok(Some(script)) => script_response(script, head),

@@ -8,6 +8,7 @@
 pub mod files;
 pub mod identify;
 pub mod neighbours;
+pub mod tftp_observe;
 pub mod tftp_routes;
 pub mod watcher;
 
@@ -56,6 +57,10 @@ pub struct ServeOptions {
     pub cpu_latency: crate::latency::CpuLatency,
     /// The admin listener's bearer token file; `None`: `<state>/admin.token` (created once).
     pub admin_token_file: Option<PathBuf>,
+    /// The boot journal (`crate::observe::journal`); its file goes to `<state>/journal`.
+    pub journal: crate::observe::JournalSettings,
+    /// Tests on loopback: where port-67 replies go and the client port (see `DhcpOptions`).
+    pub dhcp_reply_to: Option<std::net::SocketAddr>,
 }
 
 impl ServeOptions {
@@ -64,7 +69,6 @@ impl ServeOptions {
             blobs: state_dir.join("blobs"),
             config_dir,
             overlay: None,
-            state_dir,
             bootloaders: None,
             tftp_root: None,
             dhcp_mode: None,
@@ -76,6 +80,9 @@ impl ServeOptions {
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
             admin_token_file: None,
+            journal: crate::observe::JournalSettings { dir: Some(state_dir.join("journal")), ..Default::default() },
+            dhcp_reply_to: None,
+            state_dir,
         }
     }
 
@@ -100,21 +107,55 @@ pub struct Listeners {
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
 pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let catalog = crate::config_dir::load(&opts.config_dir, opts.overlay.as_deref())
-        .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
-    let store = opts.store();
-    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-    let report = artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((catalog, report))
+    load_versioned(opts).map(|(c, r, _)| (c, r)).map_err(|r| r.error)
 }
 
-/// `load_and_publish`, then the Secure Boot warnings of the new config, logged.
-fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let (catalog, report) = load_and_publish(opts)?;
+/// Why a config was not taken: every config error, or the failure to publish it.
+#[derive(Debug)]
+pub struct Refused {
+    pub errors: Vec<String>,
+    pub error: anyhow::Error,
+}
+
+/// [`load_and_publish`], with the config's version, and a refusal that lists each error.
+fn load_versioned(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, version) =
+        crate::config_dir::load_versioned(&opts.config_dir, opts.overlay.as_deref()).map_err(|errs| Refused {
+            errors: errs.0.iter().map(|e| e.to_string()).collect(),
+            error: anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()),
+        })?;
+    let publish = || -> Result<artifacts::PublishReport> {
+        let store = opts.store();
+        std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+        artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    match publish() {
+        Ok(report) => Ok((catalog, report, version)),
+        Err(error) => Err(Refused { errors: vec![format!("{error:#}")], error }),
+    }
+}
+
+/// What the status page says about a catalog that was just loaded.
+fn catalog_view(opts: &ServeOptions, catalog: &Catalog, version: String) -> appliance_core::status::CatalogView {
+    appliance_core::status::CatalogView {
+        source: opts.config_dir.display().to_string(),
+        overlay: opts.overlay.as_ref().map(|o| o.display().to_string()),
+        version,
+        loaded_at: crate::observe::now_ms(),
+        profiles: catalog.profiles().len(),
+        machines: catalog.machines().len(),
+        dhcp_mode: opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode).to_string(),
+        reloads: Vec::new(),
+    }
+}
+
+/// [`load_versioned`], then the Secure Boot warnings of the new config, logged.
+fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, report, version) = load_versioned(opts)?;
     for w in crate::kernel_signatures::warnings(&catalog, Some(&opts.blobs)) {
         warn!("{w}");
     }
-    Ok((catalog, report))
+    Ok((catalog, report, version))
 }
 
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
@@ -140,11 +181,13 @@ pub async fn run(
     let opts = Arc::new(opts);
     // Taken before the config is read, so an edit made while it loads still triggers a reload.
     let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
-    let (catalog, report) = {
+    let (catalog, report, version) = {
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await??
+        tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await?.map_err(|r| r.error)?
     };
     log_publish(&report);
+    let telemetry = start_telemetry(&opts).await?;
+    telemetry.catalog_loaded(catalog_view(&opts, &catalog, version), false);
     let state_dir = opts.state_dir.clone();
     let tokens = tokio::task::spawn_blocking(move || crate::secret_files::token_key(&state_dir))
         .await?
@@ -163,7 +206,7 @@ pub async fn run(
         "serving"
     );
     let started = SystemTime::now();
-    let shared = Shared::new(Arc::new(catalog), server);
+    let shared = Shared::with_telemetry(Arc::new(catalog), server, telemetry);
     let touches = Arc::new(Touches::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -180,6 +223,7 @@ pub async fn run(
         mode: opts.dhcp_mode,
         grub_images: Default::default(),
         installs: installs.clone(),
+        pending: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
     let (tftp_cfg, tftp_latency) = (opts.tftp.clone(), opts.cpu_latency.clone());
@@ -208,13 +252,17 @@ pub async fn run(
             warn!(file = %f.display(), "the admin token file is readable by other users");
         }
         info!(admin = %admin.local_addr()?, "admin API listening");
-        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token });
+        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), shared: shared.clone(), token });
         let admin_stop = stopped(stop_rx.clone());
         tasks.spawn(async move { crate::admin::serve(admin, ctx, admin_stop).await.context("admin") });
     }
     if let Some(sockets) = listeners.dhcp {
-        let dhcp_opts =
+        let mut dhcp_opts =
             crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
+        if let Some(to) = opts.dhcp_reply_to {
+            dhcp_opts.reply_to = Some(to);
+            dhcp_opts.client_port = to.port();
+        }
         let dhcp_stop = stopped(stop_rx.clone());
         let sh = shared.clone();
         tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });
@@ -293,18 +341,43 @@ async fn reload_config(
 ) {
     let o = opts.clone();
     match tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await {
-        Ok(Ok((catalog, report))) => {
+        Ok(Ok((catalog, report, version))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port, tokens);
             info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
+            shared.telemetry.catalog_loaded(catalog_view(opts, &catalog, version), true);
             shared.set_server(server);
             let catalog = Arc::new(catalog);
             shared.replace_catalog(catalog.clone());
             rearm_changed(installs, &catalog).await;
         }
-        Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
-        Err(e) => error!("reload failed: {e}"),
+        Ok(Err(refused)) => {
+            error!("reload refused, still serving the previous config: {:#}", refused.error);
+            shared.telemetry.reload_refused(refused.errors);
+        }
+        Err(e) => {
+            error!("reload failed: {e}");
+            shared.telemetry.reload_refused(vec![e.to_string()]);
+        }
     }
+}
+
+/// The journal (its recent records read back) and the metrics.
+async fn start_telemetry(opts: &ServeOptions) -> Result<Arc<crate::observe::Telemetry>> {
+    let metrics = crate::observe::Metrics::new();
+    let dropped = metrics.journal_dropped.clone();
+    let settings = opts.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || {
+        crate::observe::Journal::start(&settings, move || {
+            dropped.inc();
+        })
+    })
+    .await?
+    .with_context(|| format!("starting the journal in {:?}", opts.journal.dir))?;
+    if let Some(file) = journal.file() {
+        info!(file = %file.display(), "journal: appending records");
+    }
+    Ok(Arc::new(crate::observe::Telemetry::new(journal, metrics)))
 }
 
 /// Re-arms the installed machines whose entry changed in `catalog` (see
@@ -340,6 +413,9 @@ async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches
             for (profile, version) in &report.removed {
                 info!(%profile, %version, "removed unreferenced artifact version");
             }
+            let metrics = &shared.telemetry.metrics;
+            metrics.gc_runs.inc();
+            metrics.gc_freed_bytes.inc_by(report.freed_bytes);
         }
         Err(e) => warn!("artifact gc failed: {e}"),
     }

@@ -17,7 +17,7 @@ use appliance_core::catalog::DhcpMode;
 use appliance_core::client::{classify_tftp, Client, PathFacts, TftpRequest};
 use appliance_core::decide::{decide_boot_file, Decision, Outcome, Stage};
 use appliance_core::render::{self, Format};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -37,6 +37,8 @@ pub struct TftpRoutes {
     pub grub_images: GrubImages,
     /// Which machines are installed (they boot their disk under `after_install: local`).
     pub installs: Arc<crate::install_store::InstallStore>,
+    /// What each request's `read` learned, for its `finished` (metrics, journal, in flight).
+    pub pending: super::tftp_observe::Pending,
 }
 
 /// Patched GRUB images by file name, valid while the file's size and mtime and our address stay.
@@ -65,10 +67,7 @@ impl GrubImages {
 }
 
 fn peer_v4(req: &ReadRequest) -> Option<Ipv4Addr> {
-    match req.peer.ip() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    }
+    crate::observe::peer_v4(req.peer)
 }
 
 impl TftpRoutes {
@@ -91,6 +90,7 @@ impl TftpRoutes {
         let (decision, text) =
             identify::config_file(&self.shared, &self.installs, &req.path, facts, (stage, format), peer_v4(req))
                 .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
+        self.pending.decided(&self.shared.telemetry, req, &decision);
         log(req, &decision, if text.is_some() { "rendered" } else { "not found" });
         match text {
             Some(t) => Ok(Content::Bytes(t.into_bytes().into())),
@@ -113,6 +113,7 @@ impl TftpRoutes {
         let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
         let catalog = self.shared.catalog();
         let decision = decide_boot_file(&catalog, &client, named);
+        self.pending.decided(&self.shared.telemetry, req, &decision);
         log(req, &decision, "boot file");
         match &decision.outcome {
             Outcome::BootFile { file, .. } => {
@@ -166,6 +167,24 @@ fn log(req: &ReadRequest, d: &Decision, what: &str) {
 
 impl Handler for TftpRoutes {
     fn read(&self, req: &ReadRequest) -> Result<Content, TftpError> {
+        let content = self.resolve(req);
+        if let Ok(c) = &content {
+            self.pending.running(&self.shared.telemetry, req, c.len(), |ip| self.shared.mac_for_ip(ip));
+        }
+        content
+    }
+
+    fn finished(&self, report: &TransferReport) {
+        // Artifacts are touched again at the end, so a long transfer keeps its version alive.
+        if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
+            self.touches.touch(&profile, &version, SystemTime::now());
+        }
+        self.pending.finished(&self.shared.telemetry, report, |ip| self.shared.mac_for_ip(ip));
+    }
+}
+
+impl TftpRoutes {
+    fn resolve(&self, req: &ReadRequest) -> Result<Content, TftpError> {
         match classify_tftp(&req.path) {
             TftpRequest::Pxelinux(f) => self.rendered(req, &f, Stage::Pxelinux, Format::Pxelinux),
             TftpRequest::GrubConfig(f) => self.rendered(req, &f, Stage::Grub, Format::Grub),
@@ -195,13 +214,6 @@ impl Handler for TftpRoutes {
                     }
                 }
             },
-        }
-    }
-
-    fn finished(&self, report: &TransferReport) {
-        // Artifacts are touched again at the end, so a long transfer keeps its version alive.
-        if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
-            self.touches.touch(&profile, &version, SystemTime::now());
         }
     }
 }
@@ -249,6 +261,7 @@ mod tests {
             mode: Some(mode),
             grub_images: Default::default(),
             installs: Arc::new(crate::install_store::InstallStore::new(store.path())),
+            pending: Default::default(),
         };
         Fixture { routes, _dirs: (boot, store, config) }
     }

@@ -88,6 +88,13 @@ pub const HOST_PACKAGES: &[HostPackage] = &[
     native("curl", "a second HTTP client against our server in the tests and the bench", &[Test, Bench]),
     native("cpio", "cpio reads back the initrd archives we write (tests)", &[Test]),
     native("u-boot-tools", "dumpimage checks the boot.scr.uimg we render (golden tests)", &[Test]),
+    native("prometheus", "promtool lints the names and help texts of the daemon's /metrics (tests)", &[Test]),
+    native(
+        "python3-prometheus-client",
+        "Python's OpenMetrics parser reads the daemon's /metrics as Prometheus does (tests)",
+        &[Test],
+    ),
+    native("chromium", "headless Chromium loads the status pages after a QEMU cell and checks the DOM", &[Test]),
 ];
 
 /// The packages `task` needs, in list order.

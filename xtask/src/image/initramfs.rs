@@ -130,7 +130,7 @@ pub fn image_conf(s: &Settings<'_>) -> String {
     // Logs go to /dev/console (the last console= on the command line); with both a serial
     // port and VGA, also to the first virtual terminal.
     let extra = if r.vga && r.serial.is_some() { "tty1" } else { "" };
-    let vars: [(&str, String); 17] = [
+    let vars: [(&str, String); 18] = [
         ("IMAGE_NAME", r.name.clone()),
         ("IMAGE_ID", s.image_id.to_owned()),
         ("KERNEL_VERSION", s.kernel_version.to_owned()),
@@ -144,6 +144,7 @@ pub fn image_conf(s: &Settings<'_>) -> String {
         ("HTTP_PORT", s.http_port.to_string()),
         ("OVERLAY", if s.has_overlay { OVERLAY_PATH.to_owned() } else { String::new() }),
         ("LOG", r.log.clone()),
+        ("ADMIN_LISTEN", r.admin.script_value()),
         ("EXTRA_CONSOLE", extra.to_owned()),
         ("DATA_UUID", s.data_uuid.to_owned()),
         ("DATA_PARTNAME", DATA_PARTNAME.to_owned()),
