@@ -7,11 +7,12 @@
 //! - `config_dir`: reading a config directory for the core's validation.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them.
-//! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
+//! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the CPU wake-up
 //!   latency request.
 
 pub mod artifacts;
 pub mod config_dir;
+pub mod counters;
 pub mod dhcp;
 pub mod http;
 pub mod latency;

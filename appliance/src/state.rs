@@ -99,6 +99,8 @@ pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     server: RwLock<ServerInfo>,
     memory: Mutex<Remembered>,
+    /// What was refused or withheld, for a metrics endpoint and tests.
+    pub counters: crate::counters::Counters,
 }
 
 impl Shared {
@@ -107,6 +109,7 @@ impl Shared {
             catalog: RwLock::new(catalog),
             server: RwLock::new(server),
             memory: Mutex::new(Remembered::default()),
+            counters: Default::default(),
         })
     }
 
