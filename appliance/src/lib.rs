@@ -6,14 +6,18 @@
 //!
 //! - `config_dir`: reading a config directory for the core's validation.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
-//! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them.
+//! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them; `fair_share`:
+//!   the per-source and total limits on TFTP transfers and HTTP connections; `descriptors`:
+//!   the file descriptor limit they are fitted to.
 //! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the CPU wake-up
 //!   latency request.
 
 pub mod artifacts;
 pub mod config_dir;
 pub mod counters;
+pub mod descriptors;
 pub mod dhcp;
+pub mod fair_share;
 pub mod http;
 pub mod latency;
 pub mod serve;

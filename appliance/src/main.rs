@@ -138,6 +138,26 @@ struct ServeArgs {
     /// transfers run than there are lockstep threads. 0 never polls.
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 20)]
     tftp_spin: u64,
+    /// TFTP transfers at once. Past it, a request takes the place of the transfer that made no
+    /// progress (no new ACK) for longest, if it has made none for 3 s; otherwise it is dropped
+    /// and the client asks again. Lowered to fit the file descriptor limit, if need be.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    tftp_max_transfers: usize,
+    /// TFTP transfers at once from one source address, with the same rule among its own.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    tftp_max_per_source: usize,
+    /// Longest retransmission timeout (seconds) a client's RFC 2349 `timeout` option is
+    /// granted; a longer one is ignored, as the RFC allows (U-Boot asks for 5).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=255))]
+    tftp_max_timeout: u64,
+    /// HTTP connections at once. Past it, a new connection takes the place of the one idle
+    /// longest (no byte either way for 5 s), or is closed at once. Lowered to fit the file
+    /// descriptor limit, if need be.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// HTTP connections at once from one source address, with the same rule among its own.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    http_max_per_source: usize,
 }
 
 /// `--cpu-latency`: microseconds, or `None` for `off`.
@@ -279,6 +299,33 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             opts.tftp.lockstep_threads = n;
         }
         opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
+        opts.tftp.max_per_source = args.tftp_max_per_source;
+        opts.tftp.max_timeout = std::time::Duration::from_secs(args.tftp_max_timeout);
+        opts.http_limits.per_source = args.http_max_per_source;
+        let limit = match appliance::descriptors::raise_limit() {
+            Ok((before, now)) => {
+                if now > before {
+                    tracing::info!(from = before, to = now, "raised the open file limit");
+                }
+                now
+            }
+            Err(e) => {
+                tracing::warn!("cannot read or raise the open file limit: {e}");
+                1024
+            }
+        };
+        let (tftp_total, http_total) =
+            appliance::descriptors::fit(limit, args.tftp_max_transfers, args.http_max_connections);
+        if (tftp_total, http_total) != (args.tftp_max_transfers, args.http_max_connections) {
+            tracing::warn!(
+                open_file_limit = limit,
+                tftp_max_transfers = tftp_total,
+                http_max_connections = http_total,
+                "lowered the TFTP and HTTP totals to fit the open file limit"
+            );
+        }
+        opts.tftp.max_transfers = tftp_total;
+        opts.http_limits.total = http_total;
         let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
             .await
             .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;

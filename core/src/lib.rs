@@ -11,6 +11,9 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed.
+//! - `fair_share`: who gets a TFTP transfer or HTTP connection when they run short;
+//!   `log_text`: client-supplied text escaped and bounded for logs; `rate_limit`: repeated
+//!   warnings per source, with counts of what was left out.
 //!
 //! Architecture invariant: no I/O and no clock. Files arrive as bytes, time as an argument,
 //! and answers leave as values; the daemon crate (`appliance`) owns sockets, files and clocks.
@@ -30,8 +33,11 @@ pub mod cpio;
 pub mod decide;
 pub mod dhcp;
 pub mod explain;
+pub mod fair_share;
 pub mod gc;
+pub mod log_text;
 pub mod mac;
+pub mod rate_limit;
 pub mod render;
 pub mod tftp;
 pub mod version;

@@ -9,6 +9,7 @@ use crate::artifacts;
 use appliance_core::boot_file::BootFile;
 use appliance_core::client;
 use appliance_core::decide::{decide, Decision, Outcome, Stage};
+use appliance_core::log_text::escaped;
 use appliance_core::mac::MacAddr;
 use appliance_core::render::{self, Format};
 use hyper::body::Incoming;
@@ -45,9 +46,10 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
             if let Some((profile, version)) = &notes.touch {
                 touches.touch(profile, version, SystemTime::now());
             }
+            // Method and path are the client's bytes: escaped and bounded (log_text).
             tracing::info!(
-                %method,
-                path = %path,
+                method = %escaped(method.as_str()),
+                path = %escaped(&path),
                 status,
                 bytes,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -51,6 +51,8 @@ pub struct ServeOptions {
     pub watch: Option<Duration>,
     /// Held while TFTP transfers and HTTP responses run (see [`crate::latency`]).
     pub cpu_latency: crate::latency::CpuLatency,
+    /// Fair shares of HTTP connections (TFTP's are in `tftp`).
+    pub http_limits: appliance_core::fair_share::ShareLimits,
 }
 
 impl ServeOptions {
@@ -70,6 +72,7 @@ impl ServeOptions {
             gc_grace: None,
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
+            http_limits: crate::http::DEFAULT_CONNECTION_LIMITS,
         }
     }
 
@@ -165,6 +168,7 @@ pub async fn run(
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
         cpu_latency: opts.cpu_latency.clone(),
+        limits: opts.http_limits,
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
