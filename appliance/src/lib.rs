@@ -9,6 +9,7 @@
 //! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them; `fair_share`:
 //!   the per-source and total limits on TFTP transfers and HTTP connections; `descriptors`:
 //!   the file descriptor limit they are fitted to.
+//! - `privileges`: becoming an unprivileged user once the sockets are bound.
 //! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the CPU wake-up
 //!   latency request.
 
@@ -20,6 +21,7 @@ pub mod dhcp;
 pub mod fair_share;
 pub mod http;
 pub mod latency;
+pub mod privileges;
 pub mod serve;
 pub mod state;
 pub mod tftp;
