@@ -57,8 +57,10 @@ impl LeaseStore {
         &self.path
     }
 
-    /// Reads the table; a missing file is an empty table, a corrupt one is moved aside.
+    /// Reads the table; a missing file is an empty table, a corrupt one is moved aside. Temporary
+    /// files that a write killed half-way left behind are removed first.
     pub fn load(&self, now: u64) -> Leases {
+        self.remove_stale_temps();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Leases::new(),
@@ -90,12 +92,31 @@ impl LeaseStore {
         }
     }
 
+    /// Removes `.leases.json.tmp-<pid>` files: a write that was killed between creating and
+    /// renaming its file leaves one, and at start no write of ours is running, so every one is
+    /// stale. Without this, each kill -9 during a write would leave a file behind for good.
+    fn remove_stale_temps(&self) {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let prefix = temp_prefix();
+        for path in entries.flatten().map(|e| e.path()) {
+            let stale = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix));
+            if !stale {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => info!(path = %path.display(), "dhcp: removed a lease write left unfinished"),
+                Err(e) => warn!(path = %path.display(), "dhcp: cannot remove a lease write left unfinished: {e}"),
+            }
+        }
+    }
+
     /// Writes `bytes` (from [`encode`]) over the lease file atomically. Blocking: call it from
     /// `spawn_blocking` in async code.
     pub fn write(&self, bytes: &[u8]) -> io::Result<()> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(".{FILE_NAME}.tmp-{}", std::process::id()));
+        let tmp = dir.join(format!("{}{}", temp_prefix(), std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(bytes)?;
@@ -110,6 +131,11 @@ impl LeaseStore {
         }
         result
     }
+}
+
+/// The start of a lease write's temporary file name; the writer's process id follows.
+fn temp_prefix() -> String {
+    format!(".{FILE_NAME}.tmp-")
 }
 
 /// The lease file's bytes for `leases`.
@@ -216,5 +242,19 @@ mod tests {
         .unwrap();
         assert_eq!(store.load(1235), Leases::new());
         assert!(dir.path().join("leases.json.corrupt-1235").exists());
+    }
+
+    #[test]
+    fn writes_a_kill_left_unfinished_are_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        store.write(&encode(&table())).unwrap();
+        // What kill -9 between create and rename leaves: a temporary file of another process.
+        std::fs::write(dir.path().join(".leases.json.tmp-4242"), b"{ half").unwrap();
+        std::fs::write(dir.path().join("keep.tmp-1"), b"not ours").unwrap();
+        assert_eq!(store.load(0), table());
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["keep.tmp-1", FILE_NAME]);
     }
 }
