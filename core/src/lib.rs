@@ -11,6 +11,7 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
 //! - `gc`: which artifact versions may be removed.
+//! - `http_path`: which HTTP request paths may be served at all.
 //! - `fair_share`: who gets a TFTP transfer or HTTP connection when they run short;
 //!   `log_text`: client-supplied text escaped and bounded for logs; `rate_limit`: repeated
 //!   warnings per source, with counts of what was left out.
@@ -35,6 +36,7 @@ pub mod dhcp;
 pub mod explain;
 pub mod fair_share;
 pub mod gc;
+pub mod http_path;
 pub mod log_text;
 pub mod mac;
 pub mod rate_limit;
