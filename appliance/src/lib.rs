@@ -4,7 +4,8 @@
 //! client identification, `decide`, `render`, DHCP messages and leases), which the modules
 //! here call with what they read from the world.
 //!
-//! - `config_dir`: reading a config directory for the core's validation.
+//! - `config_dir`: reading a config directory for the core's validation; `kernel_signatures`:
+//!   whether its kernels are signed, for the core's Secure Boot warnings.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `serve`: the daemon that runs them; `fair_share`:
 //!   the per-source and total limits on TFTP transfers and HTTP connections; `descriptors`:
@@ -20,6 +21,7 @@ pub mod descriptors;
 pub mod dhcp;
 pub mod fair_share;
 pub mod http;
+pub mod kernel_signatures;
 pub mod latency;
 pub mod privileges;
 pub mod serve;

@@ -34,6 +34,10 @@ enum Command {
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// Fetched deb/url artifact bytes, one file per sha256 (`cargo xtask fetch` writes
+        /// target/blobs): their kernels are checked for a Secure Boot signature too.
+        #[arg(long)]
+        blobs: Option<PathBuf>,
     },
     /// Show, without any network, what a client would be handed and which rule decided it,
     /// with the full rendered config or script.
@@ -218,7 +222,7 @@ fn load(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { cfg: ConfigArgs { config, overlay } } => {
+        Command::Check { cfg: ConfigArgs { config, overlay }, blobs } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -234,6 +238,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 catalog.menus().len(),
                 catalog.settings().dhcp.mode,
             );
+            // Warnings only: the machine may have Secure Boot off.
+            for w in appliance::kernel_signatures::warnings(&catalog, blobs.as_deref()) {
+                println!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {

@@ -11,6 +11,7 @@
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
 use crate::mac::{MacAddr, Oui};
+use crate::uefi_chain::UefiChain;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -27,6 +28,7 @@ pub struct Catalog {
     machines: BTreeMap<MacAddr, Machine>,
     vendors: Vec<VendorRule>,
     unknown: Target,
+    unknown_policy: Policy,
     menus: BTreeMap<String, Arc<Menu>>,
 }
 
@@ -38,7 +40,34 @@ pub(crate) struct Parts {
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
+    pub unknown_policy: Policy,
     pub menus: BTreeMap<String, Arc<Menu>>,
+}
+
+/// Where an entry was written: file, line and column (1-based), and its field path, for
+/// messages about it found after validation (`appliance check`'s warnings).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted field path, e.g. `machines."52:54:00:12:34:56"`.
+    pub field: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.field)
+    }
+}
+
+/// The unknown-machine policy's settings besides its target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Its own `uefi_chain`, else the global one applies.
+    pub uefi_chain: Option<UefiChain>,
+    /// Where `unknown:` was written (`None`: not written; unknown machines are ignored).
+    pub origin: Option<Origin>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -84,6 +113,8 @@ pub struct Settings {
     /// The iPXE binary for x86-64 UEFI clients: one of `BootFile::IPXE_EFI`, `ipxe.efi` (all
     /// drivers) or `snponly.efi`.
     pub ipxe_efi: BootFile,
+    /// The boot chain of UEFI machines whose entry, vendor rule or policy names none.
+    pub uefi_chain: UefiChain,
     /// How long an unreferenced artifact version is kept after its last transfer.
     pub gc_grace_secs: u64,
 }
@@ -141,7 +172,10 @@ pub struct Machine {
     /// Hand this machine `undionly.kpxe` even when its ROM is already iPXE (a stock-PXE path
     /// test, or a ROM whose iPXE lacks features).
     pub chain_ipxe: bool,
+    /// `None`: the vendor rule's, else the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub vars: serde_json::Value,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +183,10 @@ pub struct VendorRule {
     pub oui: Oui,
     pub arch: Option<Arch>,
     pub target: Option<Target>,
+    /// `None`: the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub comment: Option<String>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +235,8 @@ pub struct Artifact {
     pub source: Source,
     /// Digest of the bytes (path/deb/url), or of the recipe (cpio).
     pub digest: Digest,
+    /// Where the profile declares it.
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -254,8 +293,8 @@ pub enum MenuAction {
 
 impl Catalog {
     pub(crate) fn new(p: Parts) -> Catalog {
-        let Parts { dir, settings, profiles, machines, vendors, unknown, menus } = p;
-        Catalog { dir, settings, profiles, machines, vendors, unknown, menus }
+        let Parts { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus } = p;
+        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus }
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).
@@ -299,6 +338,11 @@ impl Catalog {
     /// What a machine gets when neither its entry nor a vendor rule names a target.
     pub fn unknown(&self) -> &Target {
         &self.unknown
+    }
+
+    /// The unknown-machine policy's own settings (its `uefi_chain`, where it was written).
+    pub fn unknown_policy(&self) -> &Policy {
+        &self.unknown_policy
     }
 
     pub fn menu(&self, name: &str) -> Option<&Menu> {

@@ -10,6 +10,7 @@ use crate::client::{self, Client, Learned, TftpRequest};
 use crate::decide::{decide, Decision, Outcome, Stage, Transport};
 use crate::mac::MacAddr;
 use crate::render::{self, Format, RenderError, ServerInfo};
+use crate::uefi_chain::UefiChain;
 use dhcproto::v4::{self, DhcpOption, Message, MessageType};
 use std::fmt::Write as _;
 
@@ -51,10 +52,11 @@ pub fn client_from_query(q: &Query) -> Client {
 /// The decision and rendered config for a config-file path, with the client facts merged in.
 pub fn for_path(mut client: Client, path: &str) -> (Stage, Option<Format>, Client) {
     match client::classify_tftp(path) {
-        TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => {
-            let grub = path.trim_start_matches('/').starts_with("grub");
+        request @ (TftpRequest::Pxelinux(_) | TftpRequest::GrubConfig(_)) => {
+            let (TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f)) = &request else { unreachable!() };
+            let grub = matches!(request, TftpRequest::GrubConfig(_));
             let mac = f.mac.map(|m| (m, Learned::TftpPath(path.into())));
-            client = client.learn_from_path(path, &f, mac);
+            client = client.learn_from_path(path, f, mac);
             if grub {
                 client.firmware = crate::arch::Firmware::Grub;
                 (Stage::Grub, Some(Format::Grub), client)
@@ -140,6 +142,13 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
     );
     let _ = writeln!(out, "  architecture: {} by {}", d.arch.map(|a| a.as_str()).unwrap_or("unknown"), d.arch_rule);
     let _ = writeln!(out, "  target by:    {}", d.target_rule);
+    if let Some(choice) = &d.uefi_chain {
+        let _ = writeln!(out, "  uefi chain:   {} by {}", choice.chain, choice.rule);
+        if let Outcome::BootFile { file, transport } = &d.outcome {
+            let note = choice.chain.secure_boot_note(*file, *transport == Transport::Http);
+            let _ = writeln!(out, "  secure boot:  {note}");
+        }
+    }
 }
 
 /// One file `appliance render` writes: its path under the output folder and contents.
@@ -149,7 +158,9 @@ pub struct RenderedFile {
 }
 
 /// Every config the catalog can produce: per machine, per-architecture defaults, menus, the
-/// iPXE entry script and the U-Boot script image. Paths mirror what clients request.
+/// iPXE entry script and the U-Boot script image. Paths mirror what clients request; an x86-64
+/// machine on the shim chain also gets the GRUB config its signed GRUB is served (that GRUB asks
+/// for `grub/grub.cfg` and is told apart by its address, so the file is named by MAC here).
 pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
     let server = ServerInfo::from_catalog(catalog);
     let mut files = vec![
@@ -175,6 +186,13 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
                         &decide(catalog, &c, Stage::IpxeScript),
                         Format::Ipxe,
                     )?;
+                    if crate::decide::uefi_chain(catalog, Some(m.mac)).chain == UefiChain::Shim {
+                        push(
+                            format!("tftp/grub/grub.cfg-01-{}{suffix}", m.mac.dashed()),
+                            &decide(catalog, &c, Stage::Grub),
+                            Format::Grub,
+                        )?;
+                    }
                 }
                 _ => {
                     push(
@@ -197,7 +215,10 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
         c.arch_hint = Some((arch, Learned::Chaddr));
         match arch {
             Arch::X86_64 => {
-                push(format!("http/ipxe/unknown.{arch}.ipxe"), &decide(catalog, &c, Stage::IpxeScript), Format::Ipxe)?
+                push(format!("http/ipxe/unknown.{arch}.ipxe"), &decide(catalog, &c, Stage::IpxeScript), Format::Ipxe)?;
+                if crate::decide::uefi_chain(catalog, None).chain == UefiChain::Shim {
+                    push(format!("tftp/grub/grub.cfg.{arch}"), &decide(catalog, &c, Stage::Grub), Format::Grub)?;
+                }
             }
             _ => {
                 push(

@@ -6,7 +6,8 @@
 //!   that name file, line, column and field.
 //! - `client`: who is asking, from a DHCP message, a TFTP path or an iPXE query.
 //! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
-//!   `boot_file`: the boot programs handed out, by name.
+//!   `boot_file`: the boot programs handed out, by name; `uefi_chain`: which of them a UEFI
+//!   machine gets (iPXE, or shim and signed GRUB for Secure Boot).
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
@@ -15,6 +16,8 @@
 //! - `fair_share`: who gets a TFTP transfer or HTTP connection when they run short;
 //!   `log_text`: client-supplied text escaped and bounded for logs; `rate_limit`: repeated
 //!   warnings per source, with counts of what was left out.
+//! - `pe`, `secure_boot`: whether a kernel carries an Authenticode signature (from bytes the
+//!   daemon reads), and the warnings for machines on the shim chain whose kernel does not.
 //!
 //! Architecture invariant: no I/O and no clock. Files arrive as bytes, time as an argument,
 //! and answers leave as values; the daemon crate (`appliance`) owns sockets, files and clocks.
@@ -39,7 +42,10 @@ pub mod gc;
 pub mod http_path;
 pub mod log_text;
 pub mod mac;
+pub mod pe;
 pub mod rate_limit;
 pub mod render;
+pub mod secure_boot;
 pub mod tftp;
+pub mod uefi_chain;
 pub mod version;

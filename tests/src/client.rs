@@ -22,6 +22,12 @@ pub enum Client {
     UBootArm64,
     /// ArmVirt EDK2 (`QEMU_EFI.fd`) on virtio-net-pci without option ROM.
     ArmVirtEdk2,
+    /// `OvmfPxe` with Secure Boot on and Microsoft's keys enrolled.
+    OvmfPxeSecureBoot,
+    /// `OvmfHttp` with Secure Boot on and Microsoft's keys enrolled.
+    OvmfHttpSecureBoot,
+    /// ArmVirt EDK2 (AAVMF) with Secure Boot on and Microsoft's keys enrolled, PXE.
+    ArmVirtSecureBoot,
 }
 
 impl Client {
@@ -31,6 +37,8 @@ impl Client {
             Client::OvmfPxe | Client::OvmfHttp => Firmware::Ovmf,
             Client::UBootArm64 => Firmware::UBootArm64,
             Client::ArmVirtEdk2 => Firmware::ArmVirt,
+            Client::OvmfPxeSecureBoot | Client::OvmfHttpSecureBoot => Firmware::OvmfSecureBoot,
+            Client::ArmVirtSecureBoot => Firmware::ArmVirtSecureBoot,
         }
     }
 
@@ -56,10 +64,10 @@ impl Client {
         match self {
             // SeaBIOS's serial console (sercon) shows the iPXE ROM's screen.
             Client::SeaBiosIpxeRom => &["iPXE initialising devices"],
-            Client::OvmfPxe => &[">>Start PXE over IPv4"],
-            Client::OvmfHttp => &[">>Start HTTP Boot over IPv4"],
+            Client::OvmfPxe | Client::OvmfPxeSecureBoot => &[">>Start PXE over IPv4"],
+            Client::OvmfHttp | Client::OvmfHttpSecureBoot => &[">>Start HTTP Boot over IPv4"],
             Client::UBootArm64 => &["Retrieving file: pxelinux.cfg/"],
-            Client::ArmVirtEdk2 => &[">>Start PXE over IPv4", "Welcome to GRUB!"],
+            Client::ArmVirtEdk2 | Client::ArmVirtSecureBoot => &[">>Start PXE over IPv4", "Welcome to GRUB!"],
         }
     }
 
@@ -69,14 +77,19 @@ impl Client {
     pub fn machine(self, mac: &str, tap: &str, out: &Path, lifetime: Duration) -> Machine {
         let (model, rom) = match self {
             Client::SeaBiosIpxeRom => ("e1000", true),
-            Client::OvmfPxe | Client::OvmfHttp | Client::ArmVirtEdk2 => ("virtio-net-pci", false),
+            Client::OvmfPxe
+            | Client::OvmfHttp
+            | Client::ArmVirtEdk2
+            | Client::OvmfPxeSecureBoot
+            | Client::OvmfHttpSecureBoot
+            | Client::ArmVirtSecureBoot => ("virtio-net-pci", false),
             Client::UBootArm64 => ("virtio-net-device", false),
         };
         let nic = Nic { model, mac: mac.to_string(), rom, boot_first: false };
         let mut machine = Machine::new(self.firmware(), nic, Net::Tap(tap.to_string()), out.to_path_buf());
         machine.no_reboot = true;
         machine.lifetime = Some(lifetime);
-        if self == Client::OvmfHttp {
+        if matches!(self, Client::OvmfHttp | Client::OvmfHttpSecureBoot) {
             machine.fw_cfg.push("name=opt/org.tianocore/IPv4PXESupport,string=no".into());
             machine.fw_cfg.push("name=opt/org.tianocore/IPv6PXESupport,string=no".into());
         }

@@ -89,6 +89,8 @@ fn http() -> Vec<Vec<u8>> {
         "GET /artifacts/tiny-live/593751617602/initrd.img HTTP/1.1\r\nHost: 10.77.0.1\r\nRange: bytes=0-1048575\r\n\r\n",
         "HEAD /artifacts/tiny-live/593751617602/vmlinuz HTTP/1.1\r\nHost: 10.77.0.1\r\nIf-None-Match: \"x\"\r\n\r\n",
         "GET /ipxe.efi HTTP/1.1\r\nHost: 10.77.0.1\r\nAccept: */*\r\nUser-Agent: UefiHttpBoot/1.0\r\n\r\n",
+        // shim on UEFI HTTP Boot asks for its GRUB with an empty first segment.
+        "GET //grubx64.efi HTTP/1.1\r\nHost: 10.77.0.1\r\n\r\n",
         "GET /artifacts/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.0\r\n\r\n",
     ]

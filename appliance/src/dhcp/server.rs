@@ -412,6 +412,8 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
         .decision
         .as_ref()
         .map_or_else(|| ("-".into(), "-".into()), |d| (fmt_rule(&d.arch_rule), fmt_rule(&d.target_rule)));
+    let uefi_chain = h.decision.as_ref().and_then(|d| d.uefi_chain.as_ref());
+    let uefi_chain = uefi_chain.map_or_else(|| "-".to_string(), |c| format!("{} by {}", c.chain, c.rule));
     let dropped = h.reply.as_ref().map(|(r, _)| r.dropped.clone()).filter(|d| !d.is_empty());
     let boot_client = client.firmware != appliance_core::arch::Firmware::Unknown;
     let interesting = h.reply.is_some() || h.leases_changed || boot_client || mode == DhcpMode::Server;
@@ -430,6 +432,7 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
                 boot = ?boot,
                 arch_rule = %arch_rule,
                 target_rule = %target_rule,
+                uefi_chain = %uefi_chain,
                 chained = h.chained,
                 dropped = ?dropped,
                 why = h.note.as_deref().unwrap_or("-"),

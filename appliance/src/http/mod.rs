@@ -2,8 +2,11 @@
 //! menus, versioned artifacts and boot programs.
 //!
 //! Routes (`routes`): `GET|HEAD /boot.ipxe`, `/ipxe/script?mac=..&buildarch=..&platform=..`,
-//! `/artifacts/<profile>/<version>/<file>` and `/<boot program>` (`ipxe.efi`, `snponly.efi`,
-//! `undionly.kpxe`, `grubnetx64.efi`, `grubnetaa64.efi`). Files (`files`, `body`) are streamed
+//! `/artifacts/<profile>/<version>/<file>`, `/<boot program>` (`ipxe.efi`, `snponly.efi`,
+//! `undionly.kpxe`, `grubnetx64.efi`, `grubnetaa64.efi`, and the signed `shimx64.efi`,
+//! `shimaa64.efi`, `grubx64.efi`, `grubaa64.efi`, which shim fetches as `//grubx64.efi`), and
+//! `/grub/grub.cfg` (also under `/debian-installer/<arch>/`) for the machine at the source
+//! address. Files (`files`, `body`) are streamed
 //! in large chunks with exact `Content-Length`, single `Range` requests, `ETag` and
 //! `Last-Modified`.
 //!

@@ -7,9 +7,9 @@ use super::files::{self, Mutability, Validators};
 use super::HttpContext;
 use crate::artifacts;
 use appliance_core::boot_file::BootFile;
-use appliance_core::client;
+use appliance_core::client::{self, TftpRequest};
 use appliance_core::decide::{decide, Decision, Outcome, Stage};
-use appliance_core::http_path::check_path;
+use appliance_core::http_path::{check_path, second_stage_path};
 use appliance_core::log_text::escaped;
 use appliance_core::mac::MacAddr;
 use appliance_core::render::{self, Format};
@@ -65,7 +65,7 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
 }
 
 async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, notes: &mut Notes) -> Response<Body> {
-    let path = req.uri().path();
+    let path = second_stage_path(req.uri().path());
     let head = req.method() == Method::HEAD;
     if let Err(why) = check_path(path) {
         return text(StatusCode::BAD_REQUEST, why, head);
@@ -82,6 +82,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
         }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
+        }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/grub/") || p.starts_with("/debian-installer/") => {
+            grub_file(ctx, p, peer, notes, head)
         }
         (&Method::GET | &Method::HEAD, _) => match boot_program {
             Some(file) => bootloader(ctx, req, file).await,
@@ -120,6 +123,33 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
         Ok(Some(script)) => script_response(script, head),
         Ok(None) => text(StatusCode::NOT_FOUND, "no boot script for this machine", head),
         Err(e) => internal_error(format_args!("rendering the iPXE script for {mac}: {e:#}"), head),
+    }
+}
+
+/// `/grub/…` and `/debian-installer/<arch>/grub/…`: the config a signed GRUB reads, for the
+/// machine at the request's source address (its name says nothing of the machine), and a quick
+/// 404 for the module lists and anything else it probes.
+fn grub_file(ctx: &HttpContext, path: &str, peer: SocketAddr, notes: &mut Notes, head: bool) -> Response<Body> {
+    let TftpRequest::GrubConfig(facts) = client::classify_tftp(path) else { return not_found(head) };
+    if facts.ip_prefix {
+        return not_found(head);
+    }
+    let peer = match peer.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let stage = (Stage::Grub, Format::Grub);
+    match crate::serve::identify::config_file(&ctx.shared, path, &facts, stage, peer) {
+        Ok((decision, text)) => {
+            notes.mac = decision.machine.mac;
+            notes.decision = Some(describe(&decision));
+            notes.rule = Some(decision.target_rule.to_string());
+            match text {
+                Some(text) => script_response(text, head),
+                None => not_found(head),
+            }
+        }
+        Err(e) => internal_error(format_args!("rendering the GRUB config at {path}: {e:#}"), head),
     }
 }
 

@@ -577,3 +577,56 @@ async fn idle_connections_from_one_source_keep_only_its_share_and_yield_to_a_new
     assert!(!closed_within(&mut held[1], Duration::from_millis(50)).await);
     s.stop().await;
 }
+
+/// UEFI HTTP Boot on the shim chain: the firmware fetches shim, shim its GRUB from the same
+/// directory as `//grubx64.efi`, each byte for byte as signed (even bytes that look like our own
+/// GRUB images' address placeholder), and the shim probes are plain 404s.
+#[tokio::test]
+async fn signed_programs_over_http_byte_for_byte_and_shims_double_slash() {
+    let dir = tempfile::tempdir().unwrap();
+    let placeholder = appliance_core::render::grub_image::SERVER_PLACEHOLDER;
+    let signed = |name: &str| format!("MZ {name} {placeholder} signed").into_bytes();
+    for name in ["shimx64.efi", "grubx64.efi", "shimaa64.efi", "grubaa64.efi"] {
+        std::fs::write(dir.path().join(name), signed(name)).unwrap();
+    }
+    let s = TestServer::start(Fixture::new(), Some(dir.path().to_path_buf())).await;
+    for (path, name) in [
+        ("/shimx64.efi", "shimx64.efi"),
+        ("//grubx64.efi", "grubx64.efi"),
+        ("/grubx64.efi", "grubx64.efi"),
+        ("//grubaa64.efi", "grubaa64.efi"),
+    ] {
+        let r = raw(s.addr, path).await;
+        assert_eq!((r.status, &r.body), (200, &signed(name)), "{path}");
+        assert_eq!(r.header("content-type"), Some("application/efi"), "{path}");
+    }
+    for probe in ["/revocations_sku.efi", "/revocations_sbat.efi", "/shim_certificate_0.efi", "//shimx64.efi"] {
+        assert!(matches!(raw(s.addr, probe).await.status, 400 | 404), "{probe}");
+    }
+    s.stop().await;
+}
+
+/// The signed GRUB's config over HTTP: the machine behind the source address gets its own; the
+/// module lists and an address nothing is known of get a 404.
+#[tokio::test]
+async fn the_signed_grubs_config_is_the_machine_at_the_source_address() {
+    let s = TestServer::start(Fixture::new(), None).await;
+    for path in ["/grub/grub.cfg", "/grub/x86_64-efi/command.lst"] {
+        assert_eq!(curl(&[&s.url(path)]).await.status, 404, "nothing known of 127.0.0.1: {path}");
+    }
+    s.ctx.shared.remember_ip(MacAddr::parse(KNOWN_MAC).unwrap(), Ipv4Addr::LOCALHOST);
+    let v = version_of(&s.catalog, "live", Arch::X86_64);
+    for path in ["/grub/grub.cfg", "/debian-installer/amd64/grub/grub.cfg"] {
+        let r = curl(&[&s.url(path)]).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.text().contains(&format!("\tlinux /artifacts/live/{v}/vmlinuz console=ttyS0 hostname=node1")),
+            "{}",
+            r.text()
+        );
+    }
+    for path in ["/grub/x86_64-efi/command.lst", "/grub/x86_64-efi/grub.cfg", "/debian-installer/amd64/linux"] {
+        assert_eq!(curl(&[&s.url(path)]).await.status, 404, "{path}");
+    }
+    s.stop().await;
+}

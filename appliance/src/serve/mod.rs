@@ -6,6 +6,7 @@
 //! an invalid one is refused with every error logged, and the old one keeps serving.
 
 pub mod files;
+pub mod identify;
 pub mod neighbours;
 pub mod tftp_routes;
 pub mod watcher;
@@ -98,6 +99,15 @@ pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::Publ
     Ok((catalog, report))
 }
 
+/// `load_and_publish`, then the Secure Boot warnings of the new config, logged.
+fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
+    let (catalog, report) = load_and_publish(opts)?;
+    for w in crate::kernel_signatures::warnings(&catalog, Some(&opts.blobs)) {
+        warn!("{w}");
+    }
+    Ok((catalog, report))
+}
+
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16) -> ServerInfo {
     let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
@@ -123,7 +133,7 @@ pub async fn run(
     let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
     let (catalog, report) = {
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || load_and_publish(&o)).await??
+        tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await??
     };
     log_publish(&report);
     let http_port = listeners.http.local_addr()?.port();
@@ -246,7 +256,7 @@ fn log_publish(report: &artifacts::PublishReport) {
 
 async fn reload_config(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, http_port: u16) {
     let o = opts.clone();
-    match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
+    match tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await {
         Ok(Ok((catalog, report))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port);

@@ -17,6 +17,8 @@ pub struct SettingsFile {
     pub ipxe: IpxeWire,
     #[serde(default)]
     pub artifacts: ArtifactsWire,
+    /// The boot chain of UEFI machines nothing else names one for: `ipxe` or `shim`.
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +85,7 @@ pub struct MachineWire {
     pub address: Option<String>,
     #[serde(default)]
     pub chain_ipxe: bool,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_yaml::Value>,
 }
@@ -95,6 +98,7 @@ pub struct VendorWire {
     pub profile: Option<String>,
     pub menu: Option<String>,
     pub action: Option<ActionWire>,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     pub comment: Option<String>,
 }
 
@@ -113,6 +117,7 @@ pub struct TargetWire {
     pub action: Option<ActionWire>,
     pub profile: Option<String>,
     pub menu: Option<String>,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
 }
 
 /// `menus.yaml`

@@ -40,6 +40,12 @@ impl<'a> Doc<'a> {
         self.index.at(field)
     }
 
+    /// Where `field` (or its nearest written ancestor) is.
+    pub fn origin(&self, field: &str) -> crate::catalog::Origin {
+        let (line, col) = self.position(field);
+        crate::catalog::Origin { file: self.file.to_path_buf(), line, col, field: field.to_string() }
+    }
+
     /// An error about `field`, at its position.
     pub fn error(&self, field: &str, message: impl Display) -> ConfigError {
         let (line, col) = self.position(field);

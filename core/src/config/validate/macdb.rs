@@ -49,7 +49,7 @@ fn target(
     Some(Some(t))
 }
 
-type MacDb = (BTreeMap<MacAddr, Machine>, Vec<VendorRule>, Target);
+type MacDb = (BTreeMap<MacAddr, Machine>, Vec<VendorRule>, (Target, Policy));
 
 pub(super) fn validate_macdb(
     input: &Input,
@@ -61,6 +61,7 @@ pub(super) fn validate_macdb(
     let mut machines: BTreeMap<MacAddr, (Machine, String, usize)> = BTreeMap::new();
     let mut vendors = Vec::new();
     let mut unknown = Target::Ignore;
+    let mut policy = Policy::default();
     let docs: Vec<&SourceFile> = input.machines.iter().chain(input.overlay.iter()).collect();
     for (file_no, src) in docs.iter().enumerate() {
         let doc = src.doc();
@@ -125,7 +126,14 @@ pub(super) fn validate_macdb(
                         errs.at(&doc, &key(&base, "profile"), format!("profile {:?} has no {a} artifacts", p.name));
                     }
                 }
-                file_vendors.push(VendorRule { oui, arch, target: t, comment: w.comment.clone() });
+                file_vendors.push(VendorRule {
+                    oui,
+                    arch,
+                    target: t,
+                    uefi_chain: w.uefi_chain,
+                    comment: w.comment.clone(),
+                    origin: doc.origin(&base),
+                });
             }
             // Overlay rules take precedence over shipped ones for the same OUI.
             vendors.retain(|r: &VendorRule| !file_vendors.iter().any(|n| n.oui == r.oui));
@@ -137,6 +145,7 @@ pub(super) fn validate_macdb(
                 target(u.profile.as_ref(), u.menu.as_ref(), u.action, "unknown", profiles, menus, &doc, errs)
             {
                 unknown = t.unwrap_or(Target::Ignore);
+                policy = Policy { uefi_chain: u.uefi_chain, origin: Some(doc.origin("unknown")) };
             }
         }
     }
@@ -157,7 +166,7 @@ pub(super) fn validate_macdb(
             }
         }
     }
-    (machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(), vendors, unknown)
+    (machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(), vendors, (unknown, policy))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -219,5 +228,15 @@ fn machine(
         }
     }
     let vars = serde_json::to_value(&w.vars).unwrap_or(serde_json::Value::Null);
-    Some(Machine { mac, hostname, arch, target, address, chain_ipxe: w.chain_ipxe, vars })
+    Some(Machine {
+        mac,
+        hostname,
+        arch,
+        target,
+        address,
+        chain_ipxe: w.chain_ipxe,
+        uefi_chain: w.uefi_chain,
+        vars,
+        origin: doc.origin(base),
+    })
 }

@@ -135,11 +135,19 @@ pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigE
     let settings = validate_settings(input, &mut errs);
     let profiles = validate_profiles(input, probe, &mut errs);
     let menus = validate_menus(input, &profiles, &mut errs);
-    let (machines, vendors, unknown) = validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
+    let (machines, vendors, (unknown, unknown_policy)) =
+        validate_macdb(input, &profiles, &menus, settings.as_ref(), &mut errs);
     match (errs.is_empty(), settings) {
-        (true, Some(settings)) => {
-            Ok(Catalog::new(Parts { dir: input.dir.clone(), settings, profiles, machines, vendors, unknown, menus }))
-        }
+        (true, Some(settings)) => Ok(Catalog::new(Parts {
+            dir: input.dir.clone(),
+            settings,
+            profiles,
+            machines,
+            vendors,
+            unknown,
+            unknown_policy,
+            menus,
+        })),
         _ => Err(errs.into()),
     }
 }
