@@ -11,8 +11,8 @@
 //!   the per-source and total limits on TFTP transfers and HTTP connections; `descriptors`:
 //!   the file descriptor limit they are fitted to.
 //! - `privileges`: becoming an unprivileged user once the sockets are bound.
-//! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the CPU wake-up
-//!   latency request.
+//! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the
+//!   CPU wake-up latency request; `memory`: free heap pages handed back after load.
 
 pub mod artifacts;
 pub mod config_dir;
@@ -23,6 +23,7 @@ pub mod fair_share;
 pub mod http;
 pub mod kernel_signatures;
 pub mod latency;
+pub mod memory;
 pub mod privileges;
 pub mod serve;
 pub mod state;

@@ -217,6 +217,13 @@ pub async fn run(
         });
     }
 
+    // Free heap pages handed back after load (a burst of connections, a DHCP flood).
+    let trim_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        crate::memory::trim_periodically(crate::memory::TRIM_INTERVAL, trim_stop).await;
+        Ok(())
+    });
+
     tokio::pin!(shutdown);
     let mut gc_tick = tokio::time::interval(opts.gc_interval);
     gc_tick.tick().await;
