@@ -25,9 +25,10 @@ use appliance_core::decide::Rule;
 use appliance_core::dhcp::exchange::{self, Context, Handled, State};
 use appliance_core::dhcp::reply::Port;
 use appliance_core::dhcp::wire;
+use appliance_core::rate_limit::{Rate, RateLimiter, Verdict};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -36,6 +37,31 @@ use tracing::{debug, error, info, warn};
 
 /// Receive buffer: larger than any Ethernet datagram, so a truncated read means junk.
 const RECV_BUF: usize = 4096;
+/// Warnings (no address left, ...) per source address: a flood of DISCOVERs from 0.0.0.0
+/// with made-up MACs gets a few lines a minute, each saying how many were left out.
+const WARNINGS: Rate = Rate { lines: 5, per: Duration::from_secs(60) };
+/// Sources whose warnings are counted separately.
+const WARNING_SOURCES: usize = 4096;
+
+/// The rate limit of warnings, and the epoch its clock counts from.
+struct Warnings {
+    limiter: RateLimiter<Ipv4Addr>,
+    epoch: Instant,
+}
+
+impl Warnings {
+    fn new() -> Self {
+        Warnings { limiter: RateLimiter::new(WARNINGS, WARNING_SOURCES), epoch: Instant::now() }
+    }
+
+    /// Logs `warning` about the client with `mac` from `source`, unless that source has had
+    /// its share of lines this minute.
+    fn warn(&mut self, source: Ipv4Addr, mac: &str, warning: &str) {
+        if let Verdict::Log { suppressed } = self.limiter.check(&source, self.epoch.elapsed()) {
+            warn!(mac, %source, suppressed, "dhcp: {warning}");
+        }
+    }
+}
 
 /// The sockets the service answers on.
 pub struct DhcpSockets {
@@ -114,6 +140,7 @@ pub async fn run(
     );
     let mut buf_dhcp = vec![0u8; RECV_BUF];
     let mut buf_pxe = vec![0u8; RECV_BUF];
+    let mut warnings = Warnings::new();
     tokio::pin!(shutdown);
     loop {
         let (port, received) = tokio::select! {
@@ -135,7 +162,10 @@ pub async fn run(
             },
         };
         match received {
-            Ok(rx) => serve_one(&shared, &opts, writer.as_mut(), &mut state, socket, port, &buf[..rx.len], rx).await,
+            Ok(rx) => {
+                let one = (writer.as_mut(), &mut state, &mut warnings);
+                serve_one(&shared, &opts, one, socket, port, &buf[..rx.len], rx).await
+            }
             Err(e) => {
                 // ICMP errors from earlier sends surface here; keep serving without spinning.
                 warn!(socket = %socket.local, "dhcp: receive failed: {e}");
@@ -303,8 +333,7 @@ fn unix_now() -> u64 {
 async fn serve_one(
     shared: &Arc<Shared>,
     opts: &DhcpOptions,
-    writer: Option<&mut LeaseWriter>,
-    state: &mut State,
+    (writer, state, warnings): (Option<&mut LeaseWriter>, &mut State, &mut Warnings),
     socket: &Arc<AsyncSocket>,
     port: Port,
     bytes: &[u8],
@@ -354,7 +383,7 @@ async fn serve_one(
         _ => None,
     };
     if let Some(w) = &handled.warning {
-        warn!(mac = %fmt_mac(&client), "dhcp: {w}");
+        warnings.warn(*rx.source.ip(), &fmt_mac(&client), w);
     }
     let mode = ctx.mode;
     let reply_to = opts.reply_to;
@@ -444,5 +473,51 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
         line!(info);
     } else {
         line!(debug);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Collects what a `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warnings_from_one_source_are_limited_and_the_rest_counted() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // Another dispatcher alive makes tracing ask each thread's default (see http::tests).
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::callsite::rebuild_interest_cache();
+
+        let mut w = Warnings::new();
+        let (flood, other) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 7));
+        for i in 0..20 {
+            w.warn(flood, &format!("52:54:00:00:00:{i:02x}"), "no address: the pool is exhausted");
+        }
+        w.warn(other, "52:54:00:00:01:00", "no address: the pool is exhausted");
+        // A minute later the flood's next line says how many were left out.
+        w.epoch -= WARNINGS.per;
+        w.warn(flood, "52:54:00:00:00:ff", "no address: the pool is exhausted");
+
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let from = |source: &str| log.lines().filter(|l| l.contains(&format!("source={source}"))).count();
+        assert_eq!((from("0.0.0.0"), from("10.0.0.7")), (6, 1), "{log}");
+        assert!(log.lines().last().unwrap().contains("suppressed=15"), "{log}");
     }
 }
