@@ -54,6 +54,11 @@ pub enum Outcome {
     Ignore { reason: IgnoreReason },
     /// Hand out a boot program.
     BootFile { file: BootFile, transport: Transport },
+    /// Hand out the machine's boot image by HTTP: a RAM disk with `shim` as its removable-media
+    /// program, the signed GRUB beside it, the machine's GRUB config and the files it names
+    /// (`boot_image`). What a UEFI HTTP Boot client on the shim chain gets, since Debian's
+    /// signed GRUB cannot read over HTTP (docs/firmware.md#a-boot-image-over-http).
+    BootImage { shim: BootFile },
     /// The client is iPXE: hand it the entry script URL.
     IpxeScript,
     /// Boot this profile.
@@ -319,6 +324,8 @@ fn dhcp_outcome(
             let over_http = client.firmware == Firmware::UefiHttp;
             let hand = |file| if over_http { http(file) } else { tftp(file) };
             match arch.map(|a| (a, chain.first_program(a, efi_ipxe))) {
+                // shim's GRUB would go on over HTTP, which Debian's signed GRUB cannot.
+                Some((_, Some(shim))) if over_http && shim.second_stage().is_some() => Outcome::BootImage { shim },
                 Some((_, Some(file))) => hand(file),
                 Some((a, None)) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: over_http }),
                 None => ignore(IgnoreReason::UefiArchUnknown { http: over_http }),

@@ -5,6 +5,7 @@
 
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
+use crate::boot_image;
 use crate::catalog::{Catalog, Target};
 use crate::client::{self, Client, Learned, TftpRequest};
 use crate::decide::{decide, Decision, Outcome, Stage, Transport};
@@ -97,7 +98,7 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         (Outcome::IpxeScript, None) => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file, .. }, None) if file.is_ipxe() => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file: BootFile::UbootScript, .. }, None) => Some((Stage::Pxelinux, Format::Pxelinux)),
-        (Outcome::BootFile { .. }, None) => Some((Stage::Grub, Format::Grub)),
+        (Outcome::BootFile { .. } | Outcome::BootImage { .. }, None) => Some((Stage::Grub, Format::Grub)),
         _ => None,
     };
     if let Some((stage, format)) = next {
@@ -108,6 +109,9 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         }
         match render::render(catalog, &d2, &server, format)? {
             Some(text) => {
+                if let Outcome::BootImage { .. } = d.outcome {
+                    boot_image_files(&mut out, catalog, &d2, &server)?;
+                }
                 let _ = writeln!(out, "\n--- rendered {format} ---\n{text}");
             }
             None => {
@@ -128,6 +132,14 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
             format!("boot file {}/{} by HTTP", server.http_base, file.file_name())
         }
         Outcome::IpxeScript => format!("iPXE script {}/boot.ipxe", server.http_base),
+        Outcome::BootImage { shim } => match (d.machine.mac, d.arch) {
+            (Some(mac), Some(arch)) => format!(
+                "boot image {}/{} by HTTP (a RAM disk: {shim}, its GRUB, grub.cfg and the files it names)",
+                server.http_base,
+                boot_image::url_path(mac, arch)
+            ),
+            _ => format!("boot image with {shim} (no MAC or architecture to name it by)"),
+        },
         Outcome::Boot { profile, version } => format!("profile {profile} version {version}"),
         Outcome::Menu { menu } => format!("menu {menu}"),
         Outcome::Local => "boot from local disk".into(),
@@ -144,11 +156,28 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
     let _ = writeln!(out, "  target by:    {}", d.target_rule);
     if let Some(choice) = &d.uefi_chain {
         let _ = writeln!(out, "  uefi chain:   {} by {}", choice.chain, choice.rule);
-        if let Outcome::BootFile { file, transport } = &d.outcome {
-            let note = choice.chain.secure_boot_note(*file, *transport == Transport::Http);
-            let _ = writeln!(out, "  secure boot:  {note}");
+        let handed = match &d.outcome {
+            Outcome::BootFile { file, transport } => Some((*file, *transport == Transport::Http)),
+            Outcome::BootImage { shim } => Some((*shim, true)),
+            _ => None,
+        };
+        if let Some((file, http)) = handed {
+            let _ = writeln!(out, "  secure boot:  {}", choice.chain.secure_boot_note(file, http));
         }
     }
+}
+
+/// The files of the boot image for `d` (a GRUB-stage decision), in the image's order.
+fn boot_image_files(out: &mut String, catalog: &Catalog, d: &Decision, server: &ServerInfo) -> Result<(), RenderError> {
+    let Some(plan) = boot_image::plan(catalog, d, server)? else { return Ok(()) };
+    let _ = writeln!(out, "\n--- boot image files ---");
+    let _ = writeln!(out, "{}  ({}, Microsoft-signed)", plan.shim_path, plan.shim);
+    let _ = writeln!(out, "{}  (Debian-signed)", plan.grub_path());
+    let _ = writeln!(out, "{}  (rendered below)", boot_image::CONFIG_PATH);
+    for a in &plan.artifacts {
+        let _ = writeln!(out, "{}", a.path());
+    }
+    Ok(())
 }
 
 /// One file `appliance render` writes: its path under the output folder and contents.

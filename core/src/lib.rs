@@ -7,7 +7,8 @@
 //! - `client`: who is asking, from a DHCP message, a TFTP path or an iPXE query.
 //! - `decide`: what a client gets at a stage of its boot; `render`: the boot configs that say it;
 //!   `boot_file`: the boot programs handed out, by name; `uefi_chain`: which of them a UEFI
-//!   machine gets (iPXE, or shim and signed GRUB for Secure Boot).
+//!   machine gets (iPXE, or shim and signed GRUB for Secure Boot); `boot_image`: the RAM-disk
+//!   image (shim, GRUB, config, kernel) a UEFI HTTP Boot client on the shim chain gets.
 //! - `explain`: `decide` and `render` for a client described by hand (the CLI's `explain`).
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
@@ -30,6 +31,7 @@
 
 pub mod arch;
 pub mod boot_file;
+pub mod boot_image;
 pub mod catalog;
 pub mod client;
 pub mod config;

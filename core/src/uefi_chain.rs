@@ -9,7 +9,8 @@
 //!   signed network GRUB (`grubx64.efi`, `grubaa64.efi`) from the directory of the BOOTP `file`
 //!   field; that GRUB reads `/grub/grub.cfg` and loads the profile's kernel, which shim checks
 //!   against Debian's key. All of it is served byte for byte as Debian signed it
-//!   (docs/firmware.md#the-shim-chain).
+//!   (docs/firmware.md#the-shim-chain). A UEFI HTTP Boot client gets them inside a RAM-disk
+//!   boot image instead (`boot_image`).
 //!
 //! Pure: names and sentences only.
 
@@ -52,14 +53,15 @@ impl UefiChain {
         })
     }
 
-    /// What this chain means under Secure Boot for a client handed `first` (over HTTP when
-    /// `http`): the sentence `explain` prints.
+    /// What this chain means under Secure Boot for a client handed `first` (by UEFI HTTP Boot
+    /// when `http`, where the shim chain comes as a boot image): the sentence `explain` prints.
     pub fn secure_boot_note(self, first: BootFile, http: bool) -> String {
         match (self, first.second_stage()) {
             (UefiChain::Shim, Some(grub)) if http => format!(
-                "{first} (Microsoft-signed shim) loads {grub} (Debian-signed GRUB) over HTTP from the same \
-                 directory; but Debian 12's signed GRUB has no http module, so under UEFI HTTP Boot it cannot \
-                 read its config and stops at its prompt: boot this machine by PXE (docs/firmware.md#the-shim-chain)"
+                "{first} (Microsoft-signed shim) and {grub} (Debian-signed GRUB) come in a RAM-disk boot image \
+                 with the machine's grub.cfg and the files it names: the firmware starts shim from the image, \
+                 and GRUB reads config, kernel and initrds from it (Debian 12's signed GRUB cannot read over \
+                 HTTP); the profile's kernel must carry a signature shim accepts"
             ),
             (UefiChain::Shim, Some(grub)) => format!(
                 "{first} (Microsoft-signed shim) loads {grub} (Debian-signed GRUB) from the same directory, \
@@ -100,6 +102,6 @@ mod tests {
         let shim = UefiChain::Shim.secure_boot_note(BootFile::ShimX64, false);
         assert!(shim.starts_with("shimx64.efi (Microsoft-signed shim) loads grubx64.efi"), "{shim}");
         let http = UefiChain::Shim.secure_boot_note(BootFile::ShimAa64, true);
-        assert!(http.contains("grubaa64.efi") && http.contains("no http module"), "{http}");
+        assert!(http.contains("grubaa64.efi") && http.contains("RAM-disk boot image"), "{http}");
     }
 }

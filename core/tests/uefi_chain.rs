@@ -76,9 +76,11 @@ fn each_uefi_client_gets_the_first_program_of_its_chain() {
     let http = |file| Outcome::BootFile { file, transport: Transport::Http };
     let cases = [
         (ovmf_pxe("52:54:00:00:00:01"), tftp(BootFile::ShimX64)),
-        (uefi_http_x64("52:54:00:00:00:01"), http(BootFile::ShimX64)),
+        // UEFI HTTP Boot on the shim chain: the boot image around shim (Debian's signed GRUB
+        // cannot go on over HTTP).
+        (uefi_http_x64("52:54:00:00:00:01"), Outcome::BootImage { shim: BootFile::ShimX64 }),
         (armvirt_edk2("52:54:00:00:00:01"), tftp(BootFile::ShimAa64)),
-        (uefi_http_arm64("52:54:00:00:00:01"), http(BootFile::ShimAa64)),
+        (uefi_http_arm64("52:54:00:00:00:01"), Outcome::BootImage { shim: BootFile::ShimAa64 }),
         // The vendor rule says arm64 (option 93 says x64): shim for arm64.
         (ovmf_pxe("52:54:02:00:00:01"), tftp(BootFile::ShimAa64)),
         // On the ipxe chain, today's programs.
@@ -145,7 +147,14 @@ fn explain_shows_the_chain_its_rule_and_what_secure_boot_makes_of_it() {
     assert!(shim.contains("then, at the grub.cfg stage:"), "{shim}");
     assert!(shim.contains("linux /artifacts/live/"), "{shim}");
     let http = explained(&c, "52:54:00:00:00:01", 16, "HTTPClient:Arch:00016:UNDI:003001");
-    assert!(http.contains("no http module"), "{http}");
+    let url = "boot image http://10.0.0.1/boot-image/52-54-00-00-00-01.x86_64.img by HTTP";
+    assert!(http.contains(&format!("  hands out:    {url}")), "{http}");
+    assert!(http.contains("come in a RAM-disk boot image"), "{http}");
+    // The image's files, the config's kernel among them at the path the config names.
+    assert!(http.contains("\nEFI/BOOT/BOOTX64.EFI  (shimx64.efi, Microsoft-signed)\n"), "{http}");
+    assert!(http.contains("\nEFI/BOOT/grubx64.efi  (Debian-signed)\n"), "{http}");
+    let kernel = http.lines().find(|l| l.starts_with("artifacts/live/")).expect("the kernel in the image");
+    assert!(http.contains(&format!("linux /{kernel}")), "{http}");
     let arm = explained(&c, "52:54:00:00:00:02", 11, "PXEClient:Arch:00011:UNDI:003000");
     assert!(arm.contains("grubnetaa64.efi is unsigned"), "{arm}");
     assert_eq!(c.profile("live").unwrap().arches.len(), 2);

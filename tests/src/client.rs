@@ -28,6 +28,8 @@ pub enum Client {
     OvmfHttpSecureBoot,
     /// ArmVirt EDK2 (AAVMF) with Secure Boot on and Microsoft's keys enrolled, PXE.
     ArmVirtSecureBoot,
+    /// `ArmVirtSecureBoot` by UEFI HTTP Boot (PXE switched off through fw_cfg, as for `OvmfHttp`).
+    ArmVirtHttpSecureBoot,
 }
 
 impl Client {
@@ -38,7 +40,7 @@ impl Client {
             Client::UBootArm64 => Firmware::UBootArm64,
             Client::ArmVirtEdk2 => Firmware::ArmVirt,
             Client::OvmfPxeSecureBoot | Client::OvmfHttpSecureBoot => Firmware::OvmfSecureBoot,
-            Client::ArmVirtSecureBoot => Firmware::ArmVirtSecureBoot,
+            Client::ArmVirtSecureBoot | Client::ArmVirtHttpSecureBoot => Firmware::ArmVirtSecureBoot,
         }
     }
 
@@ -68,6 +70,7 @@ impl Client {
             Client::OvmfHttp | Client::OvmfHttpSecureBoot => &[">>Start HTTP Boot over IPv4"],
             Client::UBootArm64 => &["Retrieving file: pxelinux.cfg/"],
             Client::ArmVirtEdk2 | Client::ArmVirtSecureBoot => &[">>Start PXE over IPv4", "Welcome to GRUB!"],
+            Client::ArmVirtHttpSecureBoot => &[">>Start HTTP Boot over IPv4", "Welcome to GRUB!"],
         }
     }
 
@@ -82,14 +85,15 @@ impl Client {
             | Client::ArmVirtEdk2
             | Client::OvmfPxeSecureBoot
             | Client::OvmfHttpSecureBoot
-            | Client::ArmVirtSecureBoot => ("virtio-net-pci", false),
+            | Client::ArmVirtSecureBoot
+            | Client::ArmVirtHttpSecureBoot => ("virtio-net-pci", false),
             Client::UBootArm64 => ("virtio-net-device", false),
         };
         let nic = Nic { model, mac: mac.to_string(), rom, boot_first: false };
         let mut machine = Machine::new(self.firmware(), nic, Net::Tap(tap.to_string()), out.to_path_buf());
         machine.no_reboot = true;
         machine.lifetime = Some(lifetime);
-        if matches!(self, Client::OvmfHttp | Client::OvmfHttpSecureBoot) {
+        if matches!(self, Client::OvmfHttp | Client::OvmfHttpSecureBoot | Client::ArmVirtHttpSecureBoot) {
             machine.fw_cfg.push("name=opt/org.tianocore/IPv4PXESupport,string=no".into());
             machine.fw_cfg.push("name=opt/org.tianocore/IPv6PXESupport,string=no".into());
         }

@@ -50,24 +50,46 @@ fn ovmf_secure_boot_pxe_shim_off() {
     with_secure_boot_proof(cell).run();
 }
 
-/// UEFI HTTP Boot on the shim chain gets as far as the signed GRUB, and no further: the firmware
-/// fetches shim by HTTP and starts it (so it passed the firmware's Secure Boot check), shim
-/// fetches `//grubx64.efi` from the same directory and starts it (so it passed shim's), and
-/// then Debian 12's signed GRUB, which has no `http` module, sets its root to `(http,…)`, cannot
-/// read `grub.cfg` and stops at its prompt without another request
-/// (docs/firmware.md#the-shim-chain). This cell pins that down; machines that must boot under
-/// Secure Boot boot by PXE.
+/// UEFI HTTP Boot on the shim chain, by a boot image: Debian 12's signed GRUB has no `http`
+/// module (so handed shim's URL, GRUB set its root to `(http,…)` and stopped at its prompt), so
+/// the DHCP reply names the machine's boot image instead. The firmware downloads it into a RAM
+/// disk and starts shim from it as `\EFI\BOOT\BOOTX64.EFI` (Secure Boot check by the firmware),
+/// shim starts the signed GRUB beside it (its check), and GRUB reads `grub/grub.cfg`, the kernel
+/// and the initrd from the RAM disk, with no further request (docs/firmware.md#a-boot-image-over-http).
 #[test]
-fn ovmf_secure_boot_http_shim_stops_at_grubs_prompt() {
-    Cell::new("ovmf_secure_boot_http_shim_stops_at_grubs_prompt", OvmfHttpSecureBoot, Server)
+fn ovmf_secure_boot_http_shim_boot_image() {
+    let cell = Cell::new("ovmf_secure_boot_http_shim_boot_image", OvmfHttpSecureBoot, Server)
         .machine("52:54:00:4d:11:02", &shim_machine("sb-http"))
-        .expect_no_boot(Duration::from_secs(90))
-        .settled_by("grub>")
         .serial_shows(">>Start HTTP Boot over IPv4")
         .serial_shows("Welcome to GRUB!")
-        .daemon_log_shows("path=/shimx64.efi status=200")
-        .daemon_log_shows("path=//grubx64.efi status=200")
-        .run();
+        // The firmware asks for the size first, then the image; the second is served from the cache.
+        .daemon_log_shows("method=HEAD path=/boot-image/52-54-00-4d-11-02.x86_64.img status=200")
+        .daemon_log_shows("path=/boot-image/52-54-00-4d-11-02.x86_64.img status=200")
+        .daemon_log_shows("(cached)")
+        // Everything GRUB reads comes from the RAM disk.
+        .daemon_log_lacks("grub/grub.cfg")
+        .daemon_log_lacks("path=/artifacts/");
+    let outcome = with_secure_boot_proof(cell).run();
+    let explained = explain(&outcome.out_dir, "52:54:00:4d:11:02", "16", "HTTPClient:Arch:00016:UNDI:003001");
+    for want in [
+        "hands out:    boot image http://10.77.0.1/boot-image/52-54-00-4d-11-02.x86_64.img by HTTP",
+        "uefi chain:   shim by MAC database entry 52:54:00:4d:11:02",
+        "EFI/BOOT/BOOTX64.EFI  (shimx64.efi, Microsoft-signed)",
+    ] {
+        assert!(explained.contains(want), "explain lacks {want:?}:\n{explained}");
+    }
+}
+
+/// Behind proxyDHCP too: unlike PXE (below), where the signed GRUB asks the site's server for
+/// its config, the image carries everything GRUB reads, so which server GRUB believes in does
+/// not matter.
+#[test]
+fn ovmf_secure_boot_http_shim_boot_image_proxy() {
+    let cell = Cell::new("ovmf_secure_boot_http_shim_boot_image_proxy", OvmfHttpSecureBoot, Proxy)
+        .machine("52:54:00:4d:11:06", &shim_machine("sb-http-proxy"))
+        .daemon_log_shows("path=/boot-image/52-54-00-4d-11-06.x86_64.img status=200")
+        .daemon_log_lacks("grub/grub.cfg");
+    with_secure_boot_proof(cell).run();
 }
 
 /// A machine left on the `ipxe` chain under Secure Boot: the firmware refuses the unsigned
@@ -98,6 +120,18 @@ fn armvirt_secure_boot_pxe_shim_server() {
         .machine("52:54:00:4d:12:01", &shim_machine("sb-arm"))
         .serial_shows("Fetching Netboot Image grubaa64.efi")
         .daemon_log_shows("uefi_chain=shim by MAC database entry 52:54:00:4d:12:01");
+    with_secure_boot_proof(cell).run();
+}
+
+/// The boot image on ArmVirt: option 93 = 19 (arm64 HTTP Boot) gets the arm64 image, shim as
+/// `\EFI\BOOT\BOOTAA64.EFI` and the signed `grubaa64.efi` beside it.
+#[test]
+fn armvirt_secure_boot_http_shim_boot_image() {
+    let cell = Cell::new("armvirt_secure_boot_http_shim_boot_image", ArmVirtHttpSecureBoot, Server)
+        .machine("52:54:00:4d:12:03", &shim_machine("sb-arm-http"))
+        .daemon_log_shows("path=/boot-image/52-54-00-4d-12-03.arm64.img status=200")
+        .daemon_log_lacks("grub/grub.cfg")
+        .daemon_log_lacks("path=/artifacts/");
     with_secure_boot_proof(cell).run();
 }
 

@@ -16,6 +16,8 @@
 //! fixed list of boot programs.
 
 mod body;
+mod boot_image;
+pub use boot_image::{prune as prune_boot_images, CACHE_DIR as BOOT_IMAGES_DIR};
 mod files;
 mod routes;
 mod sendfile;
@@ -69,6 +71,8 @@ pub struct HttpContext {
     pub store: PathBuf,
     /// Where the boot programs (`ipxe.efi`, …) are; `None`: they are not served over HTTP.
     pub bootloaders: Option<PathBuf>,
+    /// The cache of boot images (`boot_image`), one per machine, rebuilt when what is in it changes.
+    pub boot_images: PathBuf,
     /// Artifact transfers, for garbage collection; shared with the TFTP server.
     pub touches: Arc<Touches>,
     /// How long shutdown waits for responses in flight before cutting them off.
@@ -85,6 +89,8 @@ impl HttpContext {
     pub fn new(shared: Arc<Shared>, store: PathBuf, bootloaders: Option<PathBuf>, touches: Arc<Touches>) -> Self {
         HttpContext {
             shared,
+            // Beside the store, in the state directory: `<state>/boot-images`.
+            boot_images: store.with_file_name(BOOT_IMAGES_DIR),
             store,
             bootloaders,
             touches,

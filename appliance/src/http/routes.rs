@@ -83,6 +83,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
         }
+        (&Method::GET | &Method::HEAD, p) if boot_image_name(p).is_some() => {
+            boot_image(ctx, req, boot_image_name(p).unwrap_or_default(), notes).await
+        }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/grub/") || p.starts_with("/debian-installer/") => {
             grub_file(ctx, p, peer, notes, head)
         }
@@ -161,6 +164,48 @@ fn describe(d: &Decision) -> String {
         Outcome::Ignore { reason } => format!("ignore: {reason}"),
         Outcome::IpxeScript => "ipxe script".into(),
         Outcome::BootFile { file, .. } => format!("boot file {}", file.file_name()),
+        Outcome::BootImage { shim } => format!("boot image with {}", shim.file_name()),
+    }
+}
+
+/// The file name in a path under the boot images' URL directory.
+fn boot_image_name(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?.strip_prefix(appliance_core::boot_image::URL_DIR)?.strip_prefix('/')
+}
+
+/// `/boot-image/<mac>.<arch>.img`: the machine's RAM-disk image (`super::boot_image`).
+async fn boot_image(ctx: &HttpContext, req: &Request<Incoming>, name: &str, notes: &mut Notes) -> Response<Body> {
+    use super::boot_image::{self as image, ImageError, Sources};
+    let head = req.method() == Method::HEAD;
+    notes.mac = appliance_core::boot_image::parse_file_name(name).map(|(mac, _)| mac);
+    let (shared, store, bootloaders, cache) =
+        (ctx.shared.clone(), ctx.store.clone(), ctx.bootloaders.clone(), ctx.boot_images.clone());
+    let name = name.to_string();
+    let built = tokio::task::spawn_blocking(move || {
+        let src = Sources { shared: &shared, store: &store, bootloaders: bootloaders.as_deref(), cache: &cache };
+        image::open(&src, &name)
+    })
+    .await;
+    match built {
+        Ok(Ok(built)) => {
+            notes.decision = Some(format!(
+                "{}, image {} ({})",
+                describe(&built.decision),
+                built.key,
+                if built.written { "built" } else { "cached" }
+            ));
+            notes.rule = Some(built.decision.target_rule.to_string());
+            image::respond(req.headers(), head, built)
+        }
+        Ok(Err(ImageError::NoImage { decision })) => {
+            if let Some(d) = decision {
+                notes.decision = Some(describe(&d));
+                notes.rule = Some(d.target_rule.to_string());
+            }
+            not_found(head)
+        }
+        Ok(Err(e)) => internal_error(format_args!("boot image {}: {e}", req.uri().path()), head),
+        Err(e) => internal_error(format_args!("boot image {}: {e}", req.uri().path()), head),
     }
 }
 
@@ -207,7 +252,7 @@ async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, file: BootFile) 
     files::respond(req.headers(), head, (handle, &meta, Mutability::Mutable), &validators)
 }
 
-fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+pub(super) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
     let f = File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 pub struct ServeOptions {
     pub config_dir: PathBuf,
     pub overlay: Option<PathBuf>,
-    /// Writable state: leases, the artifact store (`<state>/artifacts`).
+    /// Writable state: leases, the artifact store (`<state>/artifacts`), boot images (`<state>/boot-images`).
     pub state_dir: PathBuf,
     /// Fetched bytes of `deb`/`url` sources, one file per sha256 (`cargo xtask fetch`).
     pub blobs: PathBuf,
@@ -79,6 +79,11 @@ impl ServeOptions {
 
     pub fn store(&self) -> PathBuf {
         self.state_dir.join("artifacts")
+    }
+
+    /// The boot images' cache (`crate::http`'s `/boot-image/` route).
+    pub fn boot_images(&self) -> PathBuf {
+        self.state_dir.join(crate::http::BOOT_IMAGES_DIR)
     }
 }
 
@@ -174,6 +179,7 @@ pub async fn run(
         shared: shared.clone(),
         store: opts.store(),
         bootloaders: opts.bootloaders.clone(),
+        boot_images: opts.boot_images(),
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
@@ -281,6 +287,11 @@ async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches
     let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
     let store = opts.store();
     let t = touches.clone();
+    let images = opts.boot_images();
+    let pruned = tokio::task::spawn_blocking(move || crate::http::prune_boot_images(&images, grace, SystemTime::now()));
+    for path in pruned.await.unwrap_or_default() {
+        info!(path = %path.display(), "removed a boot image not served within the grace period");
+    }
     let result = tokio::task::spawn_blocking(move || {
         // Transfers are not remembered across a restart: count the start as a touch, so a
         // restart never shortens the grace period of a version a node may still be booting.

@@ -185,7 +185,7 @@ fn proxy_offers_carry_no_address_and_no_lease_options() {
 
 /// shim takes its directory, and so its GRUB's, from the BOOTP `file` field, not from option
 /// 67 (docs/firmware.md#the-shim-chain): the name must be in both, in server and proxy mode; an
-/// HTTP Boot client gets shim's URL, from whose directory shim fetches its GRUB.
+/// HTTP Boot client gets the URL of its boot image instead (`boot_image`).
 #[test]
 fn the_shim_chain_names_shim_in_the_file_field() {
     let mut c = Case::server(granted());
@@ -202,7 +202,12 @@ fn the_shim_chain_names_shim_in_the_file_field() {
     let arm = c.build(&Req::new(DISCOVER, m, firmware::armvirt_edk2(m))).unwrap();
     assert_eq!(arm.message.fname(), Some(&b"shimaa64.efi"[..]));
     let http = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
-    let url = format!("{}/shimx64.efi", fx::HTTP_BASE);
+    // An HTTP Boot client gets its boot image, a RAM disk with shim, GRUB and what GRUB reads.
+    let url = format!("{}/boot-image/{}.x86_64.img", fx::HTTP_BASE, crate::mac::MacAddr(m).dashed());
     assert_eq!(http.message.fname(), Some(url.as_bytes()));
     assert_eq!(http.option(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec())));
+    assert_eq!(http.option(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(url.clone().into_bytes())));
+    c.mode = DhcpMode::Proxy;
+    let proxied = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
+    assert_eq!(proxied.message.fname(), Some(url.as_bytes()), "the same image behind proxyDHCP");
 }
