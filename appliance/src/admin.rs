@@ -14,8 +14,10 @@
 //!   (a machine's timeline and what `explain` says for it), `GET /api/machines` and
 //!   `GET /api/machines/<mac>` (the same as JSON), `GET /metrics` (Prometheus).
 
+use crate::fair_share::Slot;
 use crate::install_store::{self, InstallStore};
 use crate::observe::status;
+use appliance_core::fair_share::ShareLimits;
 use appliance_core::install::RearmedBy;
 use appliance_core::mac::MacAddr;
 use bytes::Bytes;
@@ -34,7 +36,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// What the admin routes work with.
 pub struct AdminContext {
@@ -111,14 +112,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(5);
-    crate::http::accept_until(listener, "admin", grace, shutdown, move |stream, peer, stop| {
-        connection(stream, peer, ctx.clone(), stop)
+    crate::http::accept_until(listener, "admin", ADMIN_LIMITS, grace, shutdown, move |stream, peer, slot| {
+        connection(stream, peer, ctx.clone(), slot)
     })
     .await
 }
 
+/// Fair shares on the admin listener: an operator's browser, `appliance status` and a
+/// Prometheus scraper need a handful of connections; when the recipe opens the listener on the
+/// boot network, one host holding idle connections must not lock the others out.
+const ADMIN_LIMITS: ShareLimits = ShareLimits { per_source: 16, total: 128, evict_after: Duration::from_secs(5) };
+
 /// One admin client: requests are small, so a stop ends the connection after its request.
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminContext>, mut stop: watch::Receiver<bool>) {
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminContext>, slot: Slot) {
+    // The slot is held (and the connection counted) until this returns.
+    let mut stop = slot.stop.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req, peer).await) }

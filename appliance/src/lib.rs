@@ -8,9 +8,12 @@
 //!   whether its kernels are signed, for the core's Secure Boot warnings.
 //! - `artifacts`: the versioned artifact store on disk (publish, open, gc).
 //! - `dhcp`, `tftp`, `http`: the servers; `admin`: the operators' API (re-arm); `serve`: the
-//!   daemon that runs them.
-//! - `state`: what the running daemon shares between tasks; `latency`: the CPU wake-up
-//!   latency request; `observe`: the boot journal, the metrics and the status pages.
+//!   daemon that runs them; `fair_share`: the per-source and total limits on TFTP transfers and
+//!   HTTP connections; `descriptors`: the file descriptor limit they are fitted to.
+//! - `privileges`: becoming an unprivileged user once the sockets are bound.
+//! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the
+//!   CPU wake-up latency request; `memory`: free heap pages handed back after load; `observe`:
+//!   the boot journal, the metrics and the status pages.
 //! - `install_store`: the install log (which machines are installed, their events) on disk;
 //!   `secret_files`: the machine token key and the admin token; `atomic_file`: crash-safe
 //!   writes of state files.
@@ -20,12 +23,17 @@ pub mod admin;
 pub mod artifacts;
 pub mod atomic_file;
 pub mod config_dir;
+pub mod counters;
+pub mod descriptors;
 pub mod dhcp;
+pub mod fair_share;
 pub mod http;
 pub mod install_store;
 pub mod kernel_signatures;
 pub mod latency;
+pub mod memory;
 pub mod observe;
+pub mod privileges;
 pub mod secret_files;
 pub mod serve;
 pub mod state;

@@ -101,6 +101,8 @@ pub struct Shared {
     memory: Mutex<Remembered>,
     /// The journal, metrics and transfers in flight (`crate::observe`).
     pub telemetry: Arc<crate::observe::Telemetry>,
+    /// What was refused or withheld, for a metrics endpoint and tests.
+    pub counters: crate::counters::Counters,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             server: RwLock::new(server),
             memory: Mutex::new(Remembered::default()),
             telemetry,
+            counters: Default::default(),
         })
     }
 

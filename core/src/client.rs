@@ -438,6 +438,16 @@ mod tests {
     }
 
     #[test]
+    fn a_query_mac_of_non_ascii_bytes_is_no_mac() {
+        // Percent-decoded to twelve bytes that are eleven characters (the HTTP fuzz target's
+        // crash: a cut at every second byte falls inside the é).
+        let c = from_http_query("mac=a%C3%A9bcdefghij&buildarch=x86_64");
+        assert_eq!(c.mac, None);
+        // And a TFTP name that carries such a MAC (pxelinux.cfg/01-.., grub.cfg-01-..).
+        assert_eq!(facts("pxelinux.cfg/01-a\u{e9}bcdefghij").mac, None);
+    }
+
+    #[test]
     fn grub_paths() {
         let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
         assert_eq!(facts("grub/grub.cfg-01-52-54-00-77-00-05").mac, Some(mac));

@@ -15,6 +15,10 @@
 //! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
 //! - `journal`: the boot journal's records, the bounded per-machine model and summaries;
 //!   `status`: the status pages and the JSON API built from it.
+//! - `http_path`: which HTTP request paths may be served at all.
+//! - `fair_share`: who gets a TFTP transfer or HTTP connection when they run short;
+//!   `log_text`: client-supplied text escaped and bounded for logs; `rate_limit`: repeated
+//!   warnings per source, with counts of what was left out.
 //! - `pe`, `secure_boot`: whether a kernel carries an Authenticode signature (from bytes the
 //!   daemon reads), and the warnings for machines on the shim chain whose kernel does not.
 //! - `answers`: per-machine answer files (preseed, cloud-init, kickstart, Ignition) from the
@@ -44,11 +48,15 @@ pub mod decide;
 pub mod dhcp;
 pub mod events;
 pub mod explain;
+pub mod fair_share;
 pub mod gc;
+pub mod http_path;
 pub mod install;
 pub mod journal;
+pub mod log_text;
 pub mod mac;
 pub mod pe;
+pub mod rate_limit;
 pub mod render;
 pub mod secure_boot;
 pub mod status;

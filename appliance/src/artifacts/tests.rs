@@ -208,6 +208,10 @@ fn corrupt_blob_is_a_checksum_error() {
     fs::write(f.blobs.join(sha_hex(ARM_IMAGE)), b"truncated").unwrap();
     let msg = f.publish(&cat).unwrap_err().to_string();
     assert!(msg.contains("profile live (arm64), artifact Image: sha256 mismatch"), "{msg}");
+    // At the line of the profile that pins the digest.
+    let origin = &cat.profile_set("live", Arch::Arm64).unwrap().1.kernel.origin;
+    assert!(origin.file.ends_with("live.yaml") && origin.line > 1, "{origin}");
+    assert!(msg.starts_with(&format!("{origin}: profile live")), "{msg}");
 }
 
 #[test]

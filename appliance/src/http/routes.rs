@@ -9,6 +9,8 @@ use crate::artifacts;
 use appliance_core::boot_file::BootFile;
 use appliance_core::client::{self, TftpRequest};
 use appliance_core::decide::{decide, Decision, Outcome, Stage};
+use appliance_core::http_path::{check_path, second_stage_path};
+use appliance_core::log_text::escaped;
 use appliance_core::mac::MacAddr;
 use appliance_core::render::{self, Format};
 use hyper::body::Incoming;
@@ -66,9 +68,10 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
             }
             let done = super::observe::Done { method: &method, path: &path, status, bytes, length, started, peer };
             super::observe::finished(&shared, &notes, done, running);
+            // Method and path are the client's bytes: escaped and bounded (log_text).
             tracing::info!(
-                %method,
-                path = %path,
+                method = %escaped(method.as_str()),
+                path = %escaped(&path),
                 status,
                 bytes,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -125,31 +128,6 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             r
         }
     }
-}
-
-/// shim fetches its GRUB from the directory of its own URL, and for shim at the root it asks
-/// for `//grubx64.efi` (measured with OVMF HTTP Boot, docs/firmware.md#the-shim-chain). That
-/// one empty segment is read as the root; every other path is judged as it is.
-fn second_stage_path(path: &str) -> &str {
-    match path.strip_prefix("//").and_then(BootFile::from_file_name) {
-        Some(file) if file.is_second_stage() => &path[1..],
-        _ => path,
-    }
-}
-
-/// Refuses paths that could climb out of a directory or hide a name in an encoding: we never
-/// percent-decode a path, since nothing we serve needs an escaped character.
-pub(super) fn check_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("the request path must start with /");
-    }
-    if path.bytes().any(|b| b == b'%' || b == b'\\' || b.is_ascii_control()) {
-        return Err("escaped characters, backslashes and control characters are not served");
-    }
-    if path.len() > 1 && path[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err("empty, . and .. path segments are not served");
-    }
-    Ok(())
 }
 
 /// `/ipxe/script?mac=..&buildarch=..&platform=..`: the per-machine script or menu.
@@ -365,40 +343,4 @@ fn bytes_response(status: StatusCode, content_type: &'static str, bytes: Vec<u8>
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_path;
-
-    #[test]
-    fn shims_double_slash_is_read_as_the_root_for_its_grub_only() {
-        use super::second_stage_path;
-        assert_eq!(second_stage_path("//grubx64.efi"), "/grubx64.efi");
-        assert_eq!(second_stage_path("//grubaa64.efi"), "/grubaa64.efi");
-        for kept in ["/grubx64.efi", "//shimx64.efi", "//artifacts/x", "///grubx64.efi", "//grubnetx64.efi"] {
-            assert_eq!(second_stage_path(kept), kept);
-        }
-    }
-
-    #[test]
-    fn paths_that_could_escape_are_refused() {
-        for ok in ["/", "/boot.ipxe", "/artifacts/live/0123/vmlinuz", "/a..b"] {
-            assert_eq!(check_path(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "/artifacts/../x",
-            "/artifacts/live/%2e%2e/x",
-            "/..%2fx",
-            "/a\\..\\b",
-            "/x\0",
-            "//etc/passwd",
-            "/artifacts/./x",
-            "/artifacts/live/",
-            "relative",
-            "/..",
-        ] {
-            assert!(check_path(bad).is_err(), "{bad:?}");
-        }
-    }
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub gc_runs: Counter,
     pub gc_freed_bytes: Counter,
     pub lease_write_failures: Counter,
+    pub dhcp_acks_withheld: Counter,
     pub journal_dropped: Counter,
 }
 
@@ -108,6 +109,12 @@ impl Metrics {
             "Writes of the lease file that failed",
             lease_write_failures.clone(),
         );
+        let dhcp_acks_withheld = Counter::default();
+        registry.register(
+            "dhcp_acks_withheld",
+            "ACKs not sent because the lease they confirm could not be written to disk",
+            dhcp_acks_withheld.clone(),
+        );
         let journal_dropped = Counter::default();
         registry.register(
             "journal_dropped_records",
@@ -153,6 +160,7 @@ impl Metrics {
             gc_runs,
             gc_freed_bytes: gc_freed,
             lease_write_failures,
+            dhcp_acks_withheld,
             journal_dropped,
             registry,
         };

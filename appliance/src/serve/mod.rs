@@ -61,6 +61,8 @@ pub struct ServeOptions {
     pub journal: crate::observe::JournalSettings,
     /// Tests on loopback: where port-67 replies go and the client port (see `DhcpOptions`).
     pub dhcp_reply_to: Option<std::net::SocketAddr>,
+    /// Fair shares of HTTP connections (TFTP's are in `tftp`).
+    pub http_limits: appliance_core::fair_share::ShareLimits,
 }
 
 impl ServeOptions {
@@ -83,6 +85,7 @@ impl ServeOptions {
             journal: crate::observe::JournalSettings { dir: Some(state_dir.join("journal")), ..Default::default() },
             dhcp_reply_to: None,
             state_dir,
+            http_limits: crate::http::DEFAULT_CONNECTION_LIMITS,
         }
     }
 
@@ -240,6 +243,7 @@ pub async fn run(
         write_stall: crate::http::DEFAULT_WRITE_STALL,
         cpu_latency: opts.cpu_latency.clone(),
         installs: installs.clone(),
+        limits: opts.http_limits,
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
@@ -294,6 +298,13 @@ pub async fn run(
             Ok(())
         });
     }
+
+    // Free heap pages handed back after load (a burst of connections, a DHCP flood).
+    let trim_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        crate::memory::trim_periodically(crate::memory::TRIM_INTERVAL, trim_stop).await;
+        Ok(())
+    });
 
     tokio::pin!(shutdown);
     let mut gc_tick = tokio::time::interval(opts.gc_interval);

@@ -151,13 +151,15 @@ impl TftpRoutes {
     }
 }
 
+use appliance_core::log_text::escaped;
+
 fn log(req: &ReadRequest, d: &Decision, what: &str) {
     let mac = d.machine.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
     info!(
         target: "appliance::tftp",
         mac = %mac,
         peer = %req.peer,
-        path = %req.path,
+        path = %escaped(&req.path),
         outcome = ?d.outcome,
         target_rule = %d.target_rule,
         arch_rule = %d.arch_rule,

@@ -156,6 +156,8 @@ pub enum TftpEnd {
         message: String,
     },
     Shutdown,
+    /// Ended to make room for another request after stalling (fair shares).
+    Evicted,
 }
 
 impl TftpEnd {
@@ -171,6 +173,7 @@ impl TftpEnd {
             tftp::Outcome::Refused(e) => TftpEnd::Refused { code: e.code, message: e.message.clone() },
             tftp::Outcome::Failed(m) => TftpEnd::Failed { message: m.clone() },
             tftp::Outcome::Shutdown => TftpEnd::Shutdown,
+            tftp::Outcome::Evicted => TftpEnd::Evicted,
         }
     }
 
@@ -190,6 +193,7 @@ impl TftpEnd {
             }
             TftpEnd::Failed { message } => format!("server error: {message}"),
             TftpEnd::Shutdown => "cut off by the server's shutdown".into(),
+            TftpEnd::Evicted => "ended to make room for another request after stalling (fair shares)".into(),
         }
     }
 
@@ -204,6 +208,7 @@ impl TftpEnd {
             TftpEnd::TimedOut { .. } => "timed_out",
             TftpEnd::Failed { .. } => "failed",
             TftpEnd::Shutdown => "shutdown",
+            TftpEnd::Evicted => "evicted",
         }
     }
 }

@@ -98,8 +98,14 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Vec<u8>> {
     add("etc/acpid.conf", 0o644, text("PWRF power\nPWRB power\n"));
     add("etc/inittab", 0o644, Node::File(inittab(s.recipe).into_bytes()));
     add("etc/hostname", 0o644, Node::File(format!("{}\n", s.recipe.hostname).into_bytes()));
-    add("etc/passwd", 0o644, text("root:x:0:0:root:/root:/bin/sh\n"));
-    add("etc/group", 0o644, text("root:x:0:\n"));
+    // `appliance-run` starts the daemon as root with `--user appliance`: it binds its ports,
+    // takes /data/state and becomes this user with only CAP_NET_RAW (router advertisements).
+    add(
+        "etc/passwd",
+        0o644,
+        text("root:x:0:0:root:/root:/bin/sh\nappliance:x:101:101:appliance daemon:/data/state:/bin/false\n"),
+    );
+    add("etc/group", 0o644, text("root:x:0:\nappliance:x:101:\n"));
     add("etc/profile", 0o644, text("PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexport PATH\nPS1='appliance:\\w# '\n"));
     add("etc/resolv.conf", 0o644, Node::File(Vec::new()));
     // The console device, so /init starts with the console as stdin/stdout/stderr.
