@@ -89,10 +89,22 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     let key = plan.key(&Sha256::digest(&shim).into(), &Sha256::digest(&grub).into());
     let stem = format!("{}.{}", mac.dashed(), arch.as_str());
     let path = src.cache.join(format!("{stem}-{key}.img"));
-    if let Ok((file, meta)) = open_regular(&path) {
-        // Its modification time says when it was last served, for `prune`.
-        let _ = file.set_modified(SystemTime::now());
-        return Ok(Built { file, meta, key, decision, written: false });
+    let cached = || {
+        open_regular(&path).ok().map(|(file, meta)| {
+            // Its modification time says when it was last served, for `prune` and `make_room`.
+            let _ = file.set_modified(SystemTime::now());
+            Built { file, meta, key: key.clone(), decision: decision.clone(), written: false }
+        })
+    };
+    if let Some(built) = cached() {
+        return Ok(built);
+    }
+    // One build at a time: each holds the artifacts and the image in memory (tens of MB), so
+    // a client asking for many machines' images at once must not multiply that. A request
+    // that waited here may find its image built by the one before it.
+    let _building = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(built) = cached() {
+        return Ok(built);
     }
     let artifacts = plan
         .artifacts
@@ -108,6 +120,7 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
         .collect::<Result<Vec<_>, ImageError>>()?;
     let contents = Contents { shim: &shim, grub: &grub, artifacts: artifacts.iter().map(Vec::as_slice).collect() };
     let image = plan.build(&contents, &key)?;
+    make_room(src.cache, MAX_IMAGES - 1);
     write_into_cache(src.cache, &path, &image)?;
     remove_older(src.cache, &stem, &path);
     let (file, meta) =
@@ -180,6 +193,43 @@ fn remove_older(cache: &Path, stem: &str, keep: &Path) {
     }
 }
 
+/// Images the cache holds at most. The unknown-machine policy may put every machine on the shim
+/// chain, and then any made-up MAC in a request names an image to build: without a bound, one
+/// client could fill the state directory's disk (each image is tens of MB). Past the bound the
+/// images served least recently go first; a real machine whose image went gets it rebuilt.
+pub const MAX_IMAGES: usize = 128;
+
+/// Held while an image is built (see `open`).
+static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Removes the least recently served images of `cache` until at most `keep` remain.
+fn make_room(cache: &Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    let images: Vec<(PathBuf, SystemTime)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".img"))
+        .map(|e| (e.path(), e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH)))
+        .collect();
+    for path in least_recent_beyond(images, keep) {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "boot image cache full: removed the least recently served")
+            }
+            Err(e) => tracing::warn!("removing the boot image {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Of `images` (path, last served), the ones to remove so that `keep` remain: the oldest.
+fn least_recent_beyond(mut images: Vec<(PathBuf, SystemTime)>, keep: usize) -> Vec<PathBuf> {
+    if images.len() <= keep {
+        return Vec::new();
+    }
+    images.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    let excess = images.len() - keep;
+    images.into_iter().take(excess).map(|(p, _)| p).collect()
+}
+
 /// Removes the images (and leftover partial writes) of `cache` not built or served within
 /// `grace` before `now`: the daemon's periodic GC. A machine that asks again gets its image
 /// rebuilt, so this only bounds the cache by the machines that boot. Returns what it removed.
@@ -206,6 +256,31 @@ pub fn prune(cache: &Path, grace: Duration, now: SystemTime) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_least_recently_served_images_make_room() {
+        let at = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let images =
+            vec![(PathBuf::from("c.img"), at(30)), (PathBuf::from("a.img"), at(10)), (PathBuf::from("b.img"), at(20))];
+        assert!(least_recent_beyond(images.clone(), 3).is_empty());
+        assert_eq!(least_recent_beyond(images.clone(), 2), vec![PathBuf::from("a.img")]);
+        assert_eq!(least_recent_beyond(images, 0).len(), 3);
+    }
+
+    #[test]
+    fn a_full_cache_loses_its_oldest_image_before_a_new_one_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, name) in ["old.img", "mid.img", "new.img"].iter().enumerate() {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            let f = File::options().write(true).open(&path).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(100 * (i as u64 + 1))).unwrap();
+        }
+        make_room(dir.path(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, vec![std::ffi::OsString::from("mid.img"), std::ffi::OsString::from("new.img")]);
+    }
 
     #[test]
     fn only_the_machines_older_images_are_removed() {
