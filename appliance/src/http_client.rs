@@ -57,8 +57,9 @@ impl Tls {
     pub fn client(&self) -> Result<Client, ClientError> {
         let builder = Client::builder()
             .connect_timeout(Duration::from_secs(20))
-            .read_timeout(Duration::from_secs(60))
-            .timeout(None)
+            // In the blocking client this bounds each read and write (not the whole
+            // transfer), so a long download goes on as long as bytes keep coming.
+            .timeout(Duration::from_secs(60))
             .user_agent(concat!("appliance/", env!("CARGO_PKG_VERSION")));
         Ok(self.configure(builder)?.build()?)
     }

@@ -13,6 +13,7 @@ use crate::arch::Arch;
 use crate::boot_file::BootFile;
 use crate::install::AfterInstall;
 use crate::mac::{MacAddr, Oui};
+use crate::uefi_chain::UefiChain;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -29,17 +30,17 @@ pub struct Catalog {
     machines: BTreeMap<MacAddr, Machine>,
     vendors: Vec<VendorRule>,
     unknown: Target,
-    unknown_after_install: Option<AfterInstall>,
+    unknown_policy: Policy,
     menus: BTreeMap<String, Arc<Menu>>,
     answer_templates: Templates,
-    origin: Origin,
+    config_source: ConfigSource,
 }
 
 /// Where a catalog's files came from: a directory as it is, or one commit of a git repository
-/// that the daemon follows. Rendered configs and `explain` name a git origin, so what a machine
+/// that the daemon follows. Rendered configs and `explain` name a git source, so what a machine
 /// was handed can be traced to the commit that said it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Origin {
+pub enum ConfigSource {
     /// A config directory read as it is on disk.
     #[default]
     Dir,
@@ -47,22 +48,22 @@ pub enum Origin {
     Git { url: String, commit: String },
 }
 
-impl Origin {
+impl ConfigSource {
     /// The line rendered configs carry (after `#!ipxe`): `None` for a plain directory, so its
     /// output stays as it was.
     pub fn header(&self) -> Option<String> {
         match self {
-            Origin::Dir => None,
-            Origin::Git { url, commit } => Some(format!("# config: git {url} commit {commit}")),
+            ConfigSource::Dir => None,
+            ConfigSource::Git { url, commit } => Some(format!("# config: git {url} commit {commit}")),
         }
     }
 }
 
-impl std::fmt::Display for Origin {
+impl std::fmt::Display for ConfigSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Origin::Dir => f.write_str("directory"),
-            Origin::Git { url, commit } => write!(f, "git {url} commit {commit}"),
+            ConfigSource::Dir => f.write_str("directory"),
+            ConfigSource::Git { url, commit } => write!(f, "git {url} commit {commit}"),
         }
     }
 }
@@ -75,9 +76,37 @@ pub(crate) struct Parts {
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
-    pub unknown_after_install: Option<AfterInstall>,
+    pub unknown_policy: Policy,
     pub menus: BTreeMap<String, Arc<Menu>>,
     pub answer_templates: Templates,
+}
+
+/// Where an entry was written: file, line and column (1-based), and its field path, for
+/// messages about it found after validation (`appliance check`'s warnings).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted field path, e.g. `machines."52:54:00:12:34:56"`.
+    pub field: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.field)
+    }
+}
+
+/// The unknown-machine policy's settings besides its target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Its own `uefi_chain`, else the global one applies.
+    pub uefi_chain: Option<UefiChain>,
+    /// What an unknown machine boots once it reported `installed` (`None`: netboot).
+    pub after_install: Option<AfterInstall>,
+    /// Where `unknown:` was written (`None`: not written; unknown machines are ignored).
+    pub origin: Option<Origin>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -123,6 +152,8 @@ pub struct Settings {
     /// The iPXE binary for x86-64 UEFI clients: one of `BootFile::IPXE_EFI`, `ipxe.efi` (all
     /// drivers) or `snponly.efi`.
     pub ipxe_efi: BootFile,
+    /// The boot chain of UEFI machines whose entry, vendor rule or policy names none.
+    pub uefi_chain: UefiChain,
     /// How long an unreferenced artifact version is kept after its last transfer.
     pub gc_grace_secs: u64,
 }
@@ -180,10 +211,13 @@ pub struct Machine {
     /// Hand this machine `undionly.kpxe` even when its ROM is already iPXE (a stock-PXE path
     /// test, or a ROM whose iPXE lacks features).
     pub chain_ipxe: bool,
+    /// `None`: the vendor rule's, else the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub vars: serde_json::Value,
     /// What it boots once it reported `installed`; `None`: its vendor rule or the
     /// unknown-machine policy says.
     pub after_install: Option<AfterInstall>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,8 +225,11 @@ pub struct VendorRule {
     pub oui: Oui,
     pub arch: Option<Arch>,
     pub target: Option<Target>,
+    /// `None`: the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub comment: Option<String>,
     pub after_install: Option<AfterInstall>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +285,8 @@ pub struct Artifact {
     pub source: Source,
     /// Digest of the bytes (path/deb/url), or of the recipe (cpio).
     pub digest: Digest,
+    /// Where the profile declares it.
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -312,17 +351,7 @@ pub enum MenuAction {
 
 impl Catalog {
     pub(crate) fn new(p: Parts) -> Catalog {
-        let Parts {
-            dir,
-            settings,
-            profiles,
-            machines,
-            vendors,
-            unknown,
-            unknown_after_install,
-            menus,
-            answer_templates,
-        } = p;
+        let Parts { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus, answer_templates } = p;
         Catalog {
             dir,
             settings,
@@ -330,22 +359,22 @@ impl Catalog {
             machines,
             vendors,
             unknown,
-            unknown_after_install,
+            unknown_policy,
             menus,
             answer_templates,
-            origin: Origin::Dir,
+            config_source: ConfigSource::Dir,
         }
     }
 
     /// The same catalog, recorded as coming from `origin` (validation knows only a directory).
-    pub fn with_origin(mut self, origin: Origin) -> Catalog {
-        self.origin = origin;
+    pub fn with_config_source(mut self, source: ConfigSource) -> Catalog {
+        self.config_source = source;
         self
     }
 
     /// Where the catalog's files came from.
-    pub fn origin(&self) -> &Origin {
-        &self.origin
+    pub fn config_source(&self) -> &ConfigSource {
+        &self.config_source
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).
@@ -391,9 +420,14 @@ impl Catalog {
         &self.unknown
     }
 
+    /// The unknown-machine policy's own settings (its `uefi_chain`, where it was written).
+    pub fn unknown_policy(&self) -> &Policy {
+        &self.unknown_policy
+    }
+
     /// What an unknown machine boots once it reported `installed`, if the policy says.
     pub fn unknown_after_install(&self) -> Option<AfterInstall> {
-        self.unknown_after_install
+        self.unknown_policy.after_install
     }
 
     /// The compiled templates of every profile's answer files.

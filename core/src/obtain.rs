@@ -97,7 +97,8 @@ pub fn plan(catalog: &Catalog, have: &dyn Fn(&Digest) -> bool, published: &dyn F
                             fetch.insert(need.0, f);
                         }
                         Err(what) => {
-                            unobtainable.insert(need.0, Unobtainable { used_by: used_by.clone(), what, sha256: need.0 });
+                            unobtainable
+                                .insert(need.0, Unobtainable { used_by: used_by.clone(), what, sha256: need.0 });
                         }
                     }
                 };
@@ -128,7 +129,9 @@ fn need(source: &Source) -> Option<(Digest, Result<Fetch, String>)> {
         Source::Url { url, sha256 } => Some((*sha256, Ok(Fetch::Url { url: url.clone(), sha256: *sha256 }))),
         Source::Deb { package, deb_arch, file, sha256, download } => {
             let how = match download {
-                Some(deb) => Ok(Fetch::Deb { deb: deb.clone(), package: package.clone(), file: file.clone(), sha256: *sha256 }),
+                Some(deb) => {
+                    Ok(Fetch::Deb { deb: deb.clone(), package: package.clone(), file: file.clone(), sha256: *sha256 })
+                }
                 None => Err(format!("{file} from Debian package {package} ({deb_arch})")),
             };
             Some((*sha256, how))
@@ -136,4 +139,3 @@ fn need(source: &Source) -> Option<(Digest, Result<Fetch, String>)> {
         Source::Path(_) | Source::Cpio { .. } => None,
     }
 }
-

@@ -2,7 +2,7 @@
 
 mod common;
 
-use appliance_core::catalog::Origin;
+use appliance_core::catalog::ConfigSource;
 use appliance_core::obtain::{plan, Fetch};
 
 const SETTINGS: &str = "server: { address: 10.0.0.1 }\ndhcp: { mode: off }\n";
@@ -33,7 +33,10 @@ fn every_missing_blob_once_and_the_unobtainable_with_their_use() {
     assert!(matches!(&p.fetch[1], Fetch::Deb { deb, file, .. } if deb.sha256 == hex(D) && file == "boot/a"));
     assert_eq!(p.unobtainable.len(), 1);
     let why = p.unobtainable[0].to_string();
-    assert!(why.starts_with("profile p (x86_64), artifact b.img: bin/busybox from Debian package busybox-static (amd64)"), "{why}");
+    assert!(
+        why.starts_with("profile p (x86_64), artifact b.img: bin/busybox from Debian package busybox-static (amd64)"),
+        "{why}"
+    );
     assert!(why.contains("names no `url`"), "{why}");
 
     // What is at hand, and sets already published, need nothing.
@@ -46,11 +49,13 @@ fn every_missing_blob_once_and_the_unobtainable_with_their_use() {
 
 #[test]
 fn a_deb_url_needs_the_packages_sha256_and_the_origin_is_only_rendered_for_git() {
-    let bad = format!("name: p\narch:\n  x86_64:\n    kernel: {{ deb: linux, file: boot/a, url: http://h/l.deb, sha256: {F} }}\n");
+    let bad = format!(
+        "name: p\narch:\n  x86_64:\n    kernel: {{ deb: linux, file: boot/a, url: http://h/l.deb, sha256: {F} }}\n"
+    );
     let errs = common::validate_files(&[("appliance.yaml", SETTINGS), ("p.yaml", &bad)]).unwrap_err();
     assert!(errs.to_string().contains("needs `deb_sha256`"), "{errs}");
     let c = common::validate_files(&[("appliance.yaml", SETTINGS), ("p.yaml", &profile())]).unwrap();
-    assert_eq!(c.origin().header(), None);
-    let c = c.with_origin(Origin::Git { url: "git://h/r".into(), commit: "abc".into() });
-    assert_eq!(c.origin().header().as_deref(), Some("# config: git git://h/r commit abc"));
+    assert_eq!(c.config_source().header(), None);
+    let c = c.with_config_source(ConfigSource::Git { url: "git://h/r".into(), commit: "abc".into() });
+    assert_eq!(c.config_source().header().as_deref(), Some("# config: git git://h/r commit abc"));
 }

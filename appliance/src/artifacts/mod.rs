@@ -25,7 +25,9 @@ mod store;
 pub(crate) mod tests;
 
 pub use gc::{gc, GcReport, Touches};
-pub use publish::{publish, publish_from, ArtifactProblem, Blobs, PublishError, PublishReport, PublishedSet, FETCH_COMMAND};
+pub use publish::{
+    publish, publish_from, ArtifactProblem, Blobs, PublishError, PublishReport, PublishedSet, FETCH_COMMAND,
+};
 pub use store::open;
 
 /// Prefix of the directories `publish` builds a version in before renaming it into place, and

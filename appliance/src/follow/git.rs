@@ -125,7 +125,7 @@ fn http_options(remote: &Remote) -> Result<gix_http::Options, GitError> {
     }
     let tls = remote.tls.clone();
     let backend = gix_http::reqwest::Options {
-        configure_client: Some(Box::new(move |builder| Ok(tls.configure(builder).map_err(Box::new)?))),
+        configure_client: Some(Box::new(move |builder| tls.configure(builder).map_err(|e| gix::Exn::new(e).into()))),
         configure_request: None,
     };
     options.backend = Some(Arc::new(Mutex::new(backend)));
@@ -151,7 +151,8 @@ pub fn authorization(auth: &Auth) -> Result<Option<String>, GitError> {
 fn ssh_command(auth: &Auth) -> Option<String> {
     let key = auth.ssh_key.as_ref()?;
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    let mut cmd = format!("ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new", quote(key));
+    let mut cmd =
+        format!("ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new", quote(key));
     if let Some(hosts) = &auth.known_hosts {
         cmd.push_str(&format!(" -o UserKnownHostsFile={}", quote(hosts)));
     }
@@ -234,6 +235,3 @@ pub fn summary(dir: &Path, commit: &str) -> Option<String> {
     let message = c.message_raw_sloppy().to_string();
     Some(message.lines().next().unwrap_or("").to_string())
 }
-
-#[cfg(test)]
-mod tests;

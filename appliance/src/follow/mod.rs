@@ -18,7 +18,7 @@ pub mod task;
 
 use crate::artifacts::{self, Blobs, PublishReport};
 use crate::http_client::redacted;
-use appliance_core::catalog::{Catalog, Origin};
+use appliance_core::catalog::{Catalog, ConfigSource};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -47,6 +47,8 @@ pub enum Cycle {
 pub struct Ready {
     pub catalog: Catalog,
     pub report: PublishReport,
+    /// The configuration's version (`appliance_core::version::catalog_version`).
+    pub version: String,
     pub commit: String,
     pub summary: String,
 }
@@ -128,8 +130,8 @@ impl Follower {
         crate::obtain::downloads_dir(&self.state)
     }
 
-    fn origin(&self, commit: &str) -> Origin {
-        Origin::Git { url: redacted(&self.source.remote.url), commit: commit.to_string() }
+    fn config_source(&self, commit: &str) -> ConfigSource {
+        ConfigSource::Git { url: redacted(&self.source.remote.url), commit: commit.to_string() }
     }
 
     fn blobs_with(&self, serving: Option<&Catalog>) -> Blobs {
@@ -147,7 +149,7 @@ impl Follower {
     /// The catalog to start with: the last good commit recorded in the state directory (when
     /// it was fetched from the same URL), else `fallback` (the image's baked-in config), else
     /// the branch's commit, fetched now.
-    pub fn startup(&mut self, fallback: Option<&Path>) -> anyhow::Result<(Catalog, PublishReport)> {
+    pub fn startup(&mut self, fallback: Option<&Path>) -> anyhow::Result<(Catalog, PublishReport, String)> {
         if let Some(commit) = record::read(&self.state, &redacted(&self.source.remote.url)) {
             let dir = self.commits().join(&commit);
             match self.load_published(&dir, &commit) {
@@ -162,15 +164,15 @@ impl Follower {
         }
         if let Some(dir) = fallback.filter(|d| d.is_dir()) {
             info!(config = %dir.display(), "serving the local config directory until the first good commit");
-            let catalog = crate::config_dir::load(dir, self.overlay.as_deref())
+            let (catalog, version) = crate::config_dir::load_versioned(dir, self.overlay.as_deref())
                 .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
             let report = self.publish(&catalog, None)?;
-            return Ok((catalog, report));
+            return Ok((catalog, report, version));
         }
         match self.cycle(None, &|| {}) {
             Cycle::Ready(r) => {
                 self.applied(&r.commit, &r.catalog);
-                Ok((r.catalog, r.report))
+                Ok((r.catalog, r.report, r.version))
             }
             Cycle::Refused(r) => anyhow::bail!(
                 "nothing to serve: {}{}",
@@ -181,12 +183,12 @@ impl Follower {
         }
     }
 
-    fn load_published(&self, dir: &Path, commit: &str) -> anyhow::Result<(Catalog, PublishReport)> {
-        let catalog = crate::config_dir::load(dir, self.overlay.as_deref())
-            .map_err(|errs| anyhow::anyhow!("{errs}"))?
-            .with_origin(self.origin(commit));
+    fn load_published(&self, dir: &Path, commit: &str) -> anyhow::Result<(Catalog, PublishReport, String)> {
+        let (catalog, version) = crate::config_dir::load_versioned(dir, self.overlay.as_deref())
+            .map_err(|errs| anyhow::anyhow!("{errs}"))?;
+        let catalog = catalog.with_config_source(self.config_source(commit));
         let report = self.publish(&catalog, None)?;
-        Ok((catalog, report))
+        Ok((catalog, report, version))
     }
 
     fn publish(&self, catalog: &Catalog, serving: Option<&Catalog>) -> anyhow::Result<PublishReport> {
@@ -202,7 +204,9 @@ impl Follower {
             Ok(c) => c,
             Err(e) => return Cycle::Refused(Refusal { commit: None, problems: vec![e.to_string()], transient: true }),
         };
-        self.set_status(|s| s.last_fetch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs()));
+        self.set_status(|s| {
+            s.last_fetch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs())
+        });
         if self.serving.as_deref() == Some(commit.as_str()) {
             return Cycle::Unchanged;
         }
@@ -216,8 +220,8 @@ impl Follower {
             Ok(d) => d,
             Err(e) => return refuse(vec![e.to_string()], false),
         };
-        let catalog = match crate::config_dir::load(&dir, self.overlay.as_deref()) {
-            Ok(c) => c.with_origin(self.origin(&commit)),
+        let (catalog, version) = match crate::config_dir::load_versioned(&dir, self.overlay.as_deref()) {
+            Ok((c, v)) => (c.with_config_source(self.config_source(&commit)), v),
             Err(errs) => return refuse(errs.0.iter().map(|e| self.in_repo(&dir, &e.to_string())).collect(), false),
         };
         collect_garbage();
@@ -227,13 +231,18 @@ impl Follower {
             info!(file = %name, "removed a download no catalog uses");
         }
         let blobs = self.blobs_with(serving);
-        let obtained = self.tls.client().map_err(crate::obtain::ObtainError::from).and_then(|client| {
-            crate::obtain::obtain(&client, &catalog, &self.store(), &blobs, &self.downloads())
-        });
+        let obtained = self
+            .tls
+            .client()
+            .map_err(crate::obtain::ObtainError::from)
+            .and_then(|client| crate::obtain::obtain(&client, &catalog, &self.store(), &blobs, &self.downloads()));
         if let Err(e) = obtained {
             use crate::obtain::download::DownloadError as D;
             use crate::obtain::ObtainError as O;
-            let transient = matches!(e, O::NoSpace { .. } | O::Client(_) | O::Download(D::Transfer { .. } | D::Status { .. } | D::Io { .. }));
+            let transient = matches!(
+                e,
+                O::NoSpace { .. } | O::Client(_) | O::Download(D::Transfer { .. } | D::Status { .. } | D::Io { .. })
+            );
             return refuse(e.to_string().lines().map(str::to_string).collect(), transient);
         }
         let report = match self.publish(&catalog, serving) {
@@ -241,7 +250,7 @@ impl Follower {
             Err(e) => return refuse(vec![format!("{e:#}")], false),
         };
         let summary = git::summary(&self.repo(), &commit).unwrap_or_default();
-        Cycle::Ready(Box::new(Ready { catalog, report, commit, summary }))
+        Cycle::Ready(Box::new(Ready { catalog, report, version, commit, summary }))
     }
 
     /// A config error's file as its path in the repository (`profiles/machines.yaml`).

@@ -23,10 +23,10 @@ pub fn serving(state: &Path) -> Option<(String, String)> {
 }
 
 /// The checkout of the commit served last, and its origin (for `explain --serving`).
-pub fn serving_config(state: &Path) -> Option<(PathBuf, appliance_core::catalog::Origin)> {
+pub fn serving_config(state: &Path) -> Option<(PathBuf, appliance_core::catalog::ConfigSource)> {
     let (url, commit) = serving(state)?;
     let dir = state.join("commits").join(&commit);
-    Some((dir, appliance_core::catalog::Origin::Git { url, commit }))
+    Some((dir, appliance_core::catalog::ConfigSource::Git { url, commit }))
 }
 
 pub fn write(state: &Path, url: &str, commit: &str) -> std::io::Result<()> {

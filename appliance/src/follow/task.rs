@@ -30,7 +30,7 @@ pub async fn run(
         match cycle {
             Cycle::Unchanged => {}
             Cycle::Ready(ready) => {
-                let catalog = reloader.apply(ready.catalog, &ready.report).await;
+                let catalog = reloader.apply(ready.catalog, &ready.report, ready.version).await;
                 info!(commit = %ready.commit, summary = %ready.summary, "serving commit");
                 let commit = ready.commit;
                 follower = tokio::task::spawn_blocking(move || {
@@ -41,7 +41,12 @@ pub async fn run(
             }
             Cycle::Refused(refusal) => {
                 if follower.refused(&refusal) {
-                    let serving = reloader.catalog().origin().to_string();
+                    if let Some(commit) = &refusal.commit {
+                        // Counted in `/metrics` and listed on the status page once, each error
+                        // naming the commit (a failed fetch refuses no config: logged only).
+                        reloader.refused(refusal.problems.iter().map(|p| format!("commit {commit}: {p}")).collect());
+                    }
+                    let serving = reloader.catalog().config_source().to_string();
                     match &refusal.commit {
                         Some(commit) => {
                             for p in &refusal.problems {

@@ -57,9 +57,10 @@ fn extract_to(deb: &Path, pattern: &str, want: &Digest, tmp: &Path) -> Result<()
         let reader: Box<dyn Read> = match member.as_str() {
             "data.tar" => Box::new(entry),
             "data.tar.gz" => Box::new(flate2::read::GzDecoder::new(entry)),
-            "data.tar.zst" => Box::new(ruzstd::decoding::StreamingDecoder::new(entry).map_err(|e| {
-                DebError::NotADeb { deb: deb.to_path_buf(), error: format!("{member}: {e}") }
-            })?),
+            "data.tar.zst" => Box::new(
+                ruzstd::decoding::StreamingDecoder::new(entry)
+                    .map_err(|e| DebError::NotADeb { deb: deb.to_path_buf(), error: format!("{member}: {e}") })?,
+            ),
             "data.tar.xz" => Box::new(XzReader::new(entry, deb, &member)?),
             _ => return Err(DebError::Compression { deb: deb.to_path_buf(), member }),
         };
@@ -70,7 +71,13 @@ fn extract_to(deb: &Path, pattern: &str, want: &Digest, tmp: &Path) -> Result<()
 
 /// Walks the data tar for regular files matching `pattern`; the first with the pinned sha256
 /// is written to `tmp`.
-fn copy_match(reader: Box<dyn Read + '_>, deb: &Path, pattern: &str, want: &Digest, tmp: &Path) -> Result<(), DebError> {
+fn copy_match(
+    reader: Box<dyn Read + '_>,
+    deb: &Path,
+    pattern: &str,
+    want: &Digest,
+    tmp: &Path,
+) -> Result<(), DebError> {
     let tar_err = |error: io::Error| DebError::NotADeb { deb: deb.to_path_buf(), error: error.to_string() };
     let mut tar = tar::Archive::new(reader);
     let mut mismatch = None;
@@ -153,7 +160,8 @@ impl Read for XzReader {
 /// unlinked at once), so nothing is left behind on a crash.
 fn tempfile_in(dir: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let tmpfile = std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir);
+    let tmpfile =
+        std::fs::OpenOptions::new().read(true).write(true).custom_flags(libc::O_TMPFILE).mode(0o600).open(dir);
     match tmpfile {
         Ok(f) => Ok(f),
         Err(_) => {
@@ -164,6 +172,3 @@ fn tempfile_in(dir: &Path) -> io::Result<File> {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -43,7 +43,8 @@ pub fn download(client: &Client, url: &str, sha256: &Digest, dir: &Path) -> Resu
         move |error| DownloadError::Io { path, error }
     };
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&part).map_err(io_err(&part))?;
+    let mut file =
+        OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&part).map_err(io_err(&part))?;
     let mut progress = Progress { url, started: Instant::now(), last: Instant::now(), total: None };
     let mut attempt = 0;
     let hash = loop {
@@ -105,7 +106,9 @@ fn fetch_rest(
         // The server ignored the range (or there was none): start over.
         StatusCode::OK => 0,
         // Nothing left to fetch: the part file already holds the whole content.
-        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => return hash_prefix(file, have).map_err(io),
+        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => {
+            return hash_prefix(file, have).map(|h| h.finalize().into()).map_err(io)
+        }
         s if s.is_success() => 0,
         status => return Err(Failure::Fatal(DownloadError::Status { url: url.to_string(), status })),
     };

@@ -150,6 +150,3 @@ pub fn collect(downloads: &Path, keep: &[&Catalog]) -> Vec<String> {
 pub fn downloads_dir(state: &Path) -> PathBuf {
     state.join("downloads")
 }
-
-#[cfg(test)]
-mod tests;

@@ -6,7 +6,10 @@
 //! an invalid one is refused with every error logged, and the old one keeps serving.
 
 pub mod files;
+pub mod identify;
 pub mod neighbours;
+pub mod reload;
+pub mod tftp_observe;
 pub mod tftp_routes;
 pub mod watcher;
 
@@ -14,9 +17,12 @@ use crate::artifacts::{self, Touches};
 use crate::install_store::InstallStore;
 use crate::state::Shared;
 use anyhow::{Context, Result};
+use appliance_core::catalog::ConfigSource;
 use appliance_core::catalog::{Catalog, DhcpMode};
 use appliance_core::render::ServerInfo;
 use appliance_core::token::TokenKey;
+pub use reload::Reloader;
+use reload::{log_publish, rearm_changed};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -30,7 +36,7 @@ use tracing::{error, info, warn};
 pub struct ServeOptions {
     pub config_dir: PathBuf,
     pub overlay: Option<PathBuf>,
-    /// Writable state: leases, the artifact store (`<state>/artifacts`).
+    /// Writable state: leases, the artifact store (`<state>/artifacts`), boot images (`<state>/boot-images`).
     pub state_dir: PathBuf,
     /// Fetched bytes of `deb`/`url` sources, one file per sha256 (`cargo xtask fetch`).
     pub blobs: PathBuf,
@@ -55,6 +61,12 @@ pub struct ServeOptions {
     pub cpu_latency: crate::latency::CpuLatency,
     /// The admin listener's bearer token file; `None`: `<state>/admin.token` (created once).
     pub admin_token_file: Option<PathBuf>,
+    /// The boot journal (`crate::observe::journal`); its file goes to `<state>/journal`.
+    pub journal: crate::observe::JournalSettings,
+    /// Tests on loopback: where port-67 replies go and the client port (see `DhcpOptions`).
+    pub dhcp_reply_to: Option<std::net::SocketAddr>,
+    /// Fair shares of HTTP connections (TFTP's are in `tftp`).
+    pub http_limits: appliance_core::fair_share::ShareLimits,
     /// Follow a git repository instead of the config directory (which is then served only
     /// until the first good commit, and only when no commit was served before).
     pub git: Option<crate::follow::GitSource>,
@@ -66,7 +78,6 @@ impl ServeOptions {
             blobs: state_dir.join("blobs"),
             config_dir,
             overlay: None,
-            state_dir,
             bootloaders: None,
             tftp_root: None,
             dhcp_mode: None,
@@ -78,12 +89,21 @@ impl ServeOptions {
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
             admin_token_file: None,
+            journal: crate::observe::JournalSettings { dir: Some(state_dir.join("journal")), ..Default::default() },
+            dhcp_reply_to: None,
+            state_dir,
+            http_limits: crate::http::DEFAULT_CONNECTION_LIMITS,
             git: None,
         }
     }
 
     pub fn store(&self) -> PathBuf {
         self.state_dir.join("artifacts")
+    }
+
+    /// The boot images' cache (`crate::http`'s `/boot-image/` route).
+    pub fn boot_images(&self) -> PathBuf {
+        self.state_dir.join(crate::http::BOOT_IMAGES_DIR)
     }
 }
 
@@ -98,15 +118,67 @@ pub struct Listeners {
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
 pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let catalog = crate::config_dir::load(&opts.config_dir, opts.overlay.as_deref())
-        .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
-    let store = opts.store();
-    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-    let report = artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((catalog, report))
+    load_versioned(opts).map(|(c, r, _)| (c, r)).map_err(|r| r.error)
 }
 
-fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
+/// Why a config was not taken: every config error, or the failure to publish it.
+#[derive(Debug)]
+pub struct Refused {
+    pub errors: Vec<String>,
+    pub error: anyhow::Error,
+}
+
+/// [`load_and_publish`], with the config's version, and a refusal that lists each error.
+fn load_versioned(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, version) =
+        crate::config_dir::load_versioned(&opts.config_dir, opts.overlay.as_deref()).map_err(|errs| Refused {
+            errors: errs.0.iter().map(|e| e.to_string()).collect(),
+            error: anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()),
+        })?;
+    let publish = || -> Result<artifacts::PublishReport> {
+        let store = opts.store();
+        std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+        artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    match publish() {
+        Ok(report) => Ok((catalog, report, version)),
+        Err(error) => Err(Refused { errors: vec![format!("{error:#}")], error }),
+    }
+}
+
+/// What the status page says about a catalog that was just loaded.
+pub(crate) fn catalog_view(
+    opts: &ServeOptions,
+    catalog: &Catalog,
+    version: String,
+) -> appliance_core::status::CatalogView {
+    appliance_core::status::CatalogView {
+        source: match catalog.config_source() {
+            ConfigSource::Dir => opts.config_dir.display().to_string(),
+            git => git.to_string(),
+        },
+        overlay: opts.overlay.as_ref().map(|o| o.display().to_string()),
+        version,
+        loaded_at: crate::observe::now_ms(),
+        profiles: catalog.profiles().len(),
+        machines: catalog.machines().len(),
+        dhcp_mode: opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode).to_string(),
+        reloads: Vec::new(),
+    }
+}
+
+/// [`load_versioned`], then the Secure Boot warnings of the new config, logged.
+pub(crate) fn load_publish_and_check(
+    opts: &ServeOptions,
+) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, report, version) = load_versioned(opts)?;
+    for w in crate::kernel_signatures::warnings(&catalog, Some(&opts.blobs)) {
+        warn!("{w}");
+    }
+    Ok((catalog, report, version))
+}
+
+pub(crate) fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
     let s = catalog.settings();
     let address = opts.advertise.unwrap_or(s.address);
     let http_base = if opts.advertise.is_none() && http_port == s.http_port {
@@ -131,19 +203,21 @@ pub async fn run(
     // A followed git repository replaces the directory watch.
     let watch = opts.watch.filter(|_| opts.git.is_none());
     let before_load = watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
-    let (catalog, report, follower) = {
+    let (catalog, report, version, follower) = {
         let o = opts.clone();
         tokio::task::spawn_blocking(move || match &o.git {
-            None => load_and_publish(&o).map(|(c, r)| (c, r, None)),
+            None => load_publish_and_check(&o).map(|(c, r, v)| (c, r, v, None)).map_err(|r| r.error),
             Some(git) => {
                 let mut f = crate::follow::Follower::new(git.clone(), &o.state_dir, o.overlay.clone(), o.blobs.clone());
-                let (c, r) = f.startup(Some(&o.config_dir))?;
-                Ok((c, r, Some(f)))
+                let (c, r, v) = f.startup(Some(&o.config_dir))?;
+                Ok((c, r, v, Some(f)))
             }
         })
         .await??
     };
     log_publish(&report);
+    let telemetry = start_telemetry(&opts).await?;
+    telemetry.catalog_loaded(catalog_view(&opts, &catalog, version), false);
     let state_dir = opts.state_dir.clone();
     let tokens = tokio::task::spawn_blocking(move || crate::secret_files::token_key(&state_dir))
         .await?
@@ -153,8 +227,8 @@ pub async fn run(
     let http_port = listeners.http.local_addr()?.port();
     let server = server_info(&catalog, &opts, http_port, &tokens);
     info!(
-        config = %match catalog.origin() {
-            appliance_core::catalog::Origin::Dir => opts.config_dir.display().to_string(),
+        config = %match catalog.config_source() {
+            ConfigSource::Dir => opts.config_dir.display().to_string(),
             git => git.to_string(),
         },
         profiles = catalog.profiles().len(),
@@ -165,7 +239,7 @@ pub async fn run(
         "serving"
     );
     let started = SystemTime::now();
-    let shared = Shared::new(Arc::new(catalog), server);
+    let shared = Shared::with_telemetry(Arc::new(catalog), server, telemetry);
     let touches = Arc::new(Touches::new());
     let reloader = Arc::new(Reloader {
         opts: opts.clone(),
@@ -192,6 +266,7 @@ pub async fn run(
         mode: opts.dhcp_mode,
         grub_images: Default::default(),
         installs: installs.clone(),
+        pending: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
     let (tftp_cfg, tftp_latency) = (opts.tftp.clone(), opts.cpu_latency.clone());
@@ -202,11 +277,13 @@ pub async fn run(
         shared: shared.clone(),
         store: opts.store(),
         bootloaders: opts.bootloaders.clone(),
+        boot_images: opts.boot_images(),
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
         cpu_latency: opts.cpu_latency.clone(),
         installs: installs.clone(),
+        limits: opts.http_limits,
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
@@ -220,13 +297,18 @@ pub async fn run(
         }
         info!(admin = %admin.local_addr()?, "admin API listening");
         let git = git_status.clone().map(|status| crate::admin::GitHook { trigger: reload.clone(), status });
-        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token, git });
+        let ctx =
+            Arc::new(crate::admin::AdminContext { installs: installs.clone(), shared: shared.clone(), token, git });
         let admin_stop = stopped(stop_rx.clone());
         tasks.spawn(async move { crate::admin::serve(admin, ctx, admin_stop).await.context("admin") });
     }
     if let Some(sockets) = listeners.dhcp {
-        let dhcp_opts =
+        let mut dhcp_opts =
             crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
+        if let Some(to) = opts.dhcp_reply_to {
+            dhcp_opts.reply_to = Some(to);
+            dhcp_opts.client_port = to.port();
+        }
         let dhcp_stop = stopped(stop_rx.clone());
         let sh = shared.clone();
         tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });
@@ -263,6 +345,13 @@ pub async fn run(
         });
     }
 
+    // Free heap pages handed back after load (a burst of connections, a DHCP flood).
+    let trim_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        crate::memory::trim_periodically(crate::memory::TRIM_INTERVAL, trim_stop).await;
+        Ok(())
+    });
+
     tokio::pin!(shutdown);
     let mut gc_tick = tokio::time::interval(opts.gc_interval);
     gc_tick.tick().await;
@@ -295,92 +384,22 @@ pub async fn run(
     Ok(())
 }
 
-fn log_publish(report: &artifacts::PublishReport) {
-    for set in &report.published {
-        info!(profile = %set.profile, arch = %set.arch, version = %set.version, "published artifact version");
+/// The journal (its recent records read back) and the metrics.
+async fn start_telemetry(opts: &ServeOptions) -> Result<Arc<crate::observe::Telemetry>> {
+    let metrics = crate::observe::Metrics::new();
+    let dropped = metrics.journal_dropped.clone();
+    let settings = opts.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || {
+        crate::observe::Journal::start(&settings, move || {
+            dropped.inc();
+        })
+    })
+    .await?
+    .with_context(|| format!("starting the journal in {:?}", opts.journal.dir))?;
+    if let Some(file) = journal.file() {
+        info!(file = %file.display(), "journal: appending records");
     }
-}
-
-/// The reload path: what swapping in a new catalog needs, shared by config directory reloads
-/// and the git follower, so both swap the same way (only after validation and publication).
-pub struct Reloader {
-    opts: Arc<ServeOptions>,
-    shared: Arc<Shared>,
-    http_port: u16,
-    tokens: TokenKey,
-    installs: Arc<InstallStore>,
-    touches: Arc<Touches>,
-    started: SystemTime,
-}
-
-impl Reloader {
-    /// The catalog in force.
-    pub fn catalog(&self) -> Arc<Catalog> {
-        self.shared.catalog()
-    }
-
-    /// Swaps in `catalog`, whose artifact versions `report` published, and returns it.
-    pub async fn apply(&self, catalog: Catalog, report: &artifacts::PublishReport) -> Arc<Catalog> {
-        log_publish(report);
-        let server = server_info(&catalog, &self.opts, self.http_port, &self.tokens);
-        info!(
-            profiles = catalog.profiles().len(),
-            machines = catalog.machines().len(),
-            origin = %catalog.origin(),
-            "config reloaded"
-        );
-        self.shared.set_server(server);
-        let catalog = Arc::new(catalog);
-        self.shared.replace_catalog(catalog.clone());
-        rearm_changed(&self.installs, &catalog).await;
-        catalog
-    }
-
-    /// Reloads the config directory: loads and publishes it off the async threads, then swaps;
-    /// an invalid config is refused with every error and the old one keeps serving.
-    async fn reload_dir(&self) {
-        let o = self.opts.clone();
-        match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
-            Ok(Ok((catalog, report))) => {
-                self.apply(catalog, &report).await;
-            }
-            Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
-            Err(e) => error!("reload failed: {e}"),
-        }
-    }
-
-    async fn collect_garbage(self: &Arc<Self>) {
-        let r = self.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || r.collect_garbage_blocking()).await {
-            warn!("artifact gc failed: {e}");
-        }
-    }
-
-    /// Removes the artifact versions the catalog in force no longer references once their
-    /// grace period passed, and logs what it removed.
-    pub fn collect_garbage_blocking(&self) {
-        let catalog = self.shared.catalog();
-        let grace = self.opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
-        // Transfers are not remembered across a restart: count the start as a touch, so a
-        // restart never shortens the grace period of a version a node may still be booting.
-        let (t, started) = (&self.touches, self.started);
-        let last = |p: &str, v: &str| Some(t.last(p, v).map_or(started, |x| x.max(started)));
-        let report = artifacts::gc(&catalog, &self.opts.store(), grace, &last, SystemTime::now());
-        for (profile, version) in &report.removed {
-            info!(%profile, %version, "removed unreferenced artifact version");
-        }
-    }
-}
-
-/// Re-arms the installed machines whose entry changed in `catalog` (see
-/// `appliance_core::install`), so a reverted edit does not bring their record back.
-async fn rearm_changed(installs: &Arc<InstallStore>, catalog: &Catalog) {
-    let (i, c) = (installs.clone(), catalog.clone());
-    match tokio::task::spawn_blocking(move || i.rearm_changed(&c)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => error!(path = %installs.path().display(), "install log: re-arming changed entries failed: {e}"),
-        Err(e) => error!("install log: re-arming changed entries failed: {e}"),
-    }
+    Ok(Arc::new(crate::observe::Telemetry::new(journal, metrics)))
 }
 
 /// Where `serve` keeps its state by default.

@@ -8,7 +8,7 @@
 //! - `machines`: the bounded model in memory (a ring per MAC, least recently heard machines
 //!   evicted first) and a machine's summary row.
 //!
-//! Pure: the daemon (`appliance::journal`) timestamps records, queues them without waiting and
+//! Pure: the daemon (`appliance::observe::journal`) timestamps records, queues them without waiting and
 //! has one thread apply them here and append them to `<state>/journal/journal.jsonl`.
 
 pub mod machines;

@@ -93,6 +93,7 @@ fn outcome_words(o: &Outcome) -> String {
                 if *transport == crate::decide::Transport::Http { "HTTP" } else { "TFTP" }
             )
         }
+        Outcome::BootImage { shim } => format!("boot image with {} (Secure Boot, HTTP Boot)", shim.file_name()),
         Outcome::IpxeScript => "iPXE script".into(),
         Outcome::Boot { profile, version } => format!("profile {profile} version {version}"),
         Outcome::Menu { menu } => format!("menu {menu}"),
@@ -155,6 +156,8 @@ pub enum TftpEnd {
         message: String,
     },
     Shutdown,
+    /// Ended to make room for another request after stalling (fair shares).
+    Evicted,
 }
 
 impl TftpEnd {
@@ -170,6 +173,7 @@ impl TftpEnd {
             tftp::Outcome::Refused(e) => TftpEnd::Refused { code: e.code, message: e.message.clone() },
             tftp::Outcome::Failed(m) => TftpEnd::Failed { message: m.clone() },
             tftp::Outcome::Shutdown => TftpEnd::Shutdown,
+            tftp::Outcome::Evicted => TftpEnd::Evicted,
         }
     }
 
@@ -189,6 +193,7 @@ impl TftpEnd {
             }
             TftpEnd::Failed { message } => format!("server error: {message}"),
             TftpEnd::Shutdown => "cut off by the server's shutdown".into(),
+            TftpEnd::Evicted => "ended to make room for another request after stalling (fair shares)".into(),
         }
     }
 
@@ -203,6 +208,7 @@ impl TftpEnd {
             TftpEnd::TimedOut { .. } => "timed_out",
             TftpEnd::Failed { .. } => "failed",
             TftpEnd::Shutdown => "shutdown",
+            TftpEnd::Evicted => "evicted",
         }
     }
 }

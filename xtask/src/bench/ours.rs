@@ -69,8 +69,16 @@ pub fn write_config(dir: &Path, kernel: &Path, initrd: &Path) -> Result<()> {
     std::fs::write(
         dir.join("bench.yaml"),
         "name: bench\ndescription: Bench profile\ncmdline: \"console=ttyS0 quiet host={{ machine.hostname }}\"\n\
+         answers: { user-data: user-data.j2 }\n\
          arch:\n  x86_64:\n    kernel: { path: files/vmlinuz, name: vmlinuz }\n    \
          initrd: [ { path: files/initrd.img, name: initrd.img } ]\n",
+    )?;
+    // A cloud-config of the usual kind: hostname, the machine's token, where to report.
+    std::fs::write(
+        dir.join("user-data.j2"),
+        "#cloud-config\nhostname: {{ machine.hostname }}\nruncmd:\n  - [ wget, -q, -O-, \
+         \"--header=Authorization: Bearer {{ machine.token }}\", \"--post-data=event=installed\", \
+         \"{{ server.http_base }}/events/{{ machine.mac }}\" ]\n",
     )?;
     link_or_copy(kernel, &dir.join("files/vmlinuz"))?;
     link_or_copy(initrd, &dir.join("files/initrd.img"))?;
@@ -103,6 +111,11 @@ fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, stat
     };
     c.env("RUST_LOG", "info");
     c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
+    // Two daemons may share a loopback (ours and a baseline, or another bench's): no admin API,
+    // which would take 127.0.0.1:9090 (a baseline build may predate the option).
+    if binary == ctx.appliance {
+        c.arg("--admin-listen").arg("off");
+    }
     c.args(&ctx.daemon_args);
     c
 }

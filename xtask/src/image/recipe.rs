@@ -43,6 +43,17 @@ struct Wire {
     boot_menu_timeout: Option<u32>,
     #[serde(default)]
     log: Option<String>,
+    #[serde(default)]
+    admin: WireAdmin,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireAdmin {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 #[derive(Deserialize, Default)]
@@ -144,6 +155,34 @@ pub enum Ipv4 {
     Dhcp,
 }
 
+/// Where the daemon's admin listener (status pages, metrics, admin API) opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    /// 127.0.0.1: reachable from the appliance itself only (an SSH tunnel, the console).
+    Loopback(u16),
+    /// The appliance's own address on the boot network, whatever it gets (static or DHCP).
+    Boot(u16),
+    /// A fixed address: that of a management interface set up on the appliance.
+    Address(Ipv4Addr, u16),
+    Off,
+}
+
+impl AdminListen {
+    /// The `ADMIN_LISTEN` value the run script turns into `--admin-listen`: an address and
+    /// port, `boot:PORT` (the boot network's address, known only at run time), or `off`.
+    pub fn script_value(&self) -> String {
+        match self {
+            AdminListen::Loopback(port) => format!("127.0.0.1:{port}"),
+            AdminListen::Boot(port) => format!("boot:{port}"),
+            AdminListen::Address(a, port) => format!("{a}:{port}"),
+            AdminListen::Off => "off".into(),
+        }
+    }
+}
+
+/// The daemon's default admin port.
+const ADMIN_PORT: u16 = 9090;
+
 /// A validated recipe.
 #[derive(Debug, Clone)]
 pub struct Recipe {
@@ -169,6 +208,7 @@ pub struct Recipe {
     pub state_mib: u32,
     pub boot_menu_timeout: u32,
     pub log: String,
+    pub admin: AdminListen,
     text: String,
 }
 
@@ -210,6 +250,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
     let bootloaders = bootloaders(wire.bootloaders.as_deref(), &doc, &mut errs);
     let (serial, baud) = console(&wire.console, &doc, &mut errs);
     let (cmdline, state_mib, boot_menu_timeout, log) = system(&wire, &doc, &mut errs);
+    let admin = admin(&wire.admin, &doc, &mut errs);
     errs.check()?;
     Ok(Recipe {
         name,
@@ -231,6 +272,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
         state_mib,
         boot_menu_timeout,
         log,
+        admin,
         text: text.to_owned(),
     })
 }
@@ -339,6 +381,36 @@ fn bootloaders(list: Option<&[String]>, doc: &Doc<'_>, errs: &mut Errors) -> Vec
         }
     }
     list.to_vec()
+}
+
+/// Where the admin listener opens: `loopback` (the default), `boot`, `off`, or an IPv4 address.
+fn admin(wire: &WireAdmin, doc: &Doc<'_>, errs: &mut Errors) -> AdminListen {
+    let port = wire.port.unwrap_or(ADMIN_PORT);
+    if port == 0 {
+        errs.at(doc, "admin.port", "port 0 would open the listener on a port nobody knows");
+    }
+    match wire.listen.as_deref().map(str::trim) {
+        None | Some("loopback") => AdminListen::Loopback(port),
+        Some("boot") => AdminListen::Boot(port),
+        Some("off") => {
+            if wire.port.is_some() {
+                errs.at(doc, "admin.port", "a port only goes with a listener (admin.listen is off)");
+            }
+            AdminListen::Off
+        }
+        Some(s) => match parse_ipv4(s) {
+            Ok(a) if a.is_unspecified() => {
+                let why = "would open the status pages on every interface, the boot network's included; name one";
+                errs.at(doc, "admin.listen", format!("{a} {why}"));
+                AdminListen::Off
+            }
+            Ok(a) => AdminListen::Address(a, port),
+            Err(e) => {
+                errs.at(doc, "admin.listen", format!("{e} (expected loopback, boot, off or an IPv4 address)"));
+                AdminListen::Off
+            }
+        },
+    }
 }
 
 /// The serial port (if any) and its speed.
@@ -485,6 +557,26 @@ mod tests {
         assert_eq!(r.bootloaders.len(), BootFile::bootloaders().count());
         assert_eq!(r.console_args(), "console=tty0 console=ttyS0,115200n8");
         assert_eq!(r.state_mib, 8);
+        assert_eq!(r.admin, AdminListen::Loopback(9090));
+        assert_eq!(r.admin.script_value(), "127.0.0.1:9090");
+    }
+
+    #[test]
+    fn the_admin_listener_opens_where_the_recipe_says() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        let admin = |spec: &str| {
+            let text = format!("config: profiles\nnetwork: {{ address: 10.77.0.1/24 }}\nadmin: {spec}\n");
+            parse(&dir.path().join("lab.yaml"), &text).unwrap().admin.script_value()
+        };
+        assert_eq!(admin("{ listen: boot }"), "boot:9090");
+        assert_eq!(admin("{ listen: 192.168.5.2, port: 8443 }"), "192.168.5.2:8443");
+        assert_eq!(admin("{ listen: off }"), "off");
+        let base = "config: profiles\nnetwork: { address: 10.77.0.1/24 }\n";
+        let errs = errors(&format!("{base}admin: {{ listen: 0.0.0.0 }}\n"));
+        assert_starts(&errs, &["3:10: admin.listen: 0.0.0.0 would open the status pages on every interface"]);
+        let errs = errors(&format!("{base}admin:\n  listen: mgmt0\n  port: 0\n"));
+        assert_starts(&errs, &["5:3: admin.port: port 0", "4:3: admin.listen: \"mgmt0\" is not an IPv4 address"]);
     }
 
     #[test]

@@ -228,11 +228,19 @@ fn simple_source(
                     }
                 }
                 (Some(_), None) => {
-                    errs.at(doc, field, format!("a deb source with `url` needs `deb_sha256`: the sha256 of {pkg}'s .deb"));
+                    errs.at(
+                        doc,
+                        field,
+                        format!("a deb source with `url` needs `deb_sha256`: the sha256 of {pkg}'s .deb"),
+                    );
                     return None;
                 }
                 (None, Some(_)) => {
-                    errs.at(doc, &key(field, "deb_sha256"), "`deb_sha256` pins the .deb that `url` names: give `url` too");
+                    errs.at(
+                        doc,
+                        &key(field, "deb_sha256"),
+                        "`deb_sha256` pins the .deb that `url` names: give `url` too",
+                    );
                     return None;
                 }
             };
@@ -266,7 +274,11 @@ fn simple_source(
             Some((Source::Url { url: u.clone(), sha256: sha }, sha))
         }
         _ => {
-            errs.at(doc, field, "give exactly one source: `path`, `deb` (optionally with `url` and `deb_sha256`), `url` or `cpio`");
+            errs.at(
+                doc,
+                field,
+                "give exactly one source: `path`, `deb` (optionally with `url` and `deb_sha256`), `url` or `cpio`",
+            );
             None
         }
     }
@@ -333,7 +345,7 @@ fn source(
         );
         return None;
     }
-    Some(Artifact { name, source, digest })
+    Some(Artifact { name, source, digest, origin: doc.origin(field) })
 }
 
 fn default_file_name(source: &Source) -> String {
