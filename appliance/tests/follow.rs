@@ -285,3 +285,117 @@ async fn a_restart_serves_the_last_good_commit_before_any_fetch() {
     assert!(tftp_text(&d, BOARD).await.contains(&first));
     d.stop().await;
 }
+
+/// A loopback HTTP server for one file: HEAD, GET and `Range: bytes=N-`; with `cut` set, the
+/// next GET sends the headers of the whole file but only its first half, then closes.
+struct FileServer {
+    addr: std::net::SocketAddr,
+    /// The `Range` header of every GET, empty when there was none.
+    ranges: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn serve_file(body: Vec<u8>) -> FileServer {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = FileServer { addr, ranges: Default::default(), cut: Default::default() };
+    let (ranges, cut) = (server.ranges.clone(), server.cut.clone());
+    // Ends with the test process; it only ever answers on loopback.
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let (mut range, mut line) = (String::new(), String::new());
+            if reader.read_line(&mut request).is_err() {
+                continue;
+            }
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range:") {
+                    range = v.trim().to_string();
+                }
+                line.clear();
+            }
+            let start: usize =
+                range.strip_prefix("bytes=").and_then(|r| r.trim_end_matches('-').parse().ok()).unwrap_or(0);
+            let head = if start > 0 {
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                    body.len() - start,
+                    body.len() - 1,
+                    body.len()
+                )
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+            };
+            let _ = stream.write_all(head.as_bytes());
+            if request.starts_with("GET ") {
+                ranges.lock().unwrap().push(range);
+                let end = if cut.swap(false, Ordering::SeqCst) { body.len() / 2 } else { body.len() };
+                let _ = stream.write_all(&body[start..end.max(start)]);
+            }
+        }
+    });
+    server
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_artifact_with_a_wrong_sha256_is_refused_and_a_cut_download_resumes() {
+    use sha2::Digest as _;
+    let (repo, first) = serve_repo();
+    let daemon = Daemon::start(follow(&repo.url)).await;
+    let (d, first) = (&daemon, first.as_str());
+    const BIOS1: &str = "/ipxe/script?mac=52-54-00-00-00-01&buildarch=x86_64&platform=pcbios";
+    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
+        http_text(d, BIOS1).contains(first)
+    })
+    .await;
+    let before = http_text(d, BIOS1);
+
+    let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let sha = hex::encode(sha2::Sha256::digest(&blob));
+    let server = serve_file(blob.clone());
+    let profile = |sha: &str| {
+        format!(
+            "name: dl\ncmdline: \"console=ttyS0 dl\"\narch:\n  x86_64:\n    kernel: {{ path: files/vmlinuz-x86_64, name: vmlinuz }}\n    \
+             initrd: [ {{ name: dl.img, url: \"http://{}/dl.img\", sha256: {sha} }} ]\n",
+            server.addr
+        )
+    };
+    // bios1 moves to a profile whose initrd is downloaded: first with a wrong sha256.
+    let wrong = hex::encode(sha2::Sha256::digest(b"something else"));
+    std::fs::write(repo.profiles().join("dl.yaml"), profile(&wrong)).unwrap();
+    repo.edit("machines.yaml", |t| {
+        t.replace("hostname: bios1, arch: x86_64, profile: live", "hostname: bios1, arch: x86_64, profile: dl")
+    });
+    let bad = repo.commit("dl with a wrong sha256");
+    let bad = bad.as_str();
+    assert_eq!(admin(d, "POST", "/hooks/git").0, 202);
+    within(POLL + Duration::from_secs(5), "the wrong sha256 refused", move || async move {
+        let status = admin(d, "GET", "/admin/git").1;
+        status.contains(bad) && status.contains("sha256 mismatch")
+    })
+    .await;
+    assert_eq!(http_text(d, BIOS1), before);
+
+    // The right sha256; the first GET is cut half-way and the download resumes with Range.
+    server.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::fs::write(repo.profiles().join("dl.yaml"), profile(&sha)).unwrap();
+    let good = repo.commit("dl with the right sha256");
+    let good = good.as_str();
+    assert_eq!(admin(d, "POST", "/hooks/git").0, 202);
+    within(POLL + Duration::from_secs(10), "the download served", move || async move {
+        let script = http_text(d, BIOS1);
+        script.contains(good) && script.contains("dl.img")
+    })
+    .await;
+    let ranges = server.ranges.lock().unwrap().clone();
+    assert!(ranges.contains(&format!("bytes={}-", blob.len() / 2)), "{ranges:?}");
+    // The published artifact is the file itself.
+    let dl = d.store().join("dl");
+    let version = std::fs::read_dir(&dl).unwrap().next().unwrap().unwrap().path();
+    assert!(std::fs::read(version.join("dl.img")).unwrap() == blob);
+    daemon.stop().await;
+}
