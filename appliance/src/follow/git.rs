@@ -235,3 +235,55 @@ pub fn summary(dir: &Path, commit: &str) -> Option<String> {
     let message = c.message_raw_sloppy().to_string();
     Some(message.lines().next().unwrap_or("").to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_goes_into_the_authorization_header_only() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("token");
+        std::fs::write(&file, "s3cret-token\n").unwrap();
+        let auth = Auth { token_file: Some(file.clone()), user: "git".into(), ..Auth::default() };
+        use base64::Engine as _;
+        let want = base64::engine::general_purpose::STANDARD.encode("git:s3cret-token");
+        assert_eq!(authorization(&auth).unwrap(), Some(format!("Authorization: Basic {want}")));
+        // What gets logged (the remote, its URL) never holds the token.
+        let remote = Remote {
+            url: "https://user:pw@git.example/r.git".into(),
+            reference: "main".into(),
+            auth,
+            tls: Default::default(),
+        };
+        assert!(!format!("{remote:?}").contains("s3cret"));
+        assert_eq!(redacted(&remote.url), "https://git.example/r.git");
+        std::fs::write(&file, "\n").unwrap();
+        let e = authorization(&remote.auth).unwrap_err().to_string();
+        assert!(e.contains("empty") && !e.contains("s3cret"), "{e}");
+        assert_eq!(authorization(&Auth::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn refs_and_the_ssh_command() {
+        let r = |reference: &str| Remote {
+            url: "git://h/r".into(),
+            reference: reference.into(),
+            auth: Auth::default(),
+            tls: Default::default(),
+        };
+        assert_eq!(
+            (r("main").remote_ref(), r("main").tracking_ref()),
+            ("refs/heads/main".into(), "refs/appliance/heads/main".into())
+        );
+        assert_eq!(r("refs/tags/v1").remote_ref(), "refs/tags/v1");
+        let auth =
+            Auth { ssh_key: Some("/k/it's".into()), known_hosts: Some("/s/known_hosts".into()), ..Auth::default() };
+        assert_eq!(
+            ssh_command(&auth).unwrap(),
+            "ssh -i '/k/it'\\''s' -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=accept-new \
+             -o UserKnownHostsFile='/s/known_hosts'"
+        );
+        assert_eq!(ssh_command(&Auth::default()), None);
+    }
+}

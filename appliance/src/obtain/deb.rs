@@ -172,3 +172,74 @@ fn tempfile_in(dir: &Path) -> io::Result<File> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KERNEL: &[u8] = b"a kernel, more or less";
+
+    /// A tar with `./boot/vmlinuz-6.1`, `./boot/config-6.1` and a directory entry.
+    fn data_tar() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, bytes) in [("./boot/config-6.1", &b"CONFIG_X=y"[..]), ("./boot/vmlinuz-6.1", KERNEL)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, bytes).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// A `.deb` (ar: debian-binary, control.tar.gz, then `member` with `data`) in `dir`.
+    fn deb(dir: &Path, member: &str, data: &[u8]) -> PathBuf {
+        let path = dir.join("p.deb");
+        let mut ar = ar::Builder::new(File::create(&path).unwrap());
+        for (name, bytes) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.gz", &[][..]), (member, data)] {
+            ar.append(&ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64), bytes).unwrap();
+        }
+        path
+    }
+
+    fn sha(bytes: &[u8]) -> Digest {
+        Sha256::digest(bytes).into()
+    }
+
+    #[test]
+    fn a_file_comes_out_of_a_gzip_and_an_xz_data_tar() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data_tar()).unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &data_tar()[..], &mut xz).unwrap();
+        for (member, data) in [("data.tar.gz", gz.finish().unwrap()), ("data.tar.xz", xz), ("data.tar", data_tar())] {
+            let d = tempfile::tempdir().unwrap();
+            let dest = d.path().join("out");
+            extract(&deb(d.path(), member, &data), "boot/vmlinuz-*", &sha(KERNEL), &dest).unwrap();
+            assert_eq!(std::fs::read(&dest).unwrap(), KERNEL, "{member}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_sha256_or_a_missing_file_leaves_nothing_behind() {
+        let d = tempfile::tempdir().unwrap();
+        let pkg = deb(d.path(), "data.tar", &data_tar());
+        let dest = d.path().join("out");
+        let e = extract(&pkg, "boot/vmlinuz-*", &sha(b"other"), &dest).unwrap_err();
+        assert!(matches!(&e, DebError::Checksum { file, .. } if file == "boot/vmlinuz-6.1"), "{e}");
+        let e = extract(&pkg, "boot/initrd.img-*", &sha(KERNEL), &dest).unwrap_err();
+        assert!(matches!(e, DebError::NoSuchFile { .. }), "{e}");
+        let e = extract(&deb(d.path(), "data.tar.bz2", b"x"), "boot/vmlinuz-*", &sha(KERNEL), &dest).unwrap_err();
+        assert!(matches!(e, DebError::Compression { .. }), "{e}");
+        let left: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("p.deb")]);
+    }
+
+    #[test]
+    fn patterns_match_the_last_component_only() {
+        assert!(matches("boot/vmlinuz-*", "boot/vmlinuz-6.1"));
+        assert!(matches("/usr/lib/*.efi.signed", "usr/lib/grubx64.efi.signed"));
+        assert!(!matches("boot/vmlinuz-*", "boot/x/vmlinuz-6.1"));
+        assert!(!matches("boot/*", "boot2/a"));
+    }
+}
