@@ -399,3 +399,60 @@ async fn a_url_artifact_with_a_wrong_sha256_is_refused_and_a_cut_download_resume
     assert!(std::fs::read(version.join("dl.img")).unwrap() == blob);
     daemon.stop().await;
 }
+
+/// A `.deb` (ar: debian-binary, control.tar.gz, data.tar.gz) holding `./boot/initrd.img-1`.
+fn deb_with(file: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(file.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    tar.append_data(&mut h, "./boot/initrd.img-1", file).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    let data = gz.finish().unwrap();
+    let mut ar = ar::Builder::new(Vec::new());
+    for (name, bytes) in [("debian-binary", &b"2.0\n"[..]), ("control.tar.gz", &[][..]), ("data.tar.gz", &data[..])] {
+        ar.append(&ar::Header::new(name.as_bytes().to_vec(), bytes.len() as u64), bytes).unwrap();
+    }
+    ar.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deb_source_with_a_url_is_downloaded_and_its_file_extracted() {
+    use sha2::Digest as _;
+    let (repo, first) = serve_repo();
+    let daemon = Daemon::start(follow(&repo.url)).await;
+    let (d, first) = (&daemon, first.as_str());
+    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
+        tftp_text(d, BOARD).await.contains(first)
+    })
+    .await;
+    let initrd: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let pkg = deb_with(&initrd);
+    let server = serve_file(pkg.clone());
+    let sha = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    std::fs::write(
+        repo.profiles().join("debdl.yaml"),
+        format!(
+            "name: debdl\ncmdline: \"console=ttyS0 debdl\"\narch:\n  x86_64:\n    kernel: {{ path: files/vmlinuz-x86_64, name: vmlinuz }}\n    \
+             initrd: [ {{ name: initrd.img, deb: linux-image-test, file: boot/initrd.img-*, url: \"http://{}/p.deb\", deb_sha256: {}, sha256: {} }} ]\n",
+            server.addr,
+            sha(&pkg),
+            sha(&initrd)
+        ),
+    )
+    .unwrap();
+    let commit = repo.commit("a deb source with its url");
+    let commit = commit.as_str();
+    assert_eq!(admin(d, "POST", "/hooks/git").0, 202);
+    within(POLL + Duration::from_secs(10), "the deb commit served", move || async move {
+        admin(d, "GET", "/admin/git").1.contains(&format!("\"serving\":\"{commit}\""))
+    })
+    .await;
+    let dir = d.store().join("debdl");
+    let version = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    assert!(std::fs::read(version.join("initrd.img")).unwrap() == initrd);
+    daemon.stop().await;
+}
