@@ -118,6 +118,18 @@ fn follow(url: &str) -> impl FnOnce(&mut appliance::serve::ServeOptions) + '_ {
     }
 }
 
+/// The repository on loopback and a daemon following it, once it serves the first commit.
+async fn following() -> (Served, String, Daemon) {
+    let (repo, first) = serve_repo();
+    let d = Daemon::start(follow(&repo.url)).await;
+    let (dr, commit) = (&d, first.as_str());
+    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
+        tftp_text(dr, BOARD).await.contains(commit)
+    })
+    .await;
+    (repo, first, d)
+}
+
 async fn tftp_text(d: &Daemon, path: &str) -> String {
     String::from_utf8(tftp_get(d, path).await.unwrap()).unwrap()
 }
@@ -163,18 +175,13 @@ fn admin(d: &Daemon, method: &str, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_commit_is_checked_then_served_and_a_broken_one_changes_nothing() {
-    let (repo, first) = serve_repo();
-    let daemon = Daemon::start(follow(&repo.url)).await;
+    // The first commit replaces the local directory as soon as it is fetched, and every
+    // rendered config names it.
+    let (repo, first, daemon) = following().await;
     let url = repo.url.clone();
     let header = move |commit: &str| format!("# config: git {url} commit {commit}");
     let (d, header, first) = (&daemon, &header, first.as_str());
-
-    // The first commit replaces the local directory as soon as it is fetched, and every
-    // rendered config names it.
-    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
-        tftp_text(d, BOARD).await.contains(&header(first))
-    })
-    .await;
+    assert!(tftp_text(d, BOARD).await.contains(&header(first)));
     assert!(http_text(d, UEFI1).starts_with(&format!("#!ipxe\n{}\n", header(first))));
 
     // A commit that moves uefi1 to x86only and board1 to arm2.
@@ -271,13 +278,16 @@ async fn each_commit_is_checked_then_served_and_a_broken_one_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_serves_the_last_good_commit_before_any_fetch() {
-    let (repo, first) = serve_repo();
-    let d = Daemon::start(follow(&repo.url)).await;
-    let (dr, commit) = (&d, first.as_str());
-    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
-        tftp_text(dr, BOARD).await.contains(commit)
-    })
-    .await;
+    let (repo, first, d) = following().await;
+    // `explain --serving` reads the recorded commit's checkout and names it.
+    let (dir, source) = appliance::follow::record::serving_config(d.state.path()).unwrap();
+    let catalog = appliance::config_dir::load(&dir, None).unwrap().with_config_source(source);
+    let q = appliance_core::explain::Query {
+        mac: Some(appliance_core::mac::MacAddr::parse("52:54:00:00:00:05").unwrap()),
+        ..Default::default()
+    };
+    let text = appliance_core::explain::explain(&catalog, &q).unwrap();
+    assert!(text.starts_with(&format!("config: git {} commit {first}\n", repo.url)), "{text}");
     // The repository goes away; the restarted daemon still serves its last good commit.
     let url = repo.url.clone();
     drop(repo);
@@ -296,6 +306,11 @@ struct FileServer {
 }
 
 fn serve_file(body: Vec<u8>) -> FileServer {
+    serve_file_claiming(body, None)
+}
+
+/// [`serve_file`], with HEAD claiming `claimed` bytes instead of the file's size.
+fn serve_file_claiming(body: Vec<u8>, claimed: Option<u64>) -> FileServer {
     use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -330,6 +345,10 @@ fn serve_file(body: Vec<u8>) -> FileServer {
             } else {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
             };
+            let head = match claimed.filter(|_| request.starts_with("HEAD ")) {
+                Some(n) => head.replace(&format!("Content-Length: {}", body.len()), &format!("Content-Length: {n}")),
+                None => head,
+            };
             let _ = stream.write_all(head.as_bytes());
             if request.starts_with("GET ") {
                 ranges.lock().unwrap().push(range);
@@ -344,14 +363,10 @@ fn serve_file(body: Vec<u8>) -> FileServer {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_url_artifact_with_a_wrong_sha256_is_refused_and_a_cut_download_resumes() {
     use sha2::Digest as _;
-    let (repo, first) = serve_repo();
-    let daemon = Daemon::start(follow(&repo.url)).await;
-    let (d, first) = (&daemon, first.as_str());
+    let (repo, first, daemon) = following().await;
+    let d = &daemon;
     const BIOS1: &str = "/ipxe/script?mac=52-54-00-00-00-01&buildarch=x86_64&platform=pcbios";
-    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
-        http_text(d, BIOS1).contains(first)
-    })
-    .await;
+    assert!(http_text(d, BIOS1).contains(&first));
     let before = http_text(d, BIOS1);
 
     let blob: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
@@ -422,13 +437,8 @@ fn deb_with(file: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deb_source_with_a_url_is_downloaded_and_its_file_extracted() {
     use sha2::Digest as _;
-    let (repo, first) = serve_repo();
-    let daemon = Daemon::start(follow(&repo.url)).await;
-    let (d, first) = (&daemon, first.as_str());
-    within(POLL + Duration::from_secs(5), "the first commit served", move || async move {
-        tftp_text(d, BOARD).await.contains(first)
-    })
-    .await;
+    let (repo, _, daemon) = following().await;
+    let d = &daemon;
     let initrd: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let pkg = deb_with(&initrd);
     let server = serve_file(pkg.clone());
@@ -454,5 +464,39 @@ async fn a_deb_source_with_a_url_is_downloaded_and_its_file_extracted() {
     let dir = d.store().join("debdl");
     let version = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
     assert!(std::fs::read(version.join("initrd.img")).unwrap() == initrd);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_downloads_would_not_fit_is_refused_with_the_reason() {
+    let (repo, _, daemon) = following().await;
+    let d = &daemon;
+    let before = tftp_get(d, BOARD).await.unwrap();
+    // The server says the file is a petabyte: more than any test machine has free.
+    let server = serve_file_claiming(b"small".to_vec(), Some(1 << 50));
+    std::fs::write(
+        repo.profiles().join("huge.yaml"),
+        format!(
+            "name: huge\ncmdline: x\narch:\n  x86_64:\n    kernel: {{ path: files/vmlinuz-x86_64, name: vmlinuz }}\n    \
+             initrd: [ {{ name: huge.img, url: \"http://{}/huge.img\", sha256: {} }} ]\n",
+            server.addr,
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let commit = repo.commit("a petabyte initrd");
+    let commit = commit.as_str();
+    assert_eq!(admin(d, "POST", "/hooks/git").0, 202);
+    within(POLL + Duration::from_secs(5), "the refusal reported", move || async move {
+        admin(d, "GET", "/admin/git").1.contains(commit)
+    })
+    .await;
+    let status: serde_json::Value = serde_json::from_str(&admin(d, "GET", "/admin/git").1).unwrap();
+    let problems = status["refused"]["problems"].to_string();
+    assert!(problems.contains("MiB free after garbage collection"), "{status}");
+    assert_eq!(status["refused"]["transient"], true, "{status}");
+    // Nothing was downloaded, and the old bytes are served.
+    assert!(server.ranges.lock().unwrap().is_empty());
+    assert_eq!(tftp_get(d, BOARD).await.unwrap(), before);
     daemon.stop().await;
 }
