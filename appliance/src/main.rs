@@ -260,19 +260,7 @@ struct GitArgs {
 
 /// clap's value parser for durations: `30s`, `2m`, `500ms`, `1h`, or seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits.parse().map_err(|_| format!("expected a duration like 30s, 2m or 500ms, got {s:?}"))?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        _ => return Err(format!("expected a duration like 30s, 2m or 500ms, got {s:?}")),
-    };
-    if ms == 0 {
-        return Err("the duration must be more than 0".into());
-    }
-    Ok(std::time::Duration::from_millis(ms))
+    appliance_core::config::values::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// `--admin-listen`: an address, or `None` for `off`.

@@ -21,10 +21,30 @@ pub enum BadValue {
     Sha256Length(String),
     #[error("unknown architecture {0:?} (expected one of {names})", names = arch_names())]
     Arch(String),
+    #[error("{0:?} is not a duration like 30s, 2m, 500ms or 1h (more than 0)")]
+    Duration(String),
 }
 
 fn arch_names() -> String {
     Arch::ALL.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// A duration: `500ms`, `30s` (or plain seconds), `2m`, `1h`; never zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, BadValue> {
+    let bad = || BadValue::Duration(s.to_owned());
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => None,
+    };
+    match ms {
+        Some(ms) if ms > 0 => Ok(std::time::Duration::from_millis(ms)),
+        _ => Err(bad()),
+    }
 }
 
 /// An IPv4 address in dotted-quad form (surrounding blanks allowed).
@@ -87,6 +107,18 @@ pub fn valid_hostname(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        let ms = |s: &str| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(
+            (ms("500ms"), ms("30s"), ms("30"), ms("2m"), ms("1h")),
+            (Ok(500), Ok(30_000), Ok(30_000), Ok(120_000), Ok(3_600_000))
+        );
+        for bad in ["", "0s", "s", "1d", "-1s", "1.5s", "99999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cidr_and_subnet() {

@@ -11,7 +11,7 @@ use appliance_core::cpio::{self, Node};
 
 use super::host::Library;
 use super::kmod::Module;
-use super::recipe::{Interface, Ipv4, Recipe};
+use super::recipe::{GitFollow, Interface, Ipv4, Recipe};
 
 /// The GPT partition name of the data partition (also its ext4 label).
 pub const DATA_PARTNAME: &str = "appliance-data";
@@ -136,7 +136,9 @@ pub fn image_conf(s: &Settings<'_>) -> String {
     // Logs go to /dev/console (the last console= on the command line); with both a serial
     // port and VGA, also to the first virtual terminal.
     let extra = if r.vga && r.serial.is_some() { "tty1" } else { "" };
-    let vars: [(&str, String); 18] = [
+    let git = r.git.clone();
+    let git_var = |f: fn(&GitFollow) -> String| git.as_ref().map(f).unwrap_or_default();
+    let vars: [(&str, String); 22] = [
         ("IMAGE_NAME", r.name.clone()),
         ("IMAGE_ID", s.image_id.to_owned()),
         ("KERNEL_VERSION", s.kernel_version.to_owned()),
@@ -155,6 +157,11 @@ pub fn image_conf(s: &Settings<'_>) -> String {
         ("DATA_UUID", s.data_uuid.to_owned()),
         ("DATA_PARTNAME", DATA_PARTNAME.to_owned()),
         ("SERIAL", r.serial.clone().unwrap_or_default()),
+        // `git:`: the run script adds --config-git and its options when GIT_URL is set.
+        ("GIT_URL", git_var(|g| g.url.clone())),
+        ("GIT_REF", git_var(|g| g.reference.clone())),
+        ("GIT_POLL", git_var(|g| g.poll.clone())),
+        ("GIT_SUBDIR", git_var(|g| g.subdir.clone())),
     ];
     let mut out = String::from("# Written by `cargo xtask image` from the recipe; read by the boot scripts.\n");
     for (k, v) in vars {

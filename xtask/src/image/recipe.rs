@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use appliance_core::boot_file::BootFile;
 use appliance_core::catalog::{Catalog, DhcpMode, Subnet};
 use appliance_core::config::position::index;
-use appliance_core::config::values::{parse_cidr, parse_ipv4, valid_hostname, valid_name};
+use appliance_core::config::values::{parse_cidr, parse_duration, parse_ipv4, valid_hostname, valid_name};
 use appliance_core::config::yaml::{Doc, Errors};
 use appliance_core::config::{ConfigError, ConfigErrors};
 use appliance_core::mac::MacAddr;
@@ -45,6 +45,31 @@ struct Wire {
     log: Option<String>,
     #[serde(default)]
     admin: WireAdmin,
+    #[serde(default)]
+    git: Option<WireGit>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireGit {
+    url: String,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+    #[serde(default)]
+    poll: Option<String>,
+    #[serde(default)]
+    subdir: Option<String>,
+}
+
+/// `git:`: the running appliance follows this repository (`appliance serve --config-git`);
+/// the image's `config` is then served only until the first good commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GitFollow {
+    pub url: String,
+    pub reference: String,
+    /// As written (`30s`), checked to be a duration.
+    pub poll: String,
+    pub subdir: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -209,6 +234,7 @@ pub struct Recipe {
     pub boot_menu_timeout: u32,
     pub log: String,
     pub admin: AdminListen,
+    pub git: Option<GitFollow>,
     text: String,
 }
 
@@ -251,6 +277,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
     let (serial, baud) = console(&wire.console, &doc, &mut errs);
     let (cmdline, state_mib, boot_menu_timeout, log) = system(&wire, &doc, &mut errs);
     let admin = admin(&wire.admin, &doc, &mut errs);
+    let git = wire.git.as_ref().map(|g| git(g, &doc, &mut errs));
     errs.check()?;
     Ok(Recipe {
         name,
@@ -273,6 +300,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Recipe, ConfigErrors> {
         boot_menu_timeout,
         log,
         admin,
+        git,
         text: text.to_owned(),
     })
 }
@@ -413,6 +441,28 @@ fn admin(wire: &WireAdmin, doc: &Doc<'_>, errs: &mut Errors) -> AdminListen {
     }
 }
 
+/// The followed repository. The image has no `ssh` program: HTTPS, HTTP and git:// only.
+fn git(wire: &WireGit, doc: &Doc<'_>, errs: &mut Errors) -> GitFollow {
+    let url = wire.url.trim();
+    if !["https://", "http://", "git://"].iter().any(|s| url.starts_with(s)) {
+        let why = "is not an https://, http:// or git:// URL (the image has no ssh program)";
+        errs.at(doc, "git.url", format!("{url:?} {why}"));
+    }
+    let poll = wire.poll.clone().unwrap_or_else(|| "30s".into());
+    if let Err(e) = parse_duration(&poll) {
+        errs.at(doc, "git.poll", e);
+    }
+    let subdir = wire.subdir.clone().unwrap_or_else(|| "profiles".into());
+    if subdir.starts_with('/') || subdir.split('/').any(|c| c == "..") {
+        errs.at(doc, "git.subdir", format!("{subdir:?} must be a path inside the repository"));
+    }
+    let reference = wire.reference.clone().unwrap_or_else(|| "main".into());
+    if reference.is_empty() || reference.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        errs.at(doc, "git.ref", format!("{reference:?} is not a branch or ref name"));
+    }
+    GitFollow { url: url.to_owned(), reference, poll, subdir }
+}
+
 /// The serial port (if any) and its speed.
 fn console(wire: &WireConsole, doc: &Doc<'_>, errs: &mut Errors) -> (Option<String>, u32) {
     let serial = wire.serial.clone().filter(|s| !s.is_empty() && s != "none");
@@ -544,6 +594,28 @@ mod tests {
         for (e, want) in errs.iter().zip(expect) {
             assert!(e.starts_with(want), "{e:?} should start with {want:?}");
         }
+    }
+
+    #[test]
+    fn a_followed_repository_gets_defaults_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("profiles")).unwrap();
+        let base = "config: profiles\nnetwork: { address: 10.77.0.1/24 }\n";
+        let r =
+            parse(&dir.path().join("lab.yaml"), &format!("{base}git: {{ url: \"git://10.77.0.9/cfg\" }}\n")).unwrap();
+        let want = GitFollow {
+            url: "git://10.77.0.9/cfg".into(),
+            reference: "main".into(),
+            poll: "30s".into(),
+            subdir: "profiles".into(),
+        };
+        assert_eq!(r.git, Some(want));
+        assert_eq!(errors(base), Vec::<String>::new());
+        let bad = format!("{base}git: {{ url: \"git@h:r\", poll: 0s, subdir: ../x, ref: \"a b\" }}\n");
+        let errs = errors(&bad);
+        let fields: Vec<&str> = errs.iter().map(|e| e.split(": ").nth(1).unwrap_or("")).collect();
+        assert_eq!(fields, ["git.url", "git.poll", "git.subdir", "git.ref"], "{errs:#?}");
+        assert!(errs.iter().all(|e| e.starts_with("3:")), "{errs:#?}");
     }
 
     #[test]
