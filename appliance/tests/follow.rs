@@ -88,8 +88,13 @@ fn serve_repo() -> (Served, String) {
     .unwrap();
     // A port no one listens on now; git daemon takes it (and says so if it cannot).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let daemon = Command::new("git")
-        .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+    // The `git-daemon` program itself, not `git daemon`: the `git` wrapper would run it as a
+    // child that outlives a kill of the wrapper (and holds the test's output open).
+    let (ok, exec_path, err) = run(Command::new("git").arg("--exec-path"), "git (Debian package git)");
+    assert!(ok, "git --exec-path: {err}");
+    let exec_path = PathBuf::from(String::from_utf8(exec_path).unwrap().trim());
+    let daemon = Command::new(exec_path.join("git-daemon"))
+        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
         .arg(format!("--port={port}"))
         .arg(format!("--base-path={}", root.path().display()))
         .arg(root.path())
