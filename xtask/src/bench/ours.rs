@@ -129,6 +129,10 @@ fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, stat
     // which would take 127.0.0.1:9090 (a baseline build may predate the option).
     if binary == ctx.appliance {
         c.arg("--admin-listen").arg("off");
+        // Every bench client comes from one address standing for many machines: the fair share
+        // per source (32 TFTP transfers, 64 HTTP connections by default; a baseline build may
+        // predate the options) would refuse most of a 500-client run as one greedy host.
+        c.args(["--tftp-max-per-source", "1024", "--http-max-per-source", "1024"]);
     }
     c.args(&ctx.daemon_args);
     c
