@@ -14,7 +14,7 @@
 //!   daemon that runs them; `fair_share`: the per-source and total limits on TFTP transfers and
 //!   HTTP connections; `descriptors`: the file descriptor limit they are fitted to.
 //! - `privileges`: becoming an unprivileged user once the sockets are bound.
-//! - `state`: what the running daemon shares between tasks (with its `counters`); `latency`: the
+//! - `state`: what the running daemon shares between tasks (with the metrics in `observe`); `latency`: the
 //!   CPU wake-up latency request; `memory`: free heap pages handed back after load; `observe`:
 //!   the boot journal, the metrics and the status pages.
 //! - `install_store`: the install log (which machines are installed, their events) on disk;
@@ -26,7 +26,6 @@ pub mod admin;
 pub mod artifacts;
 pub mod atomic_file;
 pub mod config_dir;
-pub mod counters;
 pub mod descriptors;
 pub mod dhcp;
 pub mod fair_share;

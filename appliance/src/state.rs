@@ -101,8 +101,6 @@ pub struct Shared {
     memory: Mutex<Remembered>,
     /// The journal, metrics and transfers in flight (`crate::observe`).
     pub telemetry: Arc<crate::observe::Telemetry>,
-    /// What was refused or withheld, for a metrics endpoint and tests.
-    pub counters: crate::counters::Counters,
 }
 
 impl Shared {
@@ -121,7 +119,6 @@ impl Shared {
             server: RwLock::new(server),
             memory: Mutex::new(Remembered::default()),
             telemetry,
-            counters: Default::default(),
         })
     }
 

@@ -11,7 +11,6 @@
 //! says so and passes nothing.
 
 use anyhow::{bail, ensure, Context, Result};
-use appliance::counters::Counters;
 use appliance::dhcp::{bind, run, DhcpOptions, DhcpSockets};
 use appliance::state::Shared;
 use appliance_core::dhcp::fixtures::firmware::os_client;
@@ -206,18 +205,18 @@ impl Server {
 
     /// Client `last` asks while the disk refuses the lease: no ACK comes, and it is counted.
     async fn withheld_ack(&self, last: u8) -> Result<((u8, Ipv4Addr), Req)> {
-        let counters = &self.shared.counters;
-        let before = Counters::get(&counters.dhcp_acks_withheld);
+        let metrics = &self.shared.telemetry.metrics;
+        let before = metrics.dhcp_acks_withheld.get();
         let (ip, request) = self.offered(last).await?;
         self.client.send_to(&request.bytes(), self.dhcp).await?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Counters::get(&counters.dhcp_acks_withheld) == before {
+        while metrics.dhcp_acks_withheld.get() == before {
             if let Some(reply) = self.reply(Duration::from_millis(50)).await? {
                 bail!("a reply while the lease file could not be written: {reply:?}");
             }
             ensure!(Instant::now() < deadline, "the ACK was neither sent nor counted as withheld");
         }
-        ensure!(Counters::get(&counters.dhcp_lease_write_failures) > 0, "the failed write is counted");
+        ensure!(metrics.lease_write_failures.get() > 0, "the failed write is counted");
         if let Some(reply) = self.reply(Duration::from_millis(300)).await? {
             bail!("a reply while the lease file could not be written: {reply:?}");
         }

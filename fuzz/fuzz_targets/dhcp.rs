@@ -19,7 +19,7 @@ static CATALOG: LazyLock<appliance_core::catalog::Catalog> = LazyLock::new(catal
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = wire::decode_request(data) else { return };
     let client = appliance_core::client::from_dhcp(&req);
-    let server = ServerInfo { address: SERVER, http_base: HTTP_BASE.into() };
+    let server = ServerInfo::new(SERVER, HTTP_BASE.into());
     let mut state = State::default();
     for mode in [DhcpMode::Server, DhcpMode::Proxy, DhcpMode::Off] {
         for port in [Port::Dhcp, Port::Pxe] {

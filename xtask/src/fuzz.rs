@@ -96,6 +96,12 @@ pub fn fuzz(targets: &[&str], seconds: u64) -> Result<Vec<Report>> {
         }
         let status = child.wait().context("waiting for cargo fuzz")?;
         if !status.success() {
+            // libFuzzer writes the input of a crash, leak, timeout or OOM into the artifacts
+            // directory; without one, cargo fuzz itself failed (the build, most often).
+            let found = std::fs::read_dir(&artifacts).map(|d| d.flatten().count()).unwrap_or(0);
+            if found == 0 {
+                bail!("cargo fuzz failed for target {target} ({status}) before fuzzing: see its output above");
+            }
             bail!("fuzz target {target} failed ({status}); the input is in {}", artifacts.display());
         }
         reports.push(report);

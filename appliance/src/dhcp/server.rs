@@ -17,7 +17,6 @@
 
 use super::socket::{AsyncSocket, DhcpSocket, Egress, Received};
 use super::store::{self, LeaseStore};
-use crate::counters::Counters;
 use crate::state::Shared;
 use appliance_core::catalog::DhcpMode;
 use appliance_core::client;
@@ -232,7 +231,7 @@ impl LeaseWriter {
         let (latest, mut pending) = watch::channel(None::<(u64, Arc<Vec<u8>>)>);
         let (written_tx, written) = watch::channel(Written::default());
         let task = tokio::spawn(async move {
-            let counters = &shared.counters;
+            let metrics = &shared.telemetry.metrics;
             // While writes fail: the withheld-ACK count when the first one failed.
             let mut failing: Option<u64> = None;
             // Also after the loop dropped its sender, the last table is written first.
@@ -249,19 +248,18 @@ impl LeaseWriter {
                     Ok(()) => {
                         w.durable = seq;
                         if let Some(before) = failing.take() {
-                            let withheld = Counters::get(&counters.dhcp_acks_withheld) - before;
+                            let withheld = metrics.dhcp_acks_withheld.get() - before;
                             info!(path = %store.path().display(), withheld, "dhcp: the lease file is written again, ACKs resume");
                         }
                     }
                     Err(e) => {
-                        Counters::bump(&counters.dhcp_lease_write_failures);
-                        shared.telemetry.metrics.lease_write_failures.inc();
+                        metrics.lease_write_failures.inc();
                         // An ACK promises the address to the client; one the disk does not
                         // hold would be lost on a restart and given to another client. So
                         // no ACK goes out until the write succeeds (ARCHITECTURE.md, "No ACK
                         // without a durable lease"); said once per episode, not per write.
                         if failing.is_none() {
-                            failing = Some(Counters::get(&counters.dhcp_acks_withheld));
+                            failing = Some(metrics.dhcp_acks_withheld.get());
                             error!(
                                 path = %store.path().display(),
                                 "dhcp: cannot write the lease file, withholding ACKs until it can be written: {e}"
@@ -422,7 +420,6 @@ async fn serve_one(
         if !on_disk {
             // Silence rather than a NAK: the client retransmits its REQUEST and is answered
             // once the disk takes the lease (ARCHITECTURE.md, "No ACK without a durable lease").
-            Counters::bump(&shared.counters.dhcp_acks_withheld);
             shared.telemetry.metrics.dhcp_acks_withheld.inc();
             handled.reply = None;
             handled.note = Some("ACK withheld: the lease could not be written to disk".into());

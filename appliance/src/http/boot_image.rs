@@ -22,9 +22,8 @@ use appliance_core::decide::{decide, Decision, Outcome, Stage};
 use appliance_core::mac::MacAddr;
 use sha2::{Digest as _, Sha256};
 use std::fs::{File, Metadata};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The cache's directory name in the state directory (beside the artifact store).
@@ -121,7 +120,9 @@ pub(super) fn open(src: &Sources<'_>, name: &str) -> Result<Built, ImageError> {
     let contents = Contents { shim: &shim, grub: &grub, artifacts: artifacts.iter().map(Vec::as_slice).collect() };
     let image = plan.build(&contents, &key)?;
     make_room(src.cache, MAX_IMAGES - 1);
-    write_into_cache(src.cache, &path, &image)?;
+    // Whole image or none, as for the state files; builds are serialised (`BUILDS`), so the
+    // one temporary name per file and process cannot be shared by two writers.
+    crate::atomic_file::write(&path, &image).map_err(|source| ImageError::Write { path: path.clone(), source })?;
     remove_older(src.cache, &stem, &path);
     let (file, meta) =
         open_regular(&path).map_err(|source| ImageError::Read { what: path.display().to_string(), source })?;
@@ -157,24 +158,6 @@ pub(super) fn respond(headers: &hyper::HeaderMap, head: bool, built: Built) -> h
 
 fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
     std::fs::read(path).map_err(|source| ImageError::Read { what: path.display().to_string(), source })
-}
-
-/// Writes beside `path` and renames into place, so a reader sees the whole image or none (two
-/// requests building the same image write the same bytes; the last rename wins).
-fn write_into_cache(cache: &Path, path: &Path, image: &[u8]) -> Result<(), ImageError> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let err = |source| ImageError::Write { path: path.to_path_buf(), source };
-    std::fs::create_dir_all(cache).map_err(err)?;
-    let tmp = cache.join(format!(".tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    let written = File::create(&tmp).and_then(|mut f| {
-        f.write_all(image)?;
-        f.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(e));
-    }
-    Ok(())
 }
 
 /// Removes the machine's other images (`<stem>-*.img` but `keep`): a new one replaces them.
@@ -240,7 +223,10 @@ pub fn prune(cache: &Path, grace: Duration, now: SystemTime) -> Vec<PathBuf> {
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let ours = name.ends_with(".img") || name.starts_with(".tmp-");
+        // Partial writes: `atomic_file`'s `.<image>.tmp-<pid>`, and `.tmp-…` from builds that
+        // wrote their own temporary names.
+        let partial = name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".img.tmp-"));
+        let ours = name.ends_with(".img") || partial;
         let modified = entry.metadata().and_then(|m| m.modified()).unwrap_or(now);
         let idle = now.duration_since(modified).unwrap_or_default();
         if ours && idle > grace {

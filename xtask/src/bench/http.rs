@@ -156,7 +156,7 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let mb = size as f64 / 1e6;
     let big = ours::data_file(ctx, "http", size)?;
     let config = ctx.scratch("http-config")?;
-    ours::write_config(&config, &big, &ours::data_file(ctx, "small-initrd", 50_000)?)?;
+    ours::write_config_with_answers(&config, &big, &ours::data_file(ctx, "small-initrd", 50_000)?)?;
     eprintln!("bench: http: starting our daemon (publishes the {mb:.0} MB artifact) and nginx");
     let ours = ours::start_loopback(ctx, "http-ours", &config, None, None, &[])?;
     let big_path = ours.artifact_path("vmlinuz")?;
