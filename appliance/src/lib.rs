@@ -20,7 +20,8 @@
 //! - `install_store`: the install log (which machines are installed, their events) on disk;
 //!   `secret_files`: the machine token key and the admin token; `atomic_file`: crash-safe
 //!   writes of state files.
-//! - `status_cli`: `appliance status`, the machines table of a running daemon.
+//! - `status_cli`: `appliance status`, the machines table of a running daemon; `grow_data`:
+//!   `appliance grow-data`, the image's data partition filling its disk at boot.
 
 pub mod admin;
 pub mod artifacts;
@@ -30,6 +31,7 @@ pub mod descriptors;
 pub mod dhcp;
 pub mod fair_share;
 pub mod follow;
+pub mod grow_data;
 pub mod http;
 pub mod http_client;
 pub mod install_store;

@@ -96,6 +96,15 @@ enum Command {
     /// Serve DHCP (or proxyDHCP), TFTP and HTTP. SIGHUP reloads the config (an invalid one is
     /// refused and the old one keeps serving); SIGTERM or Ctrl-C shuts down gracefully.
     Serve(Box<ServeArgs>),
+    /// Grow the appliance image's data partition (the disk's last GPT partition, mounted) and
+    /// its ext4 file system to the end of the disk; does nothing when it already fills it.
+    /// The image's boot script runs it, as root, before the daemon starts.
+    GrowData {
+        /// The data partition's block device, e.g. /dev/vda3.
+        partition: PathBuf,
+        /// Where its file system is mounted.
+        mount: PathBuf,
+    },
     /// Write every config the catalog can produce into a folder, for review as a diff in git.
     Render {
         #[command(flatten)]
@@ -429,6 +438,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve(*args),
         Command::Status { url } => {
             print!("{}", appliance::status_cli::run(&url)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GrowData { partition, mount } => {
+            println!("{}", appliance::grow_data::grow(&partition, &mount)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Render { cfg: ConfigArgs { config, overlay }, out } => {

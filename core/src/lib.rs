@@ -13,7 +13,8 @@
 //! - `version`, `cpio`: content-derived artifact versions and a deterministic cpio writer;
 //!   `obtain`: which `url`/`deb` sources must be downloaded before a catalog can be published.
 //! - `dhcp`: DHCP decoding, replies, the lease allocator and one request's whole exchange.
-//! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back.
+//! - `gc`: which artifact versions may be removed; `calendar`: dates from Unix time and back;
+//!   `gpt_grow`: the partition table that lets the image's data partition fill a larger disk.
 //! - `journal`: the boot journal's records, the bounded per-machine model and summaries;
 //!   `status`: the status pages and the JSON API built from it.
 //! - `http_path`: which HTTP request paths may be served at all.
@@ -51,6 +52,7 @@ pub mod events;
 pub mod explain;
 pub mod fair_share;
 pub mod gc;
+pub mod gpt_grow;
 pub mod http_path;
 pub mod install;
 pub mod journal;

@@ -238,6 +238,11 @@ pub async fn run(
         tftp = %listeners.tftp.local_addr()?,
         "serving"
     );
+    // Downloads and artifact versions fill the state file system: its room, for the operator
+    // (and the image test, which checks a grown data partition by it).
+    if let Some(free) = crate::obtain::free_space(&opts.state_dir) {
+        info!(state = %opts.state_dir.display(), free_mib = free / (1024 * 1024), "state file system");
+    }
     let started = SystemTime::now();
     let shared = Shared::with_telemetry(Arc::new(catalog), server, telemetry);
     let touches = Arc::new(Touches::new());

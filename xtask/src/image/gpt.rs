@@ -278,10 +278,9 @@ mod tests {
         assert!(Guid::parse("nope").is_err());
     }
 
-    #[test]
-    fn table_reads_back_with_valid_crcs() {
-        let total = 8192;
-        let table = Table {
+    /// BIOS boot at 1 MiB, the data partition up to the last MiB, the backup GPT in it.
+    fn small_table(total: u64) -> Table {
+        Table {
             disk_guid: Guid::derive(b"t", "disk"),
             total_sectors: total,
             partitions: vec![
@@ -298,18 +297,28 @@ mod tests {
                     guid: Guid::derive(b"t", "data"),
                     name: "appliance-data".into(),
                     first_lba: 4096,
-                    last_lba: 8191 - 33,
+                    last_lba: total - 2048 - 1,
                     attributes: 0,
                 },
             ],
-        };
-        let mut disk = vec![0u8; (total * SECTOR) as usize];
+        }
+    }
+
+    fn disk_of(table: &Table) -> Vec<u8> {
+        let mut disk = vec![0u8; (table.total_sectors * SECTOR) as usize];
         disk[..512].copy_from_slice(&table.protective_mbr(0x1234_5678));
         let primary = table.primary().unwrap();
         disk[512..512 + primary.len()].copy_from_slice(&primary);
         let backup = table.backup().unwrap();
         let at = disk.len() - backup.len();
         disk[at..].copy_from_slice(&backup);
+        disk
+    }
+
+    #[test]
+    fn table_reads_back_with_valid_crcs() {
+        let table = small_table(8192);
+        let mut disk = disk_of(&table);
         let parts = read(&disk).unwrap();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].name, "appliance-data");
@@ -321,5 +330,44 @@ mod tests {
         let mut bad = table.clone();
         bad.partitions[1].first_lba = 4000;
         assert!(bad.primary().is_err());
+    }
+
+    /// The appliance's first-boot growth (`appliance_core::gpt_grow`) on a table this module
+    /// wrote, copied to a larger disk: the result reads back with valid CRCs at the new end.
+    #[test]
+    fn the_data_partition_grows_to_a_larger_disk() {
+        use appliance_core::gpt_grow::{self, GptError};
+        let image = disk_of(&small_table(8192));
+        let head = &image[..(PRIMARY_SECTORS * SECTOR) as usize];
+        // On a disk of its own size there is nothing to do.
+        assert_eq!(gpt_grow::grow_last(head, 2, 8192, 2048), Ok(None));
+        assert_eq!(gpt_grow::grow_last(head, 1, 20000, 2048), Err(GptError::NotLast { partition: 1, last: 2 }));
+        assert_eq!(gpt_grow::grow_last(head, 3, 20000, 2048), Err(GptError::NoPartition(3)));
+        assert_eq!(gpt_grow::grow_last(head, 2, 4096, 2048), Err(GptError::DiskShrank { disk: 4096, table: 8192 }));
+
+        let total = 20000u64;
+        let mut disk = image.clone();
+        disk.resize((total * SECTOR) as usize, 0);
+        let g = gpt_grow::grow_last(head, 2, total, 2048).unwrap().unwrap();
+        // The last whole MiB before the backup GPT's 33 sectors.
+        assert_eq!((g.first_lba, g.old_last_lba, g.new_last_lba), (4096, 6143, (total - 33) / 2048 * 2048 - 1));
+        assert_eq!(g.backup_lba, total - 33);
+        let at = (g.backup_lba * SECTOR) as usize;
+        disk[at..at + g.backup.len()].copy_from_slice(&g.backup);
+        disk[512..512 + g.primary.len()].copy_from_slice(&g.primary);
+        disk[..512].copy_from_slice(&g.mbr);
+        let parts = read(&disk).unwrap();
+        assert_eq!((parts[1].first_lba, parts[1].last_lba), (4096, g.new_last_lba));
+        assert_eq!((parts[1].name.as_str(), parts[1].guid), ("appliance-data", Guid::derive(b"t", "data")));
+        assert_eq!(parts[0].last_lba, 4095);
+        assert_eq!(u32::from_le_bytes(disk[0x1ca..0x1ce].try_into().unwrap()), total as u32 - 1);
+        let head = &disk[..(PRIMARY_SECTORS * SECTOR) as usize];
+        assert_eq!(gpt_grow::partition(head, 2).unwrap().bytes(), (g.new_last_lba - 4095) * SECTOR);
+        // Done once: a second boot finds nothing to grow.
+        assert_eq!(gpt_grow::grow_last(head, 2, total, 2048), Ok(None));
+
+        let mut broken = image.clone();
+        broken[512 + 40] ^= 1;
+        assert_eq!(gpt_grow::grow_last(&broken[..17408], 2, total, 2048), Err(GptError::HeaderCrc));
     }
 }
