@@ -18,6 +18,7 @@ pub mod task;
 
 use crate::artifacts::{self, Blobs, PublishReport};
 use crate::http_client::redacted;
+use anyhow::Context;
 use appliance_core::catalog::{Catalog, ConfigSource};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -146,10 +147,25 @@ impl Follower {
         f(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// The daemon runs unprivileged by now: a state directory it cannot write would show only
+    /// at the first fetch, checkout or download, so it is found out at the start.
+    fn check_writable(&self) -> anyhow::Result<()> {
+        let git = self.repo().parent().map(Path::to_path_buf).unwrap_or_else(|| self.state.clone());
+        for dir in [git, self.commits(), self.downloads()] {
+            let probe = dir.join(".writable");
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&probe, b""))
+                .and_then(|()| std::fs::remove_file(&probe))
+                .with_context(|| format!("the git follower cannot write {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// The catalog to start with: the last good commit recorded in the state directory (when
     /// it was fetched from the same URL), else `fallback` (the image's baked-in config), else
     /// the branch's commit, fetched now.
     pub fn startup(&mut self, fallback: Option<&Path>) -> anyhow::Result<(Catalog, PublishReport, String)> {
+        self.check_writable()?;
         if let Some(commit) = record::read(&self.state, &redacted(&self.source.remote.url)) {
             let dir = self.commits().join(&commit);
             match self.load_published(&dir, &commit) {

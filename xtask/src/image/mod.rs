@@ -154,7 +154,7 @@ pub fn build(args: &Args) -> Result<Output> {
     steps.start(&format!("daemon (cargo build, {} profile)", profile_name(args.daemon_profile)));
     let daemon = daemon(&sh, args.daemon_profile, work.path())?;
     steps.start("artifact store (appliance::artifacts::publish)");
-    let store = artifact_store(&config.catalog, &data)?;
+    let store = artifact_store(&config.catalog, &data, recipe.git.is_some())?;
     steps.start("kernel modules and initramfs");
     let boot = boot::initramfs(&recipe_path, &config, &pinned, &daemon, &store, &data)?;
     steps.start("GRUB (BIOS and UEFI) and the ESP's files");
@@ -244,12 +244,34 @@ fn daemon(sh: &Shell, profile: host::DaemonProfile, work: &Path) -> Result<Daemo
 }
 
 /// Publishes the profiles' artifacts into `data/state/artifacts`, as the daemon would at start.
-fn artifact_store(catalog: &Catalog, data: &Path) -> Result<PathBuf> {
+/// With `ship_blobs` (a recipe that follows a repository) the blobs the sources come from go
+/// into `data/state/blobs` too, the daemon's blob cache: a commit that gives a profile a new
+/// version from the same sources (a changed kernel command line) is then published without a
+/// network, as no published artifact holds a file that goes inside a generated initrd. Files
+/// equal to a published artifact (a kernel) become hard links to it in the file system.
+fn artifact_store(catalog: &Catalog, data: &Path, ship_blobs: bool) -> Result<PathBuf> {
     let store = data.join("state/artifacts");
     stdfs::create_dir_all(&store)?;
-    let report = appliance::artifacts::publish(catalog, &store, &crate::blobs::default_dir())
+    let blobs = crate::blobs::default_dir();
+    let report = appliance::artifacts::publish(catalog, &store, &blobs)
         .map_err(|e| anyhow::anyhow!("publishing the profiles' artifacts failed: {e}"))?;
     println!("  {} artifact versions in the store", report.published.len() + report.existing.len());
+    if ship_blobs {
+        let plan = appliance_core::obtain::plan(catalog, &|_| false, &|_, _| false);
+        let shas = plan.fetch.iter().map(|f| *f.sha256()).chain(plan.unobtainable.iter().map(|u| u.sha256));
+        let dest = data.join("state/blobs");
+        stdfs::create_dir_all(&dest)?;
+        let mut shipped = 0;
+        for sha in shas {
+            let name = hex::encode(sha);
+            let from = blobs.join(&name);
+            if from.is_file() {
+                stdfs::copy(&from, dest.join(&name)).with_context(|| format!("copying {}", from.display()))?;
+                shipped += 1;
+            }
+        }
+        println!("  {shipped} source blobs in the blob cache (the recipe follows a repository)");
+    }
     Ok(store)
 }
 
