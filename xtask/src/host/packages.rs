@@ -90,7 +90,12 @@ pub const HOST_PACKAGES: &[HostPackage] = &[
     native("tftp-hpa", "tftp, a second TFTP client against our server in the tests", &[Test]),
     native("curl", "a second HTTP client against our server in the tests and the bench", &[Test, Bench]),
     native("cpio", "cpio reads back the initrd archives we write (tests)", &[Test]),
-    native("git", "git daemon serves the repository the daemon follows, and git makes its commits (tests)", &[Test]),
+    native(
+        "git",
+        "git daemon and git http-backend serve the repository the daemon follows, and git makes its commits (tests)",
+        &[Test],
+    ),
+    native("openssl", "openssl makes the CA and certificate of the HTTPS git test's server", &[Test]),
     native("u-boot-tools", "dumpimage checks the boot.scr.uimg we render (golden tests)", &[Test]),
     native("prometheus", "promtool lints the names and help texts of the daemon's /metrics (tests)", &[Test]),
     native(
