@@ -30,7 +30,9 @@ use testkit::qemu::firmware::{self, E1000_ROM};
 use testkit::qemu::{Disk, Firmware, Link, Machine, Net, Nic, Side, Vm};
 
 mod followed_repo;
+mod grown_disk;
 use followed_repo::FollowedRepo;
+use grown_disk::{check_backup_gpt, check_growth};
 
 /// The room the VM disks have beyond the image: the data partition must grow into it.
 const EXTRA_DISK_MIB: u64 = 512;
@@ -328,41 +330,6 @@ fn overlay_disk(image: &Path, dir: &Path) -> PathBuf {
     disk
 }
 
-/// The boot log's `data partition ... grown from A MiB to B MiB` line after `from` (a later
-/// boot's: `not grown: ... already fills its disk`; a failure's: `was not grown: why`), and the
-/// daemon's free room on its state file system after it.
-fn check_growth(appliance: &mut Vm, from: usize, first_boot: bool) -> usize {
-    let (_, end) = ok(appliance.wait_for(" grown", from, Duration::from_secs(150)));
-    let (_, end) = ok(appliance.wait_for("\n", end, Duration::from_secs(10)));
-    let text = appliance.text();
-    let line = text[from..end].lines().rev().find(|l| l.contains(" grown")).unwrap_or_default();
-    let mib = |after: &str| -> u64 {
-        line.split(after).nth(1).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0)
-    };
-    if first_boot {
-        let (before, after) = (mib("grown from "), mib(" MiB to "));
-        assert!(
-            after >= before + EXTRA_DISK_MIB - 1,
-            "the data partition did not grow by the disk's extra {EXTRA_DISK_MIB} MiB: {line:?}; {}",
-            appliance.tail()
-        );
-        eprintln!("  {}", line.trim());
-    } else {
-        assert!(line.contains("already fills its disk"), "a second boot: {line:?}; {}", appliance.tail());
-    }
-    let (_, end) = ok(appliance.wait_for("state file system", end, Duration::from_secs(150)));
-    let (_, end) = ok(appliance.wait_for("\n", end, Duration::from_secs(10)));
-    let text = appliance.text();
-    let free: u64 = text[..end]
-        .rsplit("free_mib=")
-        .next()
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(free >= EXTRA_DISK_MIB - 16, "the daemon's state file system has {free} MiB free; {}", appliance.tail());
-    end
-}
-
 /// The tiny-live x86_64 command line as the test's second commit changes it.
 const CHANGED_ARG: &str = "appliance.e2e=second-commit";
 
@@ -462,6 +429,7 @@ fn boot_scenario(firmware: Firmware, clients: &[Client], reboot: bool) {
     ok(appliance.wait_exit(Duration::from_secs(30)));
     let log = appliance.text();
     assert!(log[pos..].contains("data partition unmounted"), "{}", appliance.tail());
+    check_backup_gpt(&disk);
 }
 
 #[test]
