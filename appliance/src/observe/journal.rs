@@ -200,6 +200,8 @@ fn write_loop(rx: Receiver<Box<Record>>, model: Arc<Mutex<Machines>>, mut writer
 struct FileWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// The line being encoded, reused.
+    line: Vec<u8>,
     len: u64,
     limit: u64,
     keep: usize,
@@ -215,6 +217,7 @@ impl FileWriter {
         Ok(FileWriter {
             path,
             out: BufWriter::with_capacity(1 << 16, file),
+            line: Vec::with_capacity(1024),
             len,
             limit: limit.max(4096),
             keep,
@@ -234,10 +237,12 @@ impl FileWriter {
 
     fn try_append(&mut self, batch: &[Box<Record>]) -> io::Result<()> {
         for r in batch {
-            let line = serde_json::to_string(r).map_err(io::Error::other)?;
-            self.out.write_all(line.as_bytes())?;
-            self.out.write_all(b"\n")?;
-            self.len += line.len() as u64 + 1;
+            // One buffer for every line: no allocation per record once it has grown.
+            self.line.clear();
+            serde_json::to_writer(&mut self.line, r).map_err(io::Error::other)?;
+            self.line.push(b'\n');
+            self.out.write_all(&self.line)?;
+            self.len += self.line.len() as u64;
         }
         self.out.flush()?;
         if self.len >= self.limit {
