@@ -26,33 +26,50 @@ impl MacAddr {
 
     /// `52-54-00-12-34-56`, the spelling inside pxelinux (`01-…`) and GRUB (`grub.cfg-01-…`) paths.
     pub fn dashed(&self) -> String {
-        self.join('-')
+        self.join(b'-')
     }
 
     /// `525400123456`, safe in file names and URLs.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        let mut s = String::with_capacity(12);
+        for b in self.0 {
+            push_hex(&mut s, b);
+        }
+        s
     }
 
     pub fn oui(&self) -> Oui {
         Oui([self.0[0], self.0[1], self.0[2]])
     }
 
-    fn join(&self, sep: char) -> String {
-        let mut s = String::with_capacity(17);
+    /// The six pairs joined by `sep`, without a temporary string per byte: every log line and
+    /// journal record that names a machine spells its MAC.
+    fn spell(&self, sep: u8) -> [u8; 17] {
+        let mut out = [sep; 17];
         for (i, b) in self.0.iter().enumerate() {
-            if i > 0 {
-                s.push(sep);
-            }
-            s.push_str(&format!("{b:02x}"));
+            out[3 * i] = HEX[usize::from(b >> 4)];
+            out[3 * i + 1] = HEX[usize::from(b & 0xf)];
         }
-        s
+        out
     }
+
+    fn join(&self, sep: u8) -> String {
+        self.spell(sep).iter().map(|&b| char::from(b)).collect()
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex(s: &mut String, b: u8) {
+    s.push(char::from(HEX[usize::from(b >> 4)]));
+    s.push(char::from(HEX[usize::from(b & 0xf)]));
 }
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.join(':'))
+        let bytes = self.spell(b':');
+        // Hex digits and an ASCII separator: always UTF-8.
+        f.write_str(std::str::from_utf8(&bytes).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -183,9 +183,13 @@ pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, job: Job) -> Transfer {
         if transfer.outcome().is_some() {
             return transfer;
         }
-        match conn.receive() {
+        let received = conn.receive();
+        // One clock reading per block, for the activity stamp and the timeout check both.
+        let at = Instant::now();
+        now = at - epoch;
+        match received {
             Ok(Some(n)) => match transfer.handle(&conn.rx[..n]) {
-                Received::Progress => settings.activity.touch(),
+                Received::Progress => settings.activity.touch_at(at),
                 Received::Unexpected(kind) => debug!(%peer, kind, "tftp: ignoring unexpected packet"),
                 Received::Malformed(e) => debug!(%peer, "tftp: ignoring malformed datagram: {e}"),
                 _ => {}
@@ -196,7 +200,6 @@ pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, job: Job) -> Transfer {
         if let Some(stop) = settings.stop_requested() {
             super::transfer::stop_transfer(&mut transfer, stop);
         }
-        now = epoch.elapsed();
         transfer.handle_timeout(now);
     }
 }

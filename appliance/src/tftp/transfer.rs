@@ -224,8 +224,11 @@ async fn drive(link: &mut Link, transfer: &mut Transfer, source: &mut Source) {
     let epoch = Instant::now();
     let mut sender = DataSender::new(link.peer, transfer.blksize(), transfer.windowsize(), source);
     let lockstep = transfer.windowsize() == 1;
+    // One clock reading per event, used for the activity stamp, the timeout check and the
+    // next transmission: a lockstep block costs one reading, as before the transfer machine.
+    let mut now = epoch;
     loop {
-        if let Err(e) = transmit(&link.sock, link.peer, transfer, &mut sender, source, epoch.elapsed()).await {
+        if let Err(e) = transmit(&link.sock, link.peer, transfer, &mut sender, source, now - epoch).await {
             transfer.fail(e);
             continue; // sends the ERROR that says so
         }
@@ -235,10 +238,12 @@ async fn drive(link: &mut Link, transfer: &mut Transfer, source: &mut Source) {
         // Always set while the transfer runs; the fallback only keeps a broken promise from
         // spinning.
         let deadline = epoch + transfer.poll_timeout().unwrap_or(Duration::from_secs(3600));
-        match link.next_event(deadline).await {
+        let event = link.next_event(deadline).await;
+        now = Instant::now();
+        match event {
             Ok(Event::Datagram(n)) => match transfer.handle(&link.rx[..n]) {
                 Received::Progress => {
-                    link.activity.touch();
+                    link.activity.touch_at(now.into_std());
                     // The next ACK cannot be queued before the next block is sent.
                     if lockstep {
                         link.sock.forget_readable();
@@ -248,7 +253,7 @@ async fn drive(link: &mut Link, transfer: &mut Transfer, source: &mut Source) {
                 Received::Malformed(e) => debug!(peer = %link.peer, "tftp: ignoring malformed datagram: {e}"),
                 _ => {}
             },
-            Ok(Event::Timeout) => transfer.handle_timeout(epoch.elapsed()),
+            Ok(Event::Timeout) => transfer.handle_timeout(now - epoch),
             Ok(Event::Shutdown) => stop_transfer(transfer, *link.shutdown.borrow()),
             Err(e) => transfer.fail(e),
         }
