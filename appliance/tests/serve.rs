@@ -3,10 +3,10 @@
 
 mod common;
 
-use testkit::tftp_client::{self as client, ClientOptions};
 use common::*;
 use std::process::Command;
 use std::time::Duration;
+use testkit::tftp_client::{self as client, ClientOptions};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tftp_serves_rendered_configs_per_mac_with_curl_and_tftp_hpa() {

@@ -10,6 +10,7 @@
 //! | `client`  | the client machines: firmware, NIC, what the console shows on the cell's path |
 //! | `daemon`  | `appliance serve` in the namespace |
 //! | `dnsmasq` | the site DHCP server (proxy and off columns) |
+//! | `installer` | installer cells: the Debian installer's mirror step, its preseed in the logs |
 //! | `reference` | the reference stack (dnsmasq + Python HTTP), for comparisons |
 //! | `config`  | the test's copy of `profiles/` |
 //! | `host`    | workspace, target, bootloaders, blobs, output folders; what the host must have |
@@ -19,5 +20,6 @@ pub mod config;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod host;
+pub mod installer;
 pub mod matrix;
 pub mod reference;

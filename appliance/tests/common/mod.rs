@@ -3,12 +3,12 @@
 #![allow(dead_code)]
 
 use appliance::serve::{Listeners, ServeOptions};
-use testkit::tftp_client::{self as client, ClientOptions};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
+use testkit::tftp_client::{self as client, ClientOptions};
 use tokio::sync::{oneshot, Notify};
 
 /// What a daemon serves from and keeps its state in.
