@@ -5,12 +5,19 @@
 //! call it, and the handler; adding a route is adding a line. Each route says its access:
 //! [`Access::Admin`] needs `Authorization: Bearer <admin token>` (401 without, 403 with a wrong
 //! one), compared in constant time; the token is `<state>/admin.token` (created once, 0600) or
-//! the file `--admin-token-file` names. Today's route:
+//! the file `--admin-token-file` names. The routes:
 //!
 //! - `POST /admin/rearm/<mac>`: re-arm a machine (its next netboot is decided by its target
 //!   again), written durably to the install log before the 200.
+//! - Read-only, [`Access::Public`] (`crate::observe::status`): `GET /status` (the machines
+//!   table, transfers in progress, the catalog and its reloads), `GET /status/machines/<mac>`
+//!   (a machine's timeline and what `explain` says for it), `GET /api/machines` and
+//!   `GET /api/machines/<mac>` (the same as JSON), `GET /metrics` (Prometheus).
 
+use crate::fair_share::Slot;
 use crate::install_store::{self, InstallStore};
+use crate::observe::status;
+use appliance_core::fair_share::ShareLimits;
 use appliance_core::install::RearmedBy;
 use appliance_core::mac::MacAddr;
 use bytes::Bytes;
@@ -29,11 +36,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// What the admin routes work with.
 pub struct AdminContext {
     pub installs: Arc<InstallStore>,
+    /// The catalog, the per-MAC memory and the telemetry the read-only routes show.
+    pub shared: Arc<crate::state::Shared>,
     /// The bearer token `Access::Admin` routes require.
     pub token: String,
 }
@@ -47,7 +55,7 @@ pub enum Access {
     Admin,
 }
 
-type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+pub(crate) type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
 type Handler = fn(Arc<AdminContext>, Vec<String>, Request<Incoming>) -> Reply;
 
 struct Route {
@@ -58,8 +66,24 @@ struct Route {
     handler: Handler,
 }
 
-const ROUTES: &[Route] =
-    &[Route { method: Method::POST, pattern: "/admin/rearm/{mac}", access: Access::Admin, handler: rearm }];
+const ROUTES: &[Route] = &[
+    Route { method: Method::POST, pattern: "/admin/rearm/{mac}", access: Access::Admin, handler: rearm },
+    Route { method: Method::GET, pattern: "/status", access: Access::Public, handler: status::overview_page },
+    Route {
+        method: Method::GET,
+        pattern: "/status/machines/{mac}",
+        access: Access::Public,
+        handler: status::machine_page,
+    },
+    Route { method: Method::GET, pattern: "/api/machines", access: Access::Public, handler: status::machines_json },
+    Route {
+        method: Method::GET,
+        pattern: "/api/machines/{mac}",
+        access: Access::Public,
+        handler: status::machine_json,
+    },
+    Route { method: Method::GET, pattern: "/metrics", access: Access::Public, handler: status::metrics },
+];
 
 /// The route for a path, and the values of its `{…}` segments.
 fn find(path: &str) -> Option<(&'static Route, Vec<String>)> {
@@ -88,14 +112,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let grace = Duration::from_secs(5);
-    crate::http::accept_until(listener, "admin", grace, shutdown, move |stream, peer, stop| {
-        connection(stream, peer, ctx.clone(), stop)
+    crate::http::accept_until(listener, "admin", ADMIN_LIMITS, grace, shutdown, move |stream, peer, slot| {
+        connection(stream, peer, ctx.clone(), slot)
     })
     .await
 }
 
+/// Fair shares on the admin listener: an operator's browser, `appliance status` and a
+/// Prometheus scraper need a handful of connections; when the recipe opens the listener on the
+/// boot network, one host holding idle connections must not lock the others out.
+const ADMIN_LIMITS: ShareLimits = ShareLimits { per_source: 16, total: 128, evict_after: Duration::from_secs(5) };
+
 /// One admin client: requests are small, so a stop ends the connection after its request.
-async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminContext>, mut stop: watch::Receiver<bool>) {
+async fn connection(stream: TcpStream, peer: SocketAddr, ctx: Arc<AdminContext>, slot: Slot) {
+    // The slot is held (and the connection counted) until this returns.
+    let mut stop = slot.stop.clone();
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req, peer).await) }
@@ -186,6 +217,9 @@ fn rearm(ctx: Arc<AdminContext>, params: Vec<String>, _req: Request<Incoming>) -
         match done {
             Ok(Ok(was_installed)) => {
                 tracing::info!(%mac, was_installed, "re-armed through the admin API: its next netboot follows its target");
+                let by = RearmedBy::Admin.to_string();
+                let event = appliance_core::journal::Event::Rearm(appliance_core::journal::Rearm { by, was_installed });
+                ctx.shared.telemetry.journal.record(Some(mac), None, event);
                 json(
                     StatusCode::OK,
                     serde_json::json!({ "mac": mac.to_string(), "rearmed": true, "was_installed": was_installed }),
@@ -217,6 +251,15 @@ mod tests {
         for miss in ["/admin/rearm", "/admin/rearm/", "/admin/rearm/a/b", "/admin/other/x", "/"] {
             assert!(find(miss).is_none(), "{miss}");
         }
+    }
+
+    #[test]
+    fn the_status_routes_are_public_and_read_only() {
+        for path in ["/status", "/status/machines/52:54:00:00:00:01", "/api/machines", "/api/machines/x", "/metrics"] {
+            let (r, _) = find(path).unwrap();
+            assert_eq!((&r.method, r.access), (&Method::GET, Access::Public), "{path}");
+        }
+        assert!(find("/artifacts/live/0123/vmlinuz").is_none(), "the admin listener serves no artifact");
     }
 
     #[test]

@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!("{}{}", temp_prefix(path), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -30,6 +29,30 @@ pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The start of the temporary file name of a write to `path`; the writer's process id follows.
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+/// Removes the temporary files of writes to `path` (`what` names them in the log) that a kill
+/// left between creating and renaming. Call it at start, when no write of ours is running, so
+/// every one is stale; without it each kill -9 during a write would leave a file behind for good.
+pub fn remove_stale_temps(path: &Path, what: &str) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let prefix = temp_prefix(path);
+    for stale in entries.flatten().map(|e| e.path()) {
+        if !stale.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)) {
+            continue;
+        }
+        match std::fs::remove_file(&stale) {
+            Ok(()) => tracing::info!(path = %stale.display(), "{what} left unfinished, removed"),
+            Err(e) => tracing::warn!(path = %stale.display(), "{what} left unfinished, cannot remove it: {e}"),
+        }
+    }
 }
 
 /// Moves the corrupt state file `path` (what it holds: `what`, e.g. "lease file") aside and

@@ -16,6 +16,15 @@ pub fn load(dir: &Path, overlay: Option<&Path>) -> Result<Catalog, ConfigErrors>
     config::validate(&input, &DirProbe { root: dir.to_path_buf() })
 }
 
+/// [`load`], with the configuration's version (`appliance_core::version::catalog_version`)
+/// from the very files it read.
+pub fn load_versioned(dir: &Path, overlay: Option<&Path>) -> Result<(Catalog, String), ConfigErrors> {
+    let input = read_input(dir, overlay)?;
+    let catalog = config::validate(&input, &DirProbe { root: dir.to_path_buf() })?;
+    let version = appliance_core::version::catalog_version(&input, &catalog);
+    Ok((catalog, version))
+}
+
 fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors> {
     let io_err = |path: &Path, e: std::io::Error| {
         ConfigErrors(vec![ConfigError {
@@ -27,16 +36,28 @@ fn read_input(dir: &Path, overlay: Option<&Path>) -> Result<Input, ConfigErrors>
         }])
     };
     let read = |path: &Path| -> Result<SourceFile, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        Ok(SourceFile { path: path.to_path_buf(), text })
+        let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+        SourceFile::from_bytes(path.to_path_buf(), bytes).map_err(|e| ConfigErrors(vec![e]))
     };
-    let files = std::fs::read_dir(dir)
+    let paths = std::fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && config::is_yaml(p))
-        .map(|p| read(&p))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Input::from_dir(dir.to_path_buf(), files, overlay.map(read).transpose()?))
+        .filter(|p| p.is_file() && config::is_yaml(p));
+    // Every file that cannot be read is reported, not only the first.
+    let (mut files, mut errors) = (Vec::new(), Vec::new());
+    for result in paths.chain(overlay.map(Path::to_path_buf)).map(|p| read(&p)) {
+        match result {
+            Ok(file) => files.push(file),
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    if !errors.is_empty() {
+        errors.sort_by(|a, b| a.file.cmp(&b.file));
+        return Err(ConfigErrors(errors));
+    }
+    // The overlay was read last (it may also sit in the directory, as before).
+    let overlay = overlay.and_then(|o| files.iter().rposition(|f| f.path == o)).map(|i| files.remove(i));
+    Ok(Input::from_dir(dir.to_path_buf(), files, overlay))
 }
 
 /// Hashes local artifact files, refusing any that resolve outside the config directory

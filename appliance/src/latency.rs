@@ -57,7 +57,14 @@ struct State {
     unavailable: bool,
     /// The first request was logged at info; later ones only at debug.
     announced: bool,
+    /// The device, opened once before the daemon gave up root ([`CpuLatency::keep_open`]): a
+    /// request is then put in force and released by writing to it, not by opening and closing.
+    kept: Option<File>,
 }
+
+/// The value that asks for nothing: the kernel's default CPU latency (2,000 s), so the request
+/// no longer constrains the idle states.
+const NO_CONSTRAINT_US: i32 = 2_000_000_000;
 
 /// Keeps the request in force until dropped.
 #[must_use = "the request is released when the hold is dropped"]
@@ -93,7 +100,7 @@ impl CpuLatency {
             s.active += 1;
             s.generation += 1;
             if s.file.is_none() && !s.unavailable {
-                match inner.open() {
+                match inner.open(s.kept.as_ref()) {
                     Ok(f) => {
                         if s.announced {
                             tracing::debug!(target_us = inner.target_us, "cpu latency: request in force");
@@ -123,6 +130,17 @@ impl CpuLatency {
         Hold { inner: self.inner.clone() }
     }
 
+    /// Opens the device now, asking for nothing yet, and keeps it open for the daemon's
+    /// lifetime: after the daemon drops root it can no longer open it (root's, mode 0600), but
+    /// it can still write to it. Does nothing when disabled.
+    pub fn keep_open(&self) -> std::io::Result<()> {
+        let Some(inner) = &self.inner else { return Ok(()) };
+        let mut f = std::fs::OpenOptions::new().write(true).open(&inner.device)?;
+        f.write_all(&NO_CONSTRAINT_US.to_ne_bytes())?;
+        inner.lock().kept = Some(f);
+        Ok(())
+    }
+
     /// Whether the request is in force now.
     pub fn is_held(&self) -> bool {
         self.inner.as_ref().is_some_and(|i| i.lock().file.is_some())
@@ -135,8 +153,11 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn open(&self) -> std::io::Result<File> {
-        let mut f = std::fs::OpenOptions::new().write(true).open(&self.device)?;
+    fn open(&self, kept: Option<&File>) -> std::io::Result<File> {
+        let mut f = match kept {
+            Some(k) => k.try_clone()?,
+            None => std::fs::OpenOptions::new().write(true).open(&self.device)?,
+        };
         // The binary form: a native-endian s32 (the kernel also parses hex text).
         f.write_all(&self.target_us.to_ne_bytes())?;
         Ok(f)
@@ -144,8 +165,16 @@ impl Inner {
 
     fn release_if_idle(&self, generation: u64) {
         let mut s = self.lock();
-        if s.active == 0 && s.generation == generation && s.file.take().is_some() {
-            tracing::debug!("cpu latency: request released");
+        if s.active == 0 && s.generation == generation {
+            if let Some(mut f) = s.file.take() {
+                // A copy of the kept descriptor: closing it would release nothing.
+                if s.kept.is_some() {
+                    if let Err(e) = f.write_all(&NO_CONSTRAINT_US.to_ne_bytes()) {
+                        tracing::warn!("cpu latency: cannot release the request: {e}");
+                    }
+                }
+                tracing::debug!("cpu latency: request released");
+            }
         }
     }
 }
@@ -223,6 +252,27 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(!lat.is_held());
         assert_eq!(device_bytes(&dev), 0i32.to_ne_bytes());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_kept_open_is_written_to_hold_and_to_release() {
+        let (dir, dev) = fake_device();
+        let lat = CpuLatency::new(&dev, 5, Duration::from_millis(100));
+        lat.keep_open().unwrap();
+        // From here on the device cannot be opened again (as after dropping root); its
+        // content stays readable through another name.
+        let seen = dir.path().join("seen");
+        std::fs::hard_link(&dev, &seen).unwrap();
+        std::fs::remove_file(&dev).unwrap();
+        std::fs::create_dir(&dev).unwrap();
+        let h = lat.hold();
+        assert!(lat.is_held());
+        drop(h);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!lat.is_held());
+        let written: Vec<i32> =
+            device_bytes(&seen).chunks(4).map(|c| i32::from_ne_bytes(c.try_into().unwrap())).collect();
+        assert_eq!(written, [NO_CONSTRAINT_US, 5, NO_CONSTRAINT_US]);
     }
 
     #[test]

@@ -34,6 +34,10 @@ enum Command {
     Check {
         #[command(flatten)]
         cfg: ConfigArgs,
+        /// Fetched deb/url artifact bytes, one file per sha256 (`cargo xtask fetch` writes
+        /// target/blobs): their kernels are checked for a Secure Boot signature too.
+        #[arg(long)]
+        blobs: Option<PathBuf>,
     },
     /// Show, without any network, what a client would be handed and which rule decided it,
     /// with the full rendered config or script.
@@ -76,9 +80,16 @@ enum Command {
         /// The machine's MAC address.
         mac: MacAddr,
     },
+    /// Print the machines table of a running daemon (its admin listener's /api/machines):
+    /// each machine's last stage, profile and version, install state and last error.
+    Status {
+        /// The admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090")]
+        url: String,
+    },
     /// Serve DHCP (or proxyDHCP), TFTP and HTTP. SIGHUP reloads the config (an invalid one is
     /// refused and the old one keeps serving); SIGTERM or Ctrl-C shuts down gracefully.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Write every config the catalog can produce into a folder, for review as a diff in git.
     Render {
         #[command(flatten)]
@@ -157,10 +168,52 @@ struct ServeArgs {
     /// on loopback or a management network: it is for operators, never for machines.
     #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDRESS:PORT|off", value_parser = parse_admin_listen)]
     admin_listen: AdminListenArg,
+    /// The boot journal: every DHCP exchange, TFTP transfer and HTTP request per machine, kept
+    /// in memory for the status page and appended to <state>/journal/journal.jsonl; `off` makes
+    /// no records at all.
+    #[arg(long, value_enum, default_value = "on")]
+    journal: OnOff,
+    /// Machines the journal keeps in memory (the least recently heard go first).
+    #[arg(long, default_value_t = appliance_core::journal::Limits::default().machines, value_name = "N")]
+    journal_machines: usize,
+    /// Records the journal keeps in memory per machine.
+    #[arg(long, default_value_t = appliance_core::journal::Limits::default().records, value_name = "N")]
+    journal_records: usize,
+    /// Size (KiB) at which the journal file is rotated.
+    #[arg(long, default_value_t = 4096, value_name = "KIB")]
+    journal_file_kib: u64,
+    /// Rotated journal files kept (journal.jsonl.1 …).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    journal_keep: usize,
     /// File holding the admin API's bearer token [default: <state>/admin.token, created once
     /// with a random token, mode 0600].
     #[arg(long, value_name = "FILE")]
     admin_token_file: Option<PathBuf>,
+    /// TFTP transfers at once. Past it, a request takes the place of the transfer that made no
+    /// progress (no new ACK) for longest, if it has made none for 3 s; otherwise it is dropped
+    /// and the client asks again. Lowered to fit the file descriptor limit, if need be.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    tftp_max_transfers: usize,
+    /// TFTP transfers at once from one source address, with the same rule among its own.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    tftp_max_per_source: usize,
+    /// Longest retransmission timeout (seconds) a client's RFC 2349 `timeout` option is
+    /// granted; a longer one is ignored, as the RFC allows (U-Boot asks for 5).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=255))]
+    tftp_max_timeout: u64,
+    /// HTTP connections at once. Past it, a new connection takes the place of the one idle
+    /// longest (no byte either way for 5 s), or is closed at once. Lowered to fit the file
+    /// descriptor limit, if need be.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    http_max_connections: usize,
+    /// HTTP connections at once from one source address, with the same rule among its own.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    http_max_per_source: usize,
+    /// Once every socket is bound, become this user (started as root): the state dir is given
+    /// to it, every capability is dropped but CAP_NET_RAW when router advertisements are sent
+    /// (--interface), and no-new-privileges is set. The appliance image runs it as `appliance`.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 /// `--admin-listen`: an address, or `None` for `off`.
@@ -189,6 +242,12 @@ fn parse_cpu_latency(s: &str) -> Result<CpuLatencyArg, String> {
         Ok(us) if us >= 0 => Ok(CpuLatencyArg(Some(us))),
         _ => Err(format!("expected a number of microseconds (0 or more) or `off`, got {s:?}")),
     }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -228,7 +287,7 @@ fn load(
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { cfg: ConfigArgs { config, overlay } } => {
+        Command::Check { cfg: ConfigArgs { config, overlay }, blobs } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
@@ -251,6 +310,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 catalog.menus().len(),
                 catalog.settings().dhcp.mode,
             );
+            // Warnings only: the machine may have Secure Boot off.
+            for w in appliance::kernel_signatures::warnings(&catalog, blobs.as_deref()) {
+                println!("warning: {w}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
@@ -296,7 +359,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Status { url } => {
+            print!("{}", appliance::status_cli::run(&url)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Render { cfg: ConfigArgs { config, overlay }, out } => {
             let catalog = match load(&config, overlay.as_deref()) {
                 Ok(c) => c,
@@ -321,49 +388,97 @@ fn run(cli: Cli) -> Result<ExitCode> {
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     use appliance_core::catalog::DhcpMode;
+    let mode = args.dhcp.map(|m| match m {
+        DhcpModeArg::Server => DhcpMode::Server,
+        DhcpModeArg::Proxy => DhcpMode::Proxy,
+        DhcpModeArg::Off => DhcpMode::Off,
+    });
+    let mut opts = appliance::serve::ServeOptions::new(args.cfg.config, args.state.clone());
+    opts.overlay = args.cfg.overlay;
+    opts.bootloaders = args.bootloaders;
+    if let Some(b) = args.blobs {
+        opts.blobs = b;
+    }
+    opts.tftp_root = args.tftp_root;
+    opts.dhcp_mode = mode;
+    opts.advertise = args.advertise;
+    opts.interface = args.interface.clone();
+    opts.watch = (!args.no_watch).then_some(std::time::Duration::from_secs(2));
+    if let CpuLatencyArg(Some(us)) = args.cpu_latency {
+        opts.cpu_latency =
+            appliance::latency::CpuLatency::new(appliance::latency::DEVICE, us, appliance::latency::DEFAULT_LINGER);
+    }
+    if let Some(n) = args.tftp_lockstep_threads {
+        opts.tftp.lockstep_threads = n;
+    }
+    opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
+    opts.tftp.max_per_source = args.tftp_max_per_source;
+    opts.tftp.max_timeout = std::time::Duration::from_secs(args.tftp_max_timeout);
+    opts.http_limits.per_source = args.http_max_per_source;
+    let limit = match appliance::descriptors::raise_limit() {
+        Ok((before, now)) => {
+            if now > before {
+                tracing::info!(from = before, to = now, "raised the open file limit");
+            }
+            now
+        }
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open file limit: {e}");
+            1024
+        }
+    };
+    let (tftp_total, http_total) =
+        appliance::descriptors::fit(limit, args.tftp_max_transfers, args.http_max_connections);
+    if (tftp_total, http_total) != (args.tftp_max_transfers, args.http_max_connections) {
+        tracing::warn!(
+            open_file_limit = limit,
+            tftp_max_transfers = tftp_total,
+            http_max_connections = http_total,
+            "lowered the TFTP and HTTP totals to fit the open file limit"
+        );
+    }
+    opts.tftp.max_transfers = tftp_total;
+    opts.http_limits.total = http_total;
+    opts.admin_token_file = args.admin_token_file.clone();
+    opts.journal.enabled = args.journal == OnOff::On;
+    opts.journal.limits =
+        appliance_core::journal::Limits { machines: args.journal_machines, records: args.journal_records };
+    opts.journal.file_bytes = args.journal_file_kib * 1024;
+    opts.journal.keep = args.journal_keep;
+
+    // Every socket is bound here, on the only thread, so that privileges can be dropped
+    // before the runtime starts its threads (see `appliance::privileges`).
+    let tftp = std::net::UdpSocket::bind((args.listen, args.tftp_port))
+        .and_then(|s| s.set_nonblocking(true).map(|()| s))
+        .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
+    let http = bind_http((args.listen, args.http_port).into())
+        .with_context(|| format!("binding HTTP to {}:{}", args.listen, args.http_port))?;
+    let dhcp = appliance::dhcp::DhcpSockets::bind(args.dhcp_port, Some(args.proxy_port), args.interface.as_deref())
+        .with_context(|| format!("binding DHCP to port {}", args.dhcp_port))?;
+    let admin = match args.admin_listen {
+        AdminListenArg(Some(addr)) => {
+            Some(bind_http(addr).with_context(|| format!("binding the admin API to {addr}"))?)
+        }
+        AdminListenArg(None) => None,
+    };
+    if let Some(name) = &args.user {
+        let user = appliance::privileges::lookup(name)?;
+        if let Err(e) = opts.cpu_latency.keep_open() {
+            tracing::warn!("cpu latency: cannot open {} before dropping privileges: {e}", appliance::latency::DEVICE);
+        }
+        appliance::privileges::hand_over(&args.state, &user)?;
+        let keep = appliance::privileges::kept(args.interface.is_some());
+        appliance::privileges::drop_to(&user, &keep)?;
+        let kept: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+        tracing::info!(user = %name, uid = %user.uid, capabilities = ?kept, "dropped privileges");
+    }
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
-        let mode = args.dhcp.map(|m| match m {
-            DhcpModeArg::Server => DhcpMode::Server,
-            DhcpModeArg::Proxy => DhcpMode::Proxy,
-            DhcpModeArg::Off => DhcpMode::Off,
-        });
-        let mut opts = appliance::serve::ServeOptions::new(args.cfg.config, args.state.clone());
-        opts.overlay = args.cfg.overlay;
-        opts.bootloaders = args.bootloaders;
-        if let Some(b) = args.blobs {
-            opts.blobs = b;
-        }
-        opts.tftp_root = args.tftp_root;
-        opts.dhcp_mode = mode;
-        opts.advertise = args.advertise;
-        opts.interface = args.interface.clone();
-        opts.watch = (!args.no_watch).then_some(std::time::Duration::from_secs(2));
-        if let CpuLatencyArg(Some(us)) = args.cpu_latency {
-            opts.cpu_latency =
-                appliance::latency::CpuLatency::new(appliance::latency::DEVICE, us, appliance::latency::DEFAULT_LINGER);
-        }
-        if let Some(n) = args.tftp_lockstep_threads {
-            opts.tftp.lockstep_threads = n;
-        }
-        opts.tftp.lockstep_spin = std::time::Duration::from_micros(args.tftp_spin);
-        opts.admin_token_file = args.admin_token_file.clone();
-        let tftp = tokio::net::UdpSocket::bind((args.listen, args.tftp_port))
-            .await
-            .with_context(|| format!("binding TFTP to {}:{}", args.listen, args.tftp_port))?;
-        let http = tokio::net::TcpListener::bind((args.listen, args.http_port))
-            .await
-            .with_context(|| format!("binding HTTP to {}:{}", args.listen, args.http_port))?;
-        let dhcp = appliance::dhcp::DhcpSockets::bind(args.dhcp_port, Some(args.proxy_port), args.interface.as_deref())
-            .with_context(|| format!("binding DHCP to port {}", args.dhcp_port))?;
-        let admin = match args.admin_listen {
-            AdminListenArg(Some(addr)) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the admin API to {addr}"))?,
-            ),
-            AdminListenArg(None) => None,
-        };
+        let tftp = tokio::net::UdpSocket::from_std(tftp).context("registering the TFTP socket")?;
+        let http = tokio::net::TcpListener::from_std(http).context("registering the HTTP socket")?;
+        let admin =
+            admin.map(tokio::net::TcpListener::from_std).transpose().context("registering the admin API socket")?;
         let listeners = appliance::serve::Listeners { dhcp: Some(dhcp), tftp, http, admin };
         let reload = std::sync::Arc::new(tokio::sync::Notify::new());
         let r = reload.clone();
@@ -386,6 +501,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     })
 }
 
+/// The HTTP listener as tokio binds one (address reuse, so a restart need not wait out
+/// TIME_WAIT; a backlog of 1,024), non-blocking for the runtime to take over.
+fn bind_http(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,7 +526,7 @@ mod tests {
     fn serve_args(extra: &[&str]) -> ServeArgs {
         let argv = ["appliance", "serve"].iter().chain(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(a) => a,
+            Command::Serve(a) => *a,
             _ => unreachable!(),
         }
     }
@@ -411,6 +538,13 @@ mod tests {
         assert_eq!(serve_args(&["--admin-listen", "10.1.0.1:8443"]).admin_listen.0.unwrap().port(), 8443);
         let err = Cli::try_parse_from(["appliance", "serve", "--admin-listen", "9090"]).err().unwrap().to_string();
         assert!(err.contains("ADDRESS:PORT or `off`"), "{err}");
+    }
+
+    #[test]
+    fn the_journal_is_on_unless_told_off() {
+        let a = serve_args(&[]);
+        assert_eq!((a.journal, a.journal_machines, a.journal_records), (OnOff::On, 4096, 200));
+        assert_eq!(serve_args(&["--journal", "off"]).journal, OnOff::Off);
     }
 
     #[test]

@@ -99,14 +99,26 @@ pub struct Shared {
     catalog: RwLock<Arc<Catalog>>,
     server: RwLock<ServerInfo>,
     memory: Mutex<Remembered>,
+    /// The journal, metrics and transfers in flight (`crate::observe`).
+    pub telemetry: Arc<crate::observe::Telemetry>,
 }
 
 impl Shared {
+    /// With no journal (records are not made) and metrics nobody reads, as tests want.
     pub fn new(catalog: Arc<Catalog>, server: ServerInfo) -> Arc<Self> {
+        Shared::with_telemetry(catalog, server, Default::default())
+    }
+
+    pub fn with_telemetry(
+        catalog: Arc<Catalog>,
+        server: ServerInfo,
+        telemetry: Arc<crate::observe::Telemetry>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             catalog: RwLock::new(catalog),
             server: RwLock::new(server),
             memory: Mutex::new(Remembered::default()),
+            telemetry,
         })
     }
 

@@ -66,3 +66,15 @@ fn every_shipped_profile_file_validates() {
         .count();
     assert_eq!(yaml, 3 + c.profiles().len());
 }
+
+#[test]
+fn text_that_is_not_utf8_is_reported_at_its_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("appliance.yaml"), SETTINGS).unwrap();
+    std::fs::write(dir.path().join("live.yaml"), b"name: live\narch:\n  x86_64: \xe9t\xe9\n").unwrap();
+    std::fs::write(dir.path().join("menus.yaml"), b"\xff").unwrap();
+    let e = config_dir::load(dir.path(), None).unwrap_err().0;
+    check(&e, "live.yaml:3:11: (document): not UTF-8 text: byte 0xe9 at offset 27");
+    // Every file's error, not only the first one read.
+    check(&e, "menus.yaml:1:1: (document): not UTF-8 text: byte 0xff at offset 0");
+}

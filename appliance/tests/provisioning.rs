@@ -205,6 +205,23 @@ async fn installed_boots_local_until_the_admin_api_rearms_it() {
     d.stop().await;
 }
 
+/// The signed GRUB of the shim chain asks for `/grub/grub.cfg` with nothing of the machine in
+/// the name: the machine behind the source address (learned from its iPXE script request here)
+/// gets its profile, and once installed the disk's own loader.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_signed_grubs_config_boots_the_disk_once_installed() {
+    let d = Daemon::start(|_| {}).await;
+    assert!(script(&d, INSTALL1).contains("Booting installer"));
+    let (status, grub) = http("GET", &d.url("/grub/grub.cfg"), &[]);
+    assert_eq!(status, 200, "{grub}");
+    assert!(grub.contains("linux /artifacts/installer/"), "{grub}");
+    assert_eq!(post_installed(&d, INSTALL1).0, 200);
+    let (status, grub) = http("GET", &d.url("/grub/grub.cfg"), &[]);
+    assert_eq!(status, 200, "{grub}");
+    assert!(grub.contains("chainloader /EFI/BOOT/BOOTX64.EFI") && !grub.contains("linux "), "{grub}");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_rearm_command_reaches_a_running_daemon() {
     let d = Daemon::start(|_| {}).await;

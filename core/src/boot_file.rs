@@ -20,16 +20,30 @@ pub enum BootFile {
     GrubAa64,
     /// The U-Boot script image that runs `pxe get; pxe boot`.
     UbootScript,
+    /// Debian's shim for x86-64 UEFI, signed by Microsoft (`shim-signed`).
+    ShimX64,
+    /// Debian's shim for ARM64 UEFI, signed by Microsoft (`shim-signed`).
+    ShimAa64,
+    /// Debian's signed network GRUB for x86-64 (`grub-efi-amd64-signed`), under the name shim
+    /// loads.
+    SignedGrubX64,
+    /// Debian's signed network GRUB for ARM64 (`grub-efi-arm64-signed`), under the name shim
+    /// loads.
+    SignedGrubAa64,
 }
 
 impl BootFile {
-    pub const ALL: [BootFile; 6] = [
+    pub const ALL: [BootFile; 10] = [
         BootFile::Undionly,
         BootFile::IpxeEfi,
         BootFile::SnponlyEfi,
         BootFile::GrubX64,
         BootFile::GrubAa64,
         BootFile::UbootScript,
+        BootFile::ShimX64,
+        BootFile::ShimAa64,
+        BootFile::SignedGrubX64,
+        BootFile::SignedGrubAa64,
     ];
 
     /// The iPXE builds for x86-64 UEFI an operator chooses between (`ipxe.efi_binary`).
@@ -43,6 +57,10 @@ impl BootFile {
             BootFile::GrubX64 => "grubnetx64.efi",
             BootFile::GrubAa64 => "grubnetaa64.efi",
             BootFile::UbootScript => "boot.scr.uimg",
+            BootFile::ShimX64 => "shimx64.efi",
+            BootFile::ShimAa64 => "shimaa64.efi",
+            BootFile::SignedGrubX64 => "grubx64.efi",
+            BootFile::SignedGrubAa64 => "grubaa64.efi",
         }
     }
 
@@ -67,14 +85,37 @@ impl BootFile {
         matches!(self, BootFile::Undionly | BootFile::IpxeEfi | BootFile::SnponlyEfi)
     }
 
-    /// A GRUB image, into which our address is written when it is served (`render::grub_image`).
+    /// A GRUB image of ours, into which our address is written when it is served
+    /// (`render::grub_image`). Never a signed one: those are served byte for byte.
     pub fn is_grub(self) -> bool {
         matches!(self, BootFile::GrubX64 | BootFile::GrubAa64)
     }
 
+    /// Signed for Secure Boot (shim by Microsoft, GRUB by Debian): served exactly as the
+    /// package ships it, since any changed byte breaks the signature.
+    pub fn is_signed(self) -> bool {
+        matches!(self, BootFile::ShimX64 | BootFile::ShimAa64 | BootFile::SignedGrubX64 | BootFile::SignedGrubAa64)
+    }
+
+    /// The program this one loads by name from its own directory: shim's GRUB.
+    pub fn second_stage(self) -> Option<BootFile> {
+        match self {
+            BootFile::ShimX64 => Some(BootFile::SignedGrubX64),
+            BootFile::ShimAa64 => Some(BootFile::SignedGrubAa64),
+            _ => None,
+        }
+    }
+
+    /// Loaded by another of our programs by its fixed name (shim's GRUB), never handed out by
+    /// DHCP: a request for it names exactly these bytes.
+    pub fn is_second_stage(self) -> bool {
+        BootFile::ALL.iter().any(|b| b.second_stage() == Some(self))
+    }
+
     /// A UEFI executable.
     pub fn is_efi(self) -> bool {
-        matches!(self, BootFile::IpxeEfi | BootFile::SnponlyEfi | BootFile::GrubX64 | BootFile::GrubAa64)
+        self.is_signed()
+            || matches!(self, BootFile::IpxeEfi | BootFile::SnponlyEfi | BootFile::GrubX64 | BootFile::GrubAa64)
     }
 }
 
@@ -100,6 +141,28 @@ mod tests {
     #[test]
     fn bootloaders_are_the_fetched_files_by_name() {
         let names: Vec<&str> = BootFile::bootloaders().map(BootFile::file_name).collect();
-        assert_eq!(names, ["grubnetaa64.efi", "grubnetx64.efi", "ipxe.efi", "snponly.efi", "undionly.kpxe"]);
+        assert_eq!(
+            names,
+            [
+                "grubaa64.efi",
+                "grubnetaa64.efi",
+                "grubnetx64.efi",
+                "grubx64.efi",
+                "ipxe.efi",
+                "shimaa64.efi",
+                "shimx64.efi",
+                "snponly.efi",
+                "undionly.kpxe"
+            ]
+        );
+    }
+
+    #[test]
+    fn shim_loads_the_signed_grub_and_nothing_signed_is_patched() {
+        assert_eq!(BootFile::ShimX64.second_stage(), Some(BootFile::SignedGrubX64));
+        assert_eq!(BootFile::ShimAa64.second_stage(), Some(BootFile::SignedGrubAa64));
+        let second: Vec<BootFile> = BootFile::ALL.into_iter().filter(|b| b.is_second_stage()).collect();
+        assert_eq!(second, [BootFile::SignedGrubX64, BootFile::SignedGrubAa64]);
+        assert!(BootFile::ALL.iter().all(|b| !(b.is_signed() && b.is_grub())));
     }
 }

@@ -13,6 +13,7 @@ use crate::arch::Arch;
 use crate::boot_file::BootFile;
 use crate::install::AfterInstall;
 use crate::mac::{MacAddr, Oui};
+use crate::uefi_chain::UefiChain;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -29,7 +30,7 @@ pub struct Catalog {
     machines: BTreeMap<MacAddr, Machine>,
     vendors: Vec<VendorRule>,
     unknown: Target,
-    unknown_after_install: Option<AfterInstall>,
+    unknown_policy: Policy,
     menus: BTreeMap<String, Arc<Menu>>,
     answer_templates: Templates,
 }
@@ -42,9 +43,37 @@ pub(crate) struct Parts {
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
-    pub unknown_after_install: Option<AfterInstall>,
+    pub unknown_policy: Policy,
     pub menus: BTreeMap<String, Arc<Menu>>,
     pub answer_templates: Templates,
+}
+
+/// Where an entry was written: file, line and column (1-based), and its field path, for
+/// messages about it found after validation (`appliance check`'s warnings).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    /// Dotted field path, e.g. `machines."52:54:00:12:34:56"`.
+    pub field: String,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.col, self.field)
+    }
+}
+
+/// The unknown-machine policy's settings besides its target.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// Its own `uefi_chain`, else the global one applies.
+    pub uefi_chain: Option<UefiChain>,
+    /// What an unknown machine boots once it reported `installed` (`None`: netboot).
+    pub after_install: Option<AfterInstall>,
+    /// Where `unknown:` was written (`None`: not written; unknown machines are ignored).
+    pub origin: Option<Origin>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
@@ -90,6 +119,8 @@ pub struct Settings {
     /// The iPXE binary for x86-64 UEFI clients: one of `BootFile::IPXE_EFI`, `ipxe.efi` (all
     /// drivers) or `snponly.efi`.
     pub ipxe_efi: BootFile,
+    /// The boot chain of UEFI machines whose entry, vendor rule or policy names none.
+    pub uefi_chain: UefiChain,
     /// How long an unreferenced artifact version is kept after its last transfer.
     pub gc_grace_secs: u64,
 }
@@ -147,10 +178,13 @@ pub struct Machine {
     /// Hand this machine `undionly.kpxe` even when its ROM is already iPXE (a stock-PXE path
     /// test, or a ROM whose iPXE lacks features).
     pub chain_ipxe: bool,
+    /// `None`: the vendor rule's, else the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub vars: serde_json::Value,
     /// What it boots once it reported `installed`; `None`: its vendor rule or the
     /// unknown-machine policy says.
     pub after_install: Option<AfterInstall>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,8 +192,11 @@ pub struct VendorRule {
     pub oui: Oui,
     pub arch: Option<Arch>,
     pub target: Option<Target>,
+    /// `None`: the global one.
+    pub uefi_chain: Option<UefiChain>,
     pub comment: Option<String>,
     pub after_install: Option<AfterInstall>,
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +254,8 @@ pub struct Artifact {
     pub source: Source,
     /// Digest of the bytes (path/deb/url), or of the recipe (cpio).
     pub digest: Digest,
+    /// Where the profile declares it.
+    pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -273,18 +312,8 @@ pub enum MenuAction {
 
 impl Catalog {
     pub(crate) fn new(p: Parts) -> Catalog {
-        let Parts {
-            dir,
-            settings,
-            profiles,
-            machines,
-            vendors,
-            unknown,
-            unknown_after_install,
-            menus,
-            answer_templates,
-        } = p;
-        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_after_install, menus, answer_templates }
+        let Parts { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus, answer_templates } = p;
+        Catalog { dir, settings, profiles, machines, vendors, unknown, unknown_policy, menus, answer_templates }
     }
 
     /// The config directory the catalog was loaded from (local artifact paths are relative to it).
@@ -330,9 +359,14 @@ impl Catalog {
         &self.unknown
     }
 
+    /// The unknown-machine policy's own settings (its `uefi_chain`, where it was written).
+    pub fn unknown_policy(&self) -> &Policy {
+        &self.unknown_policy
+    }
+
     /// What an unknown machine boots once it reported `installed`, if the policy says.
     pub fn unknown_after_install(&self) -> Option<AfterInstall> {
-        self.unknown_after_install
+        self.unknown_policy.after_install
     }
 
     /// The compiled templates of every profile's answer files.

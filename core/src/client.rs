@@ -218,7 +218,8 @@ pub fn from_dhcp(msg: &Message) -> Client {
 pub enum TftpRequest {
     /// `pxelinux.cfg/…` (U-Boot's pxelinux emulation and PXELINUX).
     Pxelinux(PathFacts),
-    /// `grub/grub.cfg…` or `grub.cfg…`.
+    /// `grub/grub.cfg…` or `grub.cfg…`; also the Debian installer's signed GRUB's
+    /// `debian-installer/<arch>/grub/grub.cfg`.
     GrubConfig(PathFacts),
     /// `grub/<platform>/<name>.lst` and other GRUB module look-ups that we answer "not found" at once.
     GrubAux { arch: Option<Arch> },
@@ -250,6 +251,19 @@ pub struct PathFacts {
 pub fn classify_tftp(raw: &str) -> TftpRequest {
     let path = raw.replace('\\', "/");
     let path = path.trim_start_matches('/');
+    // The installer's signed GRUB has the prefix `/debian-installer/<debian arch>/grub`; its
+    // files are the plain GRUB ones, and the directory names the architecture.
+    let installer = path.strip_prefix("debian-installer/").and_then(|p| p.split_once('/'));
+    if let Some((arch, inner)) = installer.filter(|(_, inner)| inner.starts_with("grub/")) {
+        return match (Arch::from_loose(arch), classify_tftp(inner)) {
+            (Some(arch), TftpRequest::GrubConfig(mut facts)) => {
+                facts.arch = facts.arch.or(Some(arch));
+                TftpRequest::GrubConfig(facts)
+            }
+            (Some(arch), TftpRequest::GrubAux { arch: named }) => TftpRequest::GrubAux { arch: named.or(Some(arch)) },
+            _ => TftpRequest::Other(path.to_string()),
+        };
+    }
     if let Some(name) = path.strip_prefix("pxelinux.cfg/") {
         return TftpRequest::Pxelinux(config_name_facts(name, "01-", "default"));
     }
@@ -424,6 +438,16 @@ mod tests {
     }
 
     #[test]
+    fn a_query_mac_of_non_ascii_bytes_is_no_mac() {
+        // Percent-decoded to twelve bytes that are eleven characters (the HTTP fuzz target's
+        // crash: a cut at every second byte falls inside the é).
+        let c = from_http_query("mac=a%C3%A9bcdefghij&buildarch=x86_64");
+        assert_eq!(c.mac, None);
+        // And a TFTP name that carries such a MAC (pxelinux.cfg/01-.., grub.cfg-01-..).
+        assert_eq!(facts("pxelinux.cfg/01-a\u{e9}bcdefghij").mac, None);
+    }
+
+    #[test]
     fn grub_paths() {
         let mac = MacAddr::parse("52:54:00:77:00:05").unwrap();
         assert_eq!(facts("grub/grub.cfg-01-52-54-00-77-00-05").mac, Some(mac));
@@ -431,6 +455,24 @@ mod tests {
         assert!(facts("grub/grub.cfg").is_default);
         assert_eq!(classify_tftp("grub/arm64-efi/command.lst"), TftpRequest::GrubAux { arch: Some(Arch::Arm64) });
         assert_eq!(classify_tftp("grub/x86_64-efi/fs.lst"), TftpRequest::GrubAux { arch: Some(Arch::X86_64) });
+        // The signed GRUB's first look, before grub.cfg.
+        assert_eq!(classify_tftp("/grub/x86_64-efi/grub.cfg"), TftpRequest::GrubAux { arch: Some(Arch::X86_64) });
+    }
+
+    #[test]
+    fn the_debian_installers_grub_paths_name_the_architecture() {
+        let cfg = facts("/debian-installer/amd64/grub/grub.cfg");
+        assert!(cfg.is_default && cfg.mac.is_none());
+        assert_eq!(cfg.arch, Some(Arch::X86_64));
+        assert_eq!(facts("debian-installer/arm64/grub/grub.cfg").arch, Some(Arch::Arm64));
+        assert_eq!(
+            classify_tftp("/debian-installer/amd64/grub/x86_64-efi/command.lst"),
+            TftpRequest::GrubAux { arch: Some(Arch::X86_64) }
+        );
+        for other in ["debian-installer/amd64/linux", "debian-installer/sparc/grub/grub.cfg", "debian-installer/amd64"]
+        {
+            assert_eq!(classify_tftp(other), TftpRequest::Other(other.into()), "{other}");
+        }
     }
 
     #[test]

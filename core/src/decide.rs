@@ -11,6 +11,7 @@ use crate::catalog::{Catalog, Machine, Target};
 use crate::client::{Client, Learned};
 use crate::install::{standing, AfterInstall, Standing};
 use crate::mac::{MacAddr, Oui};
+use crate::uefi_chain::UefiChain;
 use serde::Serialize;
 use std::fmt;
 
@@ -54,6 +55,11 @@ pub enum Outcome {
     Ignore { reason: IgnoreReason },
     /// Hand out a boot program.
     BootFile { file: BootFile, transport: Transport },
+    /// Hand out the machine's boot image by HTTP: a RAM disk with `shim` as its removable-media
+    /// program, the signed GRUB beside it, the machine's GRUB config and the files it names
+    /// (`boot_image`). What a UEFI HTTP Boot client on the shim chain gets, since Debian's
+    /// signed GRUB cannot read over HTTP (docs/firmware.md#a-boot-image-over-http).
+    BootImage { shim: BootFile },
     /// The client is iPXE: hand it the entry script URL.
     IpxeScript,
     /// Boot this profile.
@@ -126,6 +132,8 @@ pub enum Rule {
     Client(Learned),
     /// The policy for machines without an entry.
     UnknownPolicy,
+    /// The global setting in `appliance.yaml` (or its default).
+    Global,
     /// Nothing said anything.
     None,
     /// The machine reported `installed` at `at` (Unix seconds), and `after_install: local`
@@ -140,6 +148,7 @@ impl fmt::Display for Rule {
             Rule::Oui(o) => write!(f, "vendor rule {o}"),
             Rule::Client(l) => write!(f, "client ({l})"),
             Rule::UnknownPolicy => write!(f, "unknown-machine policy"),
+            Rule::Global => write!(f, "appliance.yaml"),
             Rule::None => write!(f, "no rule"),
             Rule::Installed { at, by } => write!(
                 f,
@@ -164,6 +173,13 @@ pub struct Identity {
     pub domain: Option<String>,
 }
 
+/// The boot chain of a UEFI client, and the rule that chose it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
+pub struct ChainChoice {
+    pub chain: UefiChain,
+    pub rule: Rule,
+}
+
 #[derive(Clone, PartialEq, Debug, Serialize)]
 pub struct Decision {
     pub stage: Stage,
@@ -172,6 +188,8 @@ pub struct Decision {
     pub arch_rule: Rule,
     pub target_rule: Rule,
     pub machine: Identity,
+    /// For a UEFI firmware's own request (PXE or HTTP Boot, DHCP stage): the chain it is on.
+    pub uefi_chain: Option<ChainChoice>,
 }
 
 /// Decides what `client` gets at `stage`.
@@ -189,8 +207,13 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
     };
     let (target, mut target_rule) = target_of(catalog, client.mac);
     let machine = Identity { domain: catalog.settings().dhcp.domain.clone(), ..identity(client.mac, entry) };
+    let uefi = stage == Stage::Dhcp && matches!(client.firmware, Firmware::UefiPxe | Firmware::UefiHttp);
+    let uefi_chain = uefi.then(|| uefi_chain(catalog, client.mac));
     let outcome = match stage {
-        Stage::Dhcp => dhcp_outcome(catalog, client, entry, arch, target),
+        Stage::Dhcp => {
+            let chain = uefi_chain.as_ref().map_or(UefiChain::default(), |c| c.chain);
+            dhcp_outcome(catalog, client, entry, arch, target, chain)
+        }
         // Installed, and told to boot its disk then: local until re-armed, whatever the target.
         _ => match installed_local(catalog, client).filter(|_| *target != Target::Ignore) {
             Some(rule) => {
@@ -200,7 +223,7 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
             None => config_outcome(arch, target, &target_rule),
         },
     };
-    Decision { stage, outcome, arch, arch_rule, target_rule, machine }
+    Decision { stage, outcome, arch, arch_rule, target_rule, machine, uefi_chain }
 }
 
 /// What `mac` is sent to and by which rule: its MAC database entry's target, else its vendor
@@ -246,14 +269,42 @@ fn installed_local(catalog: &Catalog, client: &Client) -> Option<Rule> {
     }
 }
 
+/// The boot chain of the UEFI machine `mac`: its MAC database entry's, else its vendor rule's,
+/// else (a machine without an entry) the unknown-machine policy's, else the global one.
+pub fn uefi_chain(catalog: &Catalog, mac: Option<MacAddr>) -> ChainChoice {
+    let entry = mac.and_then(|m| catalog.machine(m));
+    let vendor = mac.and_then(|m| catalog.vendor_rule(m));
+    let choice = |chain, rule| ChainChoice { chain, rule };
+    if let Some(e) = entry.filter(|e| e.uefi_chain.is_some()) {
+        return choice(e.uefi_chain.unwrap_or_default(), Rule::ExactMac(e.mac));
+    }
+    if let Some(v) = vendor.filter(|v| v.uefi_chain.is_some()) {
+        return choice(v.uefi_chain.unwrap_or_default(), Rule::Oui(v.oui));
+    }
+    match catalog.unknown_policy().uefi_chain {
+        Some(chain) if entry.is_none() => choice(chain, Rule::UnknownPolicy),
+        _ => choice(catalog.settings().uefi_chain, Rule::Global),
+    }
+}
+
 /// With `--dhcp off` the site's DHCP hands everyone one fixed boot program name, and the TFTP
 /// request for it may be all we know of a machine (when its DHCP was not overheard). Decides
 /// what to serve under that name: what the DHCP stage would hand this client, where its
 /// firmware is known. Otherwise the request itself shows a PXE client, and its architecture
 /// (MAC database, OUI rule) tells which kind where it can: an arm64 machine asking for a boot
 /// program is UEFI (or U-Boot's EFI fallback, which runs the same binaries). An x86 machine
-/// could be BIOS or UEFI, so it gets the file it named.
+/// could be BIOS or UEFI, so it gets the file it named. A second stage (shim's GRUB, which
+/// shim asks for by its fixed name) is served as named to any machine that is served at all.
 pub fn decide_boot_file(catalog: &Catalog, client: &Client, named: BootFile) -> Decision {
+    if named.is_second_stage() {
+        // Only the MAC database can refuse it: the request itself may be all we know of the
+        // machine, and shim asking for it shows a UEFI machine we already served.
+        let d = decide(catalog, client, Stage::Dhcp);
+        return match d.outcome {
+            Outcome::Ignore { reason: IgnoreReason::Database } => d,
+            _ => Decision { outcome: Outcome::BootFile { file: named, transport: Transport::Tftp }, ..d },
+        };
+    }
     if client.firmware != Firmware::Unknown {
         return decide(catalog, client, Stage::Dhcp);
     }
@@ -302,6 +353,7 @@ fn dhcp_outcome(
     entry: Option<&Machine>,
     arch: Option<Arch>,
     target: &Target,
+    chain: UefiChain,
 ) -> Outcome {
     if *target == Target::Ignore {
         return ignore(IgnoreReason::Database);
@@ -329,18 +381,17 @@ fn dhcp_outcome(
             }
         }
         Firmware::BiosPxe => tftp(BootFile::Undionly),
-        Firmware::UefiPxe => match arch {
-            Some(Arch::X86_64) => tftp(efi_ipxe),
-            Some(Arch::Arm64) => tftp(BootFile::GrubAa64),
-            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: false }),
-            None => ignore(IgnoreReason::UefiArchUnknown { http: false }),
-        },
-        Firmware::UefiHttp => match arch {
-            Some(Arch::X86_64) => http(efi_ipxe),
-            Some(Arch::Arm64) => http(BootFile::GrubAa64),
-            Some(a) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: true }),
-            None => ignore(IgnoreReason::UefiArchUnknown { http: true }),
-        },
+        Firmware::UefiPxe | Firmware::UefiHttp => {
+            let over_http = client.firmware == Firmware::UefiHttp;
+            let hand = |file| if over_http { http(file) } else { tftp(file) };
+            match arch.map(|a| (a, chain.first_program(a, efi_ipxe))) {
+                // shim's GRUB would go on over HTTP, which Debian's signed GRUB cannot.
+                Some((_, Some(shim))) if over_http && shim.second_stage().is_some() => Outcome::BootImage { shim },
+                Some((_, Some(file))) => hand(file),
+                Some((a, None)) => ignore(IgnoreReason::NoUefiProgram { arch: a, http: over_http }),
+                None => ignore(IgnoreReason::UefiArchUnknown { http: over_http }),
+            }
+        }
         Firmware::Uboot => tftp(BootFile::UbootScript),
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::arch::Arch;
 use crate::boot_file::BootFile;
+use crate::boot_image;
 use crate::catalog::{Catalog, Profile, Target};
 use crate::client::{self, Client, Learned, TftpRequest};
 use crate::decide::{after_install_of, decide, target_of, Decision, Outcome, Stage, Transport};
@@ -12,6 +13,7 @@ use crate::install::{standing, MachineLog};
 use crate::mac::MacAddr;
 use crate::render::{self, Format, RenderError, ServerInfo};
 use crate::token::TokenKey;
+use crate::uefi_chain::UefiChain;
 use dhcproto::v4::{self, DhcpOption, Message, MessageType};
 use std::fmt::Write as _;
 
@@ -58,10 +60,11 @@ pub fn client_from_query(q: &Query) -> Client {
 /// The decision and rendered config for a config-file path, with the client facts merged in.
 pub fn for_path(mut client: Client, path: &str) -> (Stage, Option<Format>, Client) {
     match client::classify_tftp(path) {
-        TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f) => {
-            let grub = path.trim_start_matches('/').starts_with("grub");
+        request @ (TftpRequest::Pxelinux(_) | TftpRequest::GrubConfig(_)) => {
+            let (TftpRequest::Pxelinux(f) | TftpRequest::GrubConfig(f)) = &request else { unreachable!() };
+            let grub = matches!(request, TftpRequest::GrubConfig(_));
             let mac = f.mac.map(|m| (m, Learned::TftpPath(path.into())));
-            client = client.learn_from_path(path, &f, mac);
+            client = client.learn_from_path(path, f, mac);
             if grub {
                 client.firmware = crate::arch::Firmware::Grub;
                 (Stage::Grub, Some(Format::Grub), client)
@@ -105,7 +108,7 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         (Outcome::IpxeScript, None) => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file, .. }, None) if file.is_ipxe() => Some((Stage::IpxeScript, Format::Ipxe)),
         (Outcome::BootFile { file: BootFile::UbootScript, .. }, None) => Some((Stage::Pxelinux, Format::Pxelinux)),
-        (Outcome::BootFile { .. }, None) => Some((Stage::Grub, Format::Grub)),
+        (Outcome::BootFile { .. } | Outcome::BootImage { .. }, None) => Some((Stage::Grub, Format::Grub)),
         _ => None,
     };
     if let Some((stage, format)) = next {
@@ -116,6 +119,9 @@ pub fn explain(catalog: &Catalog, q: &Query) -> Result<String, RenderError> {
         }
         match render::render(catalog, &d2, &server, format)? {
             Some(text) => {
+                if let Outcome::BootImage { .. } = d.outcome {
+                    boot_image_files(&mut out, catalog, &d2, &server)?;
+                }
                 let _ = writeln!(out, "\n--- rendered {format} ---\n{text}");
             }
             None => {
@@ -185,6 +191,14 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
             format!("boot file {}/{} by HTTP", server.http_base, file.file_name())
         }
         Outcome::IpxeScript => format!("iPXE script {}/boot.ipxe", server.http_base),
+        Outcome::BootImage { shim } => match (d.machine.mac, d.arch) {
+            (Some(mac), Some(arch)) => format!(
+                "boot image {}/{} by HTTP (a RAM disk: {shim}, its GRUB, grub.cfg and the files it names)",
+                server.http_base,
+                boot_image::url_path(mac, arch)
+            ),
+            _ => format!("boot image with {shim} (no MAC or architecture to name it by)"),
+        },
         Outcome::Boot { profile, version } => format!("profile {profile} version {version}"),
         Outcome::Menu { menu } => format!("menu {menu}"),
         Outcome::Local => "boot from local disk".into(),
@@ -199,6 +213,30 @@ fn describe(out: &mut String, d: &Decision, server: &ServerInfo) {
     );
     let _ = writeln!(out, "  architecture: {} by {}", d.arch.map(|a| a.as_str()).unwrap_or("unknown"), d.arch_rule);
     let _ = writeln!(out, "  target by:    {}", d.target_rule);
+    if let Some(choice) = &d.uefi_chain {
+        let _ = writeln!(out, "  uefi chain:   {} by {}", choice.chain, choice.rule);
+        let handed = match &d.outcome {
+            Outcome::BootFile { file, transport } => Some((*file, *transport == Transport::Http)),
+            Outcome::BootImage { shim } => Some((*shim, true)),
+            _ => None,
+        };
+        if let Some((file, http)) = handed {
+            let _ = writeln!(out, "  secure boot:  {}", choice.chain.secure_boot_note(file, http));
+        }
+    }
+}
+
+/// The files of the boot image for `d` (a GRUB-stage decision), in the image's order.
+fn boot_image_files(out: &mut String, catalog: &Catalog, d: &Decision, server: &ServerInfo) -> Result<(), RenderError> {
+    let Some(plan) = boot_image::plan(catalog, d, server)? else { return Ok(()) };
+    let _ = writeln!(out, "\n--- boot image files ---");
+    let _ = writeln!(out, "{}  ({}, Microsoft-signed)", plan.shim_path, plan.shim);
+    let _ = writeln!(out, "{}  (Debian-signed)", plan.grub_path());
+    let _ = writeln!(out, "{}  (rendered below)", boot_image::CONFIG_PATH);
+    for a in &plan.artifacts {
+        let _ = writeln!(out, "{}", a.path());
+    }
+    Ok(())
 }
 
 /// One file `appliance render` writes: its path under the output folder and contents.
@@ -208,7 +246,9 @@ pub struct RenderedFile {
 }
 
 /// Every config the catalog can produce: per machine, per-architecture defaults, menus, the
-/// iPXE entry script and the U-Boot script image. Paths mirror what clients request.
+/// iPXE entry script and the U-Boot script image. Paths mirror what clients request; an x86-64
+/// machine on the shim chain also gets the GRUB config its signed GRUB is served (that GRUB asks
+/// for `grub/grub.cfg` and is told apart by its address, so the file is named by MAC here).
 pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
     let server = ServerInfo::from_catalog(catalog);
     let mut files = vec![
@@ -234,6 +274,13 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
                         &decide(catalog, &c, Stage::IpxeScript),
                         Format::Ipxe,
                     )?;
+                    if crate::decide::uefi_chain(catalog, Some(m.mac)).chain == UefiChain::Shim {
+                        push(
+                            format!("tftp/grub/grub.cfg-01-{}{suffix}", m.mac.dashed()),
+                            &decide(catalog, &c, Stage::Grub),
+                            Format::Grub,
+                        )?;
+                    }
                 }
                 _ => {
                     push(
@@ -265,7 +312,10 @@ pub fn render_all(catalog: &Catalog) -> Result<Vec<RenderedFile>, RenderError> {
         c.arch_hint = Some((arch, Learned::Chaddr));
         match arch {
             Arch::X86_64 => {
-                push(format!("http/ipxe/unknown.{arch}.ipxe"), &decide(catalog, &c, Stage::IpxeScript), Format::Ipxe)?
+                push(format!("http/ipxe/unknown.{arch}.ipxe"), &decide(catalog, &c, Stage::IpxeScript), Format::Ipxe)?;
+                if crate::decide::uefi_chain(catalog, None).chain == UefiChain::Shim {
+                    push(format!("tftp/grub/grub.cfg.{arch}"), &decide(catalog, &c, Stage::Grub), Format::Grub)?;
+                }
             }
             _ => {
                 push(

@@ -113,7 +113,8 @@ fn parse_hex_groups(s: &str, n: usize) -> Option<Vec<u8>> {
         s.split(':').collect()
     } else if s.contains('-') {
         s.split('-').collect()
-    } else if s.len() == 2 * n {
+    } else if s.len() == 2 * n && s.is_ascii() {
+        // ASCII only: cutting at every second byte must not fall inside a character.
         (0..n).map(|i| &s[2 * i..2 * i + 2]).collect()
     } else {
         return None;
@@ -156,6 +157,13 @@ mod tests {
         {
             assert!(MacAddr::parse(s).is_err(), "{s}");
         }
+        // Twelve bytes that are not twelve characters (found by the HTTP fuzz target through a
+        // percent-encoded `mac=`): refused, where slicing them by bytes used to panic.
+        for s in ["a\u{e9}bcdefghij", "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}", "\u{20ac}\u{20ac}\u{20ac}\u{20ac}"] {
+            assert_eq!(s.len(), 12);
+            assert!(MacAddr::parse(s).is_err(), "{s}");
+        }
+        assert!(Oui::parse("\u{e9}\u{e9}\u{e9}").is_err());
         assert!(Oui::parse("52:54").is_err());
         assert!(Oui::parse("b8:27:eb").is_ok());
     }

@@ -66,3 +66,31 @@ fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);
 }
+
+/// The version of a whole configuration, for the status page and the `appliance_catalog_info`
+/// metric: twelve hex digits over every YAML file read (its role, name and bytes) and every
+/// artifact set's version, so an edit of any file, or of an artifact a profile names, gives a
+/// new one.
+pub fn catalog_version(input: &crate::config::Input, catalog: &crate::catalog::Catalog) -> String {
+    let mut h = Sha256::new();
+    let files = [
+        ("settings", &input.settings),
+        ("machines", &input.machines),
+        ("menus", &input.menus),
+        ("overlay", &input.overlay),
+    ];
+    let profiles = input.profiles.iter().map(|f| ("profile", f));
+    for (role, file) in files.into_iter().filter_map(|(r, f)| f.as_ref().map(|f| (r, f))).chain(profiles) {
+        field(&mut h, role.as_bytes());
+        field(&mut h, file.path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+        field(&mut h, file.text.as_bytes());
+    }
+    for p in catalog.profiles() {
+        for (arch, set) in &p.arches {
+            field(&mut h, p.name.as_bytes());
+            field(&mut h, arch.as_str().as_bytes());
+            field(&mut h, set.version.as_bytes());
+        }
+    }
+    hex::encode(&h.finalize()[..6])
+}

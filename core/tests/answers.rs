@@ -8,7 +8,7 @@ use appliance_core::answers::{self, AnswerError};
 use appliance_core::catalog::Catalog;
 use appliance_core::client::{Client, Learned};
 use appliance_core::config::ConfigError;
-use appliance_core::decide::{decide, Outcome, Rule, Stage};
+use appliance_core::decide::{decide, Outcome, Rule, Stage, Transport};
 use appliance_core::events::{EventKind, Report};
 use appliance_core::explain::{explain, render_all, Query};
 use appliance_core::install::{entry_digest, InstallLog, Installed, RearmedBy};
@@ -237,7 +237,7 @@ fn an_installed_machine_boots_local_until_rearmed() {
     assert!(matches!(d.target_rule, Rule::Installed { at: 1_780_000_000, .. }));
     // Every config format says local; the DHCP stage still hands out the boot program.
     let script = render::render(&c, &d, &server(), Format::Ipxe).unwrap().unwrap();
-    assert!(script.contains("sanboot --no-describe --drive 0x80") && script.contains("exit 0"), "{script}");
+    assert!(script.contains("sanboot --no-describe --drive 0x80") && script.contains("exit 1"), "{script}");
     assert!(script.contains("# decided by: target: installed 2026-05-28"), "{script}");
     expect_file!["data/golden/ipxe_installed_local.ipxe"].assert_eq(&script);
     let mut grub = client.clone();
@@ -307,6 +307,32 @@ fn vendor_rules_and_the_unknown_policy_can_say_after_install() {
         assert_eq!(d.outcome == Outcome::Local, local, "{m}: {d:?}");
         assert!(d.target_rule.to_string().contains(by), "{m}: {}", d.target_rule);
     }
+}
+
+/// A UEFI machine on the shim chain keeps getting shim at the DHCP stage (Secure Boot needs the
+/// signed chain whatever comes next); once installed, the signed GRUB's config boots the disk.
+#[test]
+fn an_installed_machine_on_the_shim_chain_gets_grub_to_boot_the_disk() {
+    let m = "52:54:00:00:00:01";
+    let c = one_profile(&format!(
+        "machines:\n  \"{m}\": {{ profile: p, arch: x86_64, uefi_chain: shim, after_install: local }}\n"
+    ));
+    let mut dhcp = ovmf_pxe(m);
+    dhcp.installed = Some(installed_at(&c, m, 9));
+    let file = appliance_core::boot_file::BootFile::ShimX64;
+    assert_eq!(decide(&c, &dhcp, Stage::Dhcp).outcome, Outcome::BootFile { file, transport: Transport::Tftp });
+    let mut grub = x86(m);
+    grub.firmware = appliance_core::arch::Firmware::Grub;
+    let fresh = decide(&c, &grub, Stage::Grub);
+    assert!(matches!(fresh.outcome, Outcome::Boot { .. }), "{fresh:?}");
+    grub.installed = dhcp.installed.clone();
+    let d = decide(&c, &grub, Stage::Grub);
+    assert_eq!(d.outcome, Outcome::Local);
+    let text = render::render(&c, &d, &server(), Format::Grub).unwrap().unwrap();
+    // The disk's own loader, chained (a GRUB `exit` alone would stop OVMF at its menu), and
+    // `exit` when no disk has one.
+    assert!(text.contains("chainloader /EFI/BOOT/BOOTX64.EFI\n") && text.ends_with("fi\nexit\n"), "{text}");
+    assert!(!text.contains("linux"), "{text}");
 }
 
 #[test]

@@ -190,3 +190,26 @@ fn overlay_wins_entry_by_entry() {
     // The other shipped entries are untouched.
     assert_eq!(c.machine(common::mac("52:54:00:00:00:05")).unwrap().hostname, "board1");
 }
+
+#[test]
+fn duplicate_key_is_reported_at_its_second_occurrence() {
+    let e = errors(&[(
+        "machines.yaml",
+        "machines:\n  \"52:54:00:00:00:01\": { profile: live }\n  \"52:54:00:00:00:01\": { profile: live }\n",
+    )]);
+    check(&e, "machines.yaml", 3, 3, "machines.\"52:54:00:00:00:01\"", "duplicate key, first at line 2 column 3");
+    let e = errors(&[("appliance.yaml", &format!("{SETTINGS}server: {{ address: 10.0.0.2 }}\n"))]);
+    check(&e, "appliance.yaml", 6, 1, "server", "duplicate");
+}
+
+#[test]
+fn empty_yaml_files_are_reported() {
+    for text in ["", "\n \n"] {
+        for file in ["half-written.yaml", "machines.yaml", "menus.yaml", "appliance.yaml"] {
+            let e = errors(&[(file, text)]);
+            check(&e, file, 1, 1, "", "the file is empty");
+        }
+    }
+    // Comments only: the MAC database and the menus were written empty on purpose.
+    assert_eq!(errors(&[("machines.yaml", "# no machines yet\n")]), vec![]);
+}

@@ -131,6 +131,31 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// SIGKILL to the program itself, as `kill -9` would (no shutdown, nothing more written):
+    /// under a lifetime the program is the only child of `timeout` (our child), which cannot
+    /// pass SIGKILL on; otherwise it is our child. Then reaps our child.
+    pub fn kill_program(&mut self) -> Result<()> {
+        if self.exited().is_some() {
+            anyhow::bail!("{} has already exited", self.name);
+        }
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let target = match children.split_whitespace().collect::<Vec<_>>()[..] {
+            [] => pid,
+            [only] => only.parse().with_context(|| format!("child pid {only:?} of {}", self.name))?,
+            ref many => {
+                anyhow::bail!("{} (pid {pid}) has {} children; which one to kill is unclear", self.name, many.len())
+            }
+        };
+        kill(Pid::from_raw(target as i32), Signal::SIGKILL)
+            .with_context(|| format!("kill -9 {target} ({})", self.name))?;
+        let status = self.child.wait().with_context(|| format!("waiting for {}", self.name))?;
+        self.exited = Some(status);
+        Ok(())
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
@@ -284,6 +309,28 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `kill -9` reaches the program behind `timeout`, not only `timeout`.
+    #[test]
+    fn kill_program_kills_the_program_behind_timeout() {
+        let dir = std::env::temp_dir().join(format!("testkit-kill-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = limited("sleep", Some(Duration::from_secs(60)));
+        let mut p = Proc::spawn("sleep", cmd.arg("60"), &dir.join("log")).unwrap();
+        let pid = p.pid();
+        let children = || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while children().trim().is_empty() && Instant::now() < deadline {
+            sleep(Duration::from_millis(10));
+        }
+        let program: u32 = children().trim().parse().unwrap();
+        p.kill_program().unwrap();
+        assert!(p.exited().is_some());
+        // The program is gone (not merely orphaned): no process, or a zombie about to be reaped.
+        let state = std::fs::read_to_string(format!("/proc/{program}/stat")).unwrap_or_default();
+        assert!(state.is_empty() || state.contains(") Z "), "{state}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn lifetimes_wrap_the_program_in_timeout() {

@@ -34,6 +34,9 @@ pub struct ClientOptions {
     /// Loss simulation for tests: the first arrival of each listed absolute
     /// block number (1-based, counting past rollover) is discarded.
     pub simulate_loss: Vec<u64>,
+    /// The address to send from (a machine's own, on loopback `127.0.0.x`); the wildcard
+    /// address by default.
+    pub local: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +49,7 @@ impl Default for ClientOptions {
             retry_timeout: Duration::from_secs(1),
             max_retries: 5,
             simulate_loss: Vec::new(),
+            local: None,
         }
     }
 }
@@ -127,11 +131,12 @@ pub enum OackError {
 
 /// Binds an ephemeral UDP socket of the right family with a large receive
 /// buffer (windows of big blocks arrive in bursts).
-fn bind_for(server: SocketAddr) -> io::Result<UdpSocket> {
+fn bind_for(server: SocketAddr, local: Option<std::net::IpAddr>) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let any: SocketAddr = match server {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let any: SocketAddr = match (local, server) {
+        (Some(ip), _) => (ip, 0).into(),
+        (None, SocketAddr::V4(_)) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        (None, SocketAddr::V6(_)) => (Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let s = Socket::new(Domain::for_address(any), Type::DGRAM, Some(Protocol::UDP))?;
     let _ = s.set_recv_buffer_size(4 << 20);
@@ -163,7 +168,7 @@ fn parse_oack(options: &[(String, String)], opts: &ClientOptions, stats: &mut Cl
 /// Downloads `path` from `server` into memory.
 pub async fn get(server: SocketAddr, path: &str, opts: &ClientOptions) -> Result<Download, ClientError> {
     let started = Instant::now();
-    let sock = bind_for(server)?;
+    let sock = bind_for(server, opts.local)?;
     let mut options = Vec::new();
     if let Some(b) = opts.blksize {
         options.push(("blksize".to_string(), b.to_string()));

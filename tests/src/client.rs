@@ -6,13 +6,16 @@
 use appliance_core::arch::Arch;
 use std::path::Path;
 use std::time::Duration;
-use testkit::qemu::firmware::E1000_ROM;
+use testkit::qemu::firmware::{E1000_ROM, VIRTIO_ROM};
 use testkit::qemu::{Firmware, Machine, Net, Nic};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Client {
     /// SeaBIOS with QEMU's default e1000 option ROM, which is iPXE.
     SeaBiosIpxeRom,
+    /// SeaBIOS with QEMU's iPXE ROM on virtio-net-pci: for payloads whose kernel drives virtio
+    /// NICs only (Debian's cloud kernel in the deploy profile).
+    SeaBiosVirtio,
     /// OVMF's own PXE stack: virtio-net-pci without option ROM.
     OvmfPxe,
     /// OVMF UEFI HTTP Boot: as `OvmfPxe`, with PXE switched off through fw_cfg so the boot
@@ -22,15 +25,25 @@ pub enum Client {
     UBootArm64,
     /// ArmVirt EDK2 (`QEMU_EFI.fd`) on virtio-net-pci without option ROM.
     ArmVirtEdk2,
+    /// `OvmfPxe` with Secure Boot on and Microsoft's keys enrolled.
+    OvmfPxeSecureBoot,
+    /// `OvmfHttp` with Secure Boot on and Microsoft's keys enrolled.
+    OvmfHttpSecureBoot,
+    /// ArmVirt EDK2 (AAVMF) with Secure Boot on and Microsoft's keys enrolled, PXE.
+    ArmVirtSecureBoot,
+    /// `ArmVirtSecureBoot` by UEFI HTTP Boot (PXE switched off through fw_cfg, as for `OvmfHttp`).
+    ArmVirtHttpSecureBoot,
 }
 
 impl Client {
     pub fn firmware(self) -> Firmware {
         match self {
-            Client::SeaBiosIpxeRom => Firmware::SeaBios,
+            Client::SeaBiosIpxeRom | Client::SeaBiosVirtio => Firmware::SeaBios,
             Client::OvmfPxe | Client::OvmfHttp => Firmware::Ovmf,
             Client::UBootArm64 => Firmware::UBootArm64,
             Client::ArmVirtEdk2 => Firmware::ArmVirt,
+            Client::OvmfPxeSecureBoot | Client::OvmfHttpSecureBoot => Firmware::OvmfSecureBoot,
+            Client::ArmVirtSecureBoot | Client::ArmVirtHttpSecureBoot => Firmware::ArmVirtSecureBoot,
         }
     }
 
@@ -46,6 +59,7 @@ impl Client {
     pub fn extra_files(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Client::SeaBiosIpxeRom => &[(E1000_ROM, "ipxe-qemu")],
+            Client::SeaBiosVirtio => &[(VIRTIO_ROM, "ipxe-qemu")],
             _ => &[],
         }
     }
@@ -55,11 +69,12 @@ impl Client {
     pub fn path_texts(self) -> &'static [&'static str] {
         match self {
             // SeaBIOS's serial console (sercon) shows the iPXE ROM's screen.
-            Client::SeaBiosIpxeRom => &["iPXE initialising devices"],
-            Client::OvmfPxe => &[">>Start PXE over IPv4"],
-            Client::OvmfHttp => &[">>Start HTTP Boot over IPv4"],
+            Client::SeaBiosIpxeRom | Client::SeaBiosVirtio => &["iPXE initialising devices"],
+            Client::OvmfPxe | Client::OvmfPxeSecureBoot => &[">>Start PXE over IPv4"],
+            Client::OvmfHttp | Client::OvmfHttpSecureBoot => &[">>Start HTTP Boot over IPv4"],
             Client::UBootArm64 => &["Retrieving file: pxelinux.cfg/"],
-            Client::ArmVirtEdk2 => &[">>Start PXE over IPv4", "Welcome to GRUB!"],
+            Client::ArmVirtEdk2 | Client::ArmVirtSecureBoot => &[">>Start PXE over IPv4", "Welcome to GRUB!"],
+            Client::ArmVirtHttpSecureBoot => &[">>Start HTTP Boot over IPv4", "Welcome to GRUB!"],
         }
     }
 
@@ -69,14 +84,21 @@ impl Client {
     pub fn machine(self, mac: &str, tap: &str, out: &Path, lifetime: Duration) -> Machine {
         let (model, rom) = match self {
             Client::SeaBiosIpxeRom => ("e1000", true),
-            Client::OvmfPxe | Client::OvmfHttp | Client::ArmVirtEdk2 => ("virtio-net-pci", false),
+            Client::SeaBiosVirtio => ("virtio-net-pci", true),
+            Client::OvmfPxe
+            | Client::OvmfHttp
+            | Client::ArmVirtEdk2
+            | Client::OvmfPxeSecureBoot
+            | Client::OvmfHttpSecureBoot
+            | Client::ArmVirtSecureBoot
+            | Client::ArmVirtHttpSecureBoot => ("virtio-net-pci", false),
             Client::UBootArm64 => ("virtio-net-device", false),
         };
         let nic = Nic { model, mac: mac.to_string(), rom, boot_first: false };
         let mut machine = Machine::new(self.firmware(), nic, Net::Tap(tap.to_string()), out.to_path_buf());
         machine.no_reboot = true;
         machine.lifetime = Some(lifetime);
-        if self == Client::OvmfHttp {
+        if matches!(self, Client::OvmfHttp | Client::OvmfHttpSecureBoot | Client::ArmVirtHttpSecureBoot) {
             machine.fw_cfg.push("name=opt/org.tianocore/IPv4PXESupport,string=no".into());
             machine.fw_cfg.push("name=opt/org.tianocore/IPv6PXESupport,string=no".into());
         }

@@ -92,6 +92,11 @@ impl Daemon {
     pub fn stop(&mut self) {
         self.server.proc.stop();
     }
+
+    /// `kill -9` the daemon: no shutdown, nothing more written.
+    pub fn kill(&mut self) -> Result<()> {
+        self.server.proc.kill_program()
+    }
 }
 
 pub fn mac_spellings(mac: &str) -> Vec<String> {

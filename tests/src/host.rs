@@ -135,7 +135,8 @@ pub fn appliance_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// The newest modification time among the daemon's sources (`appliance/`, `Cargo.lock`).
+/// The newest modification time among the daemon's sources (`appliance/`, the `core/` it links,
+/// `Cargo.lock`): a change to `decide` alone must rebuild the daemon too.
 fn newest_source_time() -> Option<std::time::SystemTime> {
     fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
         let Ok(entries) = std::fs::read_dir(dir) else { return };
@@ -154,7 +155,9 @@ fn newest_source_time() -> Option<std::time::SystemTime> {
     }
     let root = workspace_root();
     let mut newest = None;
-    walk(&root.join("appliance"), &mut newest);
+    for dir in ["appliance", "core"] {
+        walk(&root.join(dir), &mut newest);
+    }
     let lock = std::fs::metadata(root.join("Cargo.lock")).and_then(|m| m.modified()).ok();
     newest.max(lock)
 }

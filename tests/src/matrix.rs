@@ -73,9 +73,16 @@ pub struct Cell {
     pub serial_shows: Vec<String>,
     /// Texts the daemon's log must show (e.g. which rule decided).
     pub daemon_log_shows: Vec<String>,
+    /// Texts the daemon's log must not show (a request that must never reach us).
+    pub daemon_log_lacks: Vec<String>,
     pub stack: Stack,
     /// The VM's memory, when it needs more than `Machine::new`'s default.
     pub memory_mb: Option<u32>,
+    /// For a no-boot cell: once the console shows this, the outcome is settled (the firmware
+    /// refused what it got, say) and the cell ends without waiting out `within`.
+    pub settled_by: Option<String>,
+    /// After the boot, headless Chromium checks the daemon's status pages (`crate::browser`).
+    pub status_pages: bool,
 }
 
 /// What a passing boot cell measured.
@@ -104,9 +111,18 @@ impl Cell {
             daemon_dhcp_port: 67,
             serial_shows: client.path_texts().iter().map(|t| t.to_string()).collect(),
             daemon_log_shows: Vec::new(),
+            daemon_log_lacks: Vec::new(),
             stack: Stack::Ours,
             memory_mb: None,
+            settled_by: None,
+            status_pages: false,
         }
+    }
+
+    /// After the boot, check the status pages in headless Chromium (`crate::browser`).
+    pub fn status_pages(mut self) -> Cell {
+        self.status_pages = true;
+        self
     }
 
     /// The same cell served by the reference stack instead of our daemon, named `<name>-reference`.
@@ -161,6 +177,12 @@ impl Cell {
         self
     }
 
+    /// A no-boot cell ends as soon as the console shows `text` (it must, within the time).
+    pub fn settled_by(mut self, text: &str) -> Cell {
+        self.settled_by = Some(text.to_string());
+        self
+    }
+
     pub fn daemon_dhcp_port(mut self, port: u16) -> Cell {
         self.daemon_dhcp_port = port;
         self
@@ -173,6 +195,11 @@ impl Cell {
 
     pub fn daemon_log_shows(mut self, text: &str) -> Cell {
         self.daemon_log_shows.push(text.to_string());
+        self
+    }
+
+    pub fn daemon_log_lacks(mut self, text: &str) -> Cell {
+        self.daemon_log_lacks.push(text.to_string());
         self
     }
 
@@ -192,6 +219,11 @@ impl Cell {
             for want in &self.daemon_log_shows {
                 if !log.contains(want.as_str()) {
                     problems.push(format!("the daemon log never shows {want:?}"));
+                }
+            }
+            for unwanted in &self.daemon_log_lacks {
+                if log.contains(unwanted.as_str()) {
+                    problems.push(format!("the daemon log shows {unwanted:?}"));
                 }
             }
         }
@@ -283,6 +315,9 @@ impl Cell {
         let scratch = tempfile::Builder::new().prefix(&format!("boot-test-{}-", self.name)).tempdir()?;
         let config_dir = scratch.path().join("config");
         let config = TestConfig::build(&host::profiles_dir(), &config_dir, &self.config)?;
+        if self.status_pages {
+            missing.extend(crate::browser::missing());
+        }
         missing.extend(config.missing_blobs(&blobs).into_iter().map(|m| format!("{m}: run `cargo xtask fetch`")));
         if !missing.is_empty() {
             bail!(host::report(&missing));
@@ -353,6 +388,21 @@ impl Cell {
         let result = match &expected {
             Some((profile, arch, version)) => self.watch_boot(&mut run, profile, *arch, version),
             None => self.watch_no_boot(&mut run),
+        };
+        let result = match (result, &expected, run.lab.as_ref()) {
+            (Ok(o), Some((profile, _, version)), Some(lab)) if self.status_pages && run.daemon.is_some() => {
+                if let Some(vm) = run.vm.as_mut() {
+                    vm.stop();
+                }
+                let want = crate::browser::Expected {
+                    mac: &self.mac,
+                    profile,
+                    version,
+                    steps: &["dhcp", "config", "artifact"],
+                };
+                crate::browser::check_status_pages(lab.server(), out, &want).map(|()| o)
+            }
+            (result, _, _) => result,
         };
         // Stop the VM and the daemon (so its last log lines are written) before showing the logs.
         run.stop_processes();
@@ -429,7 +479,8 @@ impl Cell {
     fn watch_no_boot(&self, run: &mut Running) -> Result<Outcome> {
         let Expect::NoBoot { within } = self.expect else { bail!("not a no-boot cell") };
         let vm = run.vm.as_mut().ok_or_else(|| anyhow!("no vm"))?;
-        let deadline = vm.started + within;
+        let started = vm.started;
+        let deadline = started + within;
         while Instant::now() < deadline {
             self.check_fatal(run)?;
             let vm = run.vm.as_mut().ok_or_else(|| anyhow!("no vm"))?;
@@ -439,14 +490,27 @@ impl Cell {
             if vm.exited().is_some() {
                 break;
             }
+            if self.settled_by.as_ref().is_some_and(|t| vm.text().contains(t.as_str())) {
+                break;
+            }
             sleep(Duration::from_millis(200));
+        }
+        if let Some(text) = &self.settled_by {
+            let console = run.vm.as_ref().map(|vm| vm.text()).unwrap_or_default();
+            if !console.contains(text.as_str()) {
+                bail!("the console never showed {text:?} within {within:?}");
+            }
         }
         let daemon = run.daemon.as_ref().ok_or_else(|| anyhow!("no daemon"))?;
         let seen: Vec<String> = daemon.lines_about(&self.mac).into_iter().filter(|l| l.contains("dhcp")).collect();
         if seen.is_empty() {
             bail!("the daemon logged no DHCP exchange with {} within {within:?}", self.mac);
         }
-        println!("{}: no boot within {within:?}, as expected; the daemon saw:\n{}", self.name, seen.join("\n"));
+        let how = match &self.settled_by {
+            Some(text) => format!("settled by {text:?} after {:.1} s", started.elapsed().as_secs_f64()),
+            None => format!("within {within:?}"),
+        };
+        println!("{}: no boot ({how}), as expected; the daemon saw:\n{}", self.name, seen.join("\n"));
         Ok(Outcome { time_to_marker: None, marker: None, out_dir: PathBuf::new() })
     }
 

@@ -27,10 +27,13 @@ fn known(hostname: &str) -> String {
 
 // --- SeaBIOS + QEMU's iPXE ROM (e1000, the default ROM) --------------------------------------
 
+/// Also the status pages in a real browser: the machine's row and timeline, read from the DOM
+/// headless Chromium builds (screenshots in the cell's folder).
 #[test]
 fn seabios_ipxe_rom_server() {
     Cell::new("seabios_ipxe_rom_server", SeaBiosIpxeRom, Server)
         .machine("52:54:00:4d:01:01", &known("bios-ipxe"))
+        .status_pages()
         .run();
 }
 

@@ -1,5 +1,7 @@
 //! `cargo xtask fetch`: fills a bootloader directory from the pinned Debian
-//! packages (iPXE binaries, GRUB network boot images) plus a `SOURCES` file.
+//! packages (iPXE binaries, GRUB network boot images, and the Secure Boot
+//! chain: Debian's signed shim and network GRUB, copied byte for byte) plus a
+//! `SOURCES` file.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,11 +50,57 @@ pub fn default_out_dir() -> PathBuf {
     project_root().join("target/bootloaders")
 }
 
-/// Files copied verbatim from the ipxe package.
-const IPXE_FILES: [(&str, &str); 3] = [
-    ("undionly.kpxe", "/usr/lib/ipxe/undionly.kpxe"),
-    ("ipxe.efi", "/usr/lib/ipxe/ipxe.efi"),
-    ("snponly.efi", "/usr/lib/ipxe/snponly.efi"),
+/// A file copied verbatim from a pinned package.
+struct Copied {
+    file: &'static str,
+    package: &'static str,
+    arch: &'static str,
+    path: &'static str,
+    /// Signed for Secure Boot: checked to carry an Authenticode signature. Its
+    /// name is the one shim loads (`grubx64.efi`), and it sits beside shim,
+    /// which looks for its second stage in its own directory.
+    signed: bool,
+}
+
+const COPIED: [Copied; 7] = [
+    Copied {
+        file: "undionly.kpxe",
+        package: "ipxe",
+        arch: "amd64",
+        path: "/usr/lib/ipxe/undionly.kpxe",
+        signed: false,
+    },
+    Copied { file: "ipxe.efi", package: "ipxe", arch: "amd64", path: "/usr/lib/ipxe/ipxe.efi", signed: false },
+    Copied { file: "snponly.efi", package: "ipxe", arch: "amd64", path: "/usr/lib/ipxe/snponly.efi", signed: false },
+    Copied {
+        file: "shimx64.efi",
+        package: "shim-signed",
+        arch: "amd64",
+        path: "/usr/lib/shim/shimx64.efi.signed",
+        signed: true,
+    },
+    Copied {
+        file: "shimaa64.efi",
+        package: "shim-signed",
+        arch: "arm64",
+        path: "/usr/lib/shim/shimaa64.efi.signed",
+        signed: true,
+    },
+    // The network image (prefix /grub), not grubx64.efi.signed (prefix /EFI/debian, for disks).
+    Copied {
+        file: "grubx64.efi",
+        package: "grub-efi-amd64-signed",
+        arch: "amd64",
+        path: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+        signed: true,
+    },
+    Copied {
+        file: "grubaa64.efi",
+        package: "grub-efi-arm64-signed",
+        arch: "arm64",
+        path: "/usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed",
+        signed: true,
+    },
 ];
 
 /// A GRUB network boot image built with grub-mkimage.
@@ -130,8 +178,14 @@ pub fn fetch(args: &Args) -> Result<()> {
     };
 
     println!("packages (pinned in {}, cache {}):", debian::LOCK_PATH, debian::cache_dir().display());
-    let mut needed: Vec<(&str, &str)> = vec![("ipxe", "amd64")];
-    needed.extend(GRUB_IMAGES.iter().map(|image| (image.package, image.arch)));
+    let mut needed: Vec<(&str, &str)> = Vec::new();
+    for (name, arch) in
+        COPIED.iter().map(|c| (c.package, c.arch)).chain(GRUB_IMAGES.iter().map(|i| (i.package, i.arch)))
+    {
+        if !needed.contains(&(name, arch)) {
+            needed.push((name, arch));
+        }
+    }
     if args.all_packages {
         for pin in lock.pins() {
             if !needed.contains(&(pin.name.as_str(), pin.arch.as_str())) {
@@ -156,18 +210,23 @@ pub fn fetch(args: &Args) -> Result<()> {
 
     let mut built = Vec::new();
 
-    // iPXE: copied as shipped.
-    let ipxe = lock.get("ipxe", "amd64")?;
-    let tree = work.join("ipxe");
-    debian::extract(&sh, &debs[&("ipxe", "amd64")], &tree)?;
-    for (file, path) in IPXE_FILES {
-        let source = debian::resolve_in_tree(&tree, path)
-            .with_context(|| format!("{file} not found in {} {}", ipxe.spec(), ipxe.version))?;
+    // iPXE, shim and the signed GRUB: copied as shipped.
+    for c in &COPIED {
+        let pin = lock.get(c.package, c.arch)?;
+        let tree = work.join(format!("{}_{}", c.package, c.arch));
+        if !tree.exists() {
+            debian::extract(&sh, &debs[&(c.package, c.arch)], &tree)?;
+        }
+        let source = debian::resolve_in_tree(&tree, c.path)
+            .with_context(|| format!("{} not found in {} {}", c.file, pin.spec(), pin.version))?;
+        if c.signed {
+            check_signed(&source).with_context(|| format!("{} from {} {}", c.path, pin.spec(), pin.version))?;
+        }
         built.push(Built {
-            file,
+            file: c.file,
             path: source,
-            package: format!("{}={}", ipxe.spec(), ipxe.version),
-            how: format!("copied from {path}"),
+            package: format!("{}={}", pin.spec(), pin.version),
+            how: format!("copied from {}", c.path),
         });
     }
 
@@ -212,6 +271,16 @@ pub fn fetch(args: &Args) -> Result<()> {
     };
     let blobs = args.blobs.clone().unwrap_or_else(crate::blobs::default_dir);
     crate::blobs::fetch(&sh, &lock, &config, &blobs)
+}
+
+/// Fails unless the PE image at `path` carries an Authenticode signature.
+fn check_signed(path: &Path) -> Result<()> {
+    let bytes = fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let head = &bytes[..bytes.len().min(appliance_core::pe::HEAD_LEN)];
+    match appliance_core::pe::authenticode(head, bytes.len() as u64)? {
+        appliance_core::pe::Authenticode::Signed { .. } => Ok(()),
+        appliance_core::pe::Authenticode::Unsigned => bail!("it carries no Authenticode signature"),
+    }
 }
 
 /// `grub-mkimage (GRUB) 2.06-13+deb12u2`, checking the tool is there.

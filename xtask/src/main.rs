@@ -9,6 +9,8 @@ mod deb_members;
 mod debian;
 mod demo_disk;
 mod fetch;
+mod fuzz;
+mod fuzz_seeds;
 mod host;
 mod image;
 mod test;
@@ -105,6 +107,14 @@ enum Command {
     /// medians, ratios and the targets; writes target/bench/results.json.
     /// First prepares the host (iproute2, curl, procps), as the other commands do.
     Bench(bench::Args),
+    /// Run the fuzz targets in fuzz/ (DHCP, TFTP, HTTP, config) with cargo-fuzz on stable.
+    ///
+    /// Installs cargo-fuzz into target/tools once (cargo install --locked) and g++ (libFuzzer)
+    /// as a host package, writes seeds from the firmware fixtures and the repository's configs,
+    /// runs each target for --seconds (60) with `--sanitizer none`, and prints executions and
+    /// coverage per target. A crash fails it, with the input in target/fuzz/artifacts/.
+    /// `cargo xtask test` runs it for 45 s per target.
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +125,7 @@ fn main() -> ExitCode {
         Command::Image(args) => image::run(&args),
         Command::Vm(args) => vm::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

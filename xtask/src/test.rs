@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::{fetch, host, project_root};
+use crate::{fetch, fuzz, host, project_root};
+
+/// How long `test` runs each fuzz target.
+const FUZZ_SECONDS: u64 = 45;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -89,6 +92,20 @@ pub fn run(args: &Args) -> Result<()> {
                 // .ci/run repeats it as the very last line of the run.
                 let _ = std::fs::write(project_root().join("target/test-totals.txt"), format!("{closing}\n"));
                 anyhow::ensure!(status.success(), "cargo test failed ({status})");
+                Ok(())
+            }),
+        ),
+        (
+            // Each fuzz target for 45 s: a regression in what the daemon reads from the
+            // network or its config shows here, not only in a long run.
+            format!("cargo xtask fuzz --seconds {FUZZ_SECONDS} (each of {})", fuzz::TARGETS.join(", ")),
+            Box::new(|| {
+                for report in fuzz::fuzz(&fuzz::TARGETS, FUZZ_SECONDS)? {
+                    println!(
+                        "fuzz {}: {} executions, coverage {} edges, {} features",
+                        report.target, report.executions, report.edges, report.features
+                    );
+                }
                 Ok(())
             }),
         ),

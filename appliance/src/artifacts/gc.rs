@@ -26,6 +26,8 @@ pub struct GcReport {
     pub swept: Vec<String>,
     /// What could not be read or removed (the rest of the run goes on).
     pub errors: Vec<String>,
+    /// Bytes of the files in the removed versions.
+    pub freed_bytes: u64,
 }
 
 /// Removes the version directories of `store` that `plan` condemns. `last_touch` says when a
@@ -74,8 +76,12 @@ pub fn gc(
             report.kept.push((c.profile.clone(), c.version.clone(), verdict));
             continue;
         }
+        let size = dir_size(&store.join(&c.profile).join(&c.version));
         match remove_version(store, &c.profile, &c.version) {
-            Ok(()) => report.removed.push((c.profile.clone(), c.version.clone())),
+            Ok(()) => {
+                report.freed_bytes += size;
+                report.removed.push((c.profile.clone(), c.version.clone()));
+            }
             Err(e) => report.errors.push(format!("{}/{}: {e}", c.profile, c.version)),
         }
     }
@@ -115,6 +121,13 @@ fn list(dir: &Path, errors: &mut Vec<String>) -> Vec<(String, bool, SystemTime)>
         out.push((name, meta.is_dir(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
     }
     out
+}
+
+/// Bytes of the regular files in a version directory (it holds files only; symlinks and
+/// anything unreadable count as nothing).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// Renames the version out of the served tree first, so a half-deleted version is never

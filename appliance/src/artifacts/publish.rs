@@ -8,7 +8,7 @@
 use super::{is_plain_name, TMP_PREFIX};
 use crate::config_dir::DirProbe;
 use appliance_core::arch::Arch;
-use appliance_core::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Source};
+use appliance_core::catalog::{Artifact, ArtifactSet, Catalog, CpioSource, Digest, Origin, Source};
 use appliance_core::config::ProbeError;
 use appliance_core::cpio::{self, Node};
 use sha2::{Digest as _, Sha256};
@@ -42,8 +42,10 @@ pub struct PublishReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("profile {profile} ({arch}), artifact {artifact}: {problem}")]
-    Artifact { profile: String, arch: Arch, artifact: String, problem: Box<ArtifactProblem> },
+    /// Starts with where the profile declares the artifact (`FILE:LINE:COL: field`), so a
+    /// wrong sha256 or a missing blob points at the line to fix.
+    #[error("{origin}: profile {profile} ({arch}), artifact {artifact}: {problem}")]
+    Artifact { origin: Origin, profile: String, arch: Arch, artifact: String, problem: Box<ArtifactProblem> },
     #[error("profile {profile} ({arch}): artifact store {}: {error}", path.display())]
     Store { profile: String, arch: Arch, path: PathBuf, error: io::Error },
 }
@@ -115,6 +117,7 @@ fn publish_set(
     let tmp = TempDir::create(store, &at.profile, &at.version).map_err(|e| store_err(store, e))?;
     for artifact in set.files() {
         let fail = |problem| PublishError::Artifact {
+            origin: artifact.origin.clone(),
             profile: at.profile.clone(),
             arch: at.arch,
             artifact: artifact.name.clone(),

@@ -208,6 +208,10 @@ fn corrupt_blob_is_a_checksum_error() {
     fs::write(f.blobs.join(sha_hex(ARM_IMAGE)), b"truncated").unwrap();
     let msg = f.publish(&cat).unwrap_err().to_string();
     assert!(msg.contains("profile live (arm64), artifact Image: sha256 mismatch"), "{msg}");
+    // At the line of the profile that pins the digest.
+    let origin = &cat.profile_set("live", Arch::Arm64).unwrap().1.kernel.origin;
+    assert!(origin.file.ends_with("live.yaml") && origin.line > 1, "{origin}");
+    assert!(msg.starts_with(&format!("{origin}: profile live")), "{msg}");
 }
 
 #[test]
@@ -268,8 +272,12 @@ fn gc_removes_an_unreferenced_version_only_after_the_grace_period() {
     let report = gc(&new, &f.store, grace, &|p: &str, v: &str| touches.last(p, v), later);
     assert!(report.removed.is_empty(), "{report:?}");
 
+    let v1_bytes: u64 =
+        std::fs::read_dir(f.store.join("live").join(&v1)).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
     let report = gc(&new, &f.store, grace, &never, later);
     assert_eq!(report.removed, [("live".to_string(), v1.clone())]);
+    assert_eq!(report.freed_bytes, v1_bytes);
+    assert!(v1_bytes > 0);
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(!f.store.join("live").join(&v1).exists());
     assert!(f.store.join("live").join(&v2).join("vmlinuz").exists());

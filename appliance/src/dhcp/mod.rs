@@ -7,11 +7,13 @@
 //! - `socket`: binding (SO_REUSEADDR, SO_BROADCAST, IP_PKTINFO, SO_BINDTODEVICE) and
 //!   datagram I/O that keeps the ingress interface.
 //! - `server`: the receive loop that does what `appliance_core::dhcp::exchange` returns.
+//! - `observe`: the metrics and journal record of each exchange.
 //! - `ra`: an IPv6 router advertisement that spares iPXE its ~13 s wait.
 //!
 //! Architecture invariant: what a machine boots is decided by `decide` only; nothing under
 //! `dhcp` chooses a boot program, it only says in DHCP what `decide` chose.
 
+mod observe;
 pub mod ra;
 pub mod server;
 mod socket;

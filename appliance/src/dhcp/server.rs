@@ -5,7 +5,8 @@
 //! Lease writes are a group commit: the loop hands the newest table to a writer task and goes
 //! on with the next request; a reply that confirms a lease change (an ACK) is sent only once a
 //! write that includes the change is on disk, so a crash can lose only leases nobody was told
-//! about. Writing inside the loop, every ACK held up every other client for a file rewrite and
+//! about. When that write fails, the ACK is not sent at all (ARCHITECTURE.md, "No ACK without
+//! a durable lease"): the client retransmits, and is answered once the disk takes the lease. Writing inside the loop, every ACK held up every other client for a file rewrite and
 //! two fsyncs (a USB stick's fsync can take tens of milliseconds, times every machine of a
 //! boot storm); now one write covers all the changes made while the previous one ran. The
 //! table is encoded only when the writer is ready for it, once per write, not once per change.
@@ -23,17 +24,63 @@ use appliance_core::decide::Rule;
 use appliance_core::dhcp::exchange::{self, Context, Handled, State};
 use appliance_core::dhcp::reply::Port;
 use appliance_core::dhcp::wire;
+use appliance_core::rate_limit::{Rate, RateLimiter, Verdict};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Receive buffer: larger than any Ethernet datagram, so a truncated read means junk.
 const RECV_BUF: usize = 4096;
+/// How often the lease gauges are brought up to date (counting walks the lease table, so not
+/// per packet).
+const LEASE_USAGE_EVERY: Duration = Duration::from_secs(2);
+
+/// Sets the lease gauges from the table (server mode only: elsewhere nothing is leased).
+fn count_leases(shared: &Shared, opts: &DhcpOptions, state: &State) {
+    let catalog = shared.catalog();
+    if opts.mode.unwrap_or(catalog.settings().dhcp.mode) != DhcpMode::Server {
+        return;
+    }
+    let pool = appliance_core::dhcp::leases::Pool::new(
+        &catalog.settings().dhcp,
+        catalog.fixed_addresses(),
+        shared.server().address,
+    );
+    if let Some(pool) = pool {
+        shared.telemetry.metrics.set_leases(&state.leases.usage(&pool, unix_now()));
+    }
+}
+
+/// Warnings (no address left, ...) per source address: a flood of DISCOVERs from 0.0.0.0
+/// with made-up MACs gets a few lines a minute, each saying how many were left out.
+const WARNINGS: Rate = Rate { lines: 5, per: Duration::from_secs(60) };
+/// Sources whose warnings are counted separately.
+const WARNING_SOURCES: usize = 4096;
+
+/// The rate limit of warnings, and the epoch its clock counts from.
+struct Warnings {
+    limiter: RateLimiter<Ipv4Addr>,
+    epoch: Instant,
+}
+
+impl Warnings {
+    fn new() -> Self {
+        Warnings { limiter: RateLimiter::new(WARNINGS, WARNING_SOURCES), epoch: Instant::now() }
+    }
+
+    /// Logs `warning` about the client with `mac` from `source`, unless that source has had
+    /// its share of lines this minute.
+    fn warn(&mut self, source: Ipv4Addr, mac: &str, warning: &str) {
+        if let Verdict::Log { suppressed } = self.limiter.check(&source, self.epoch.elapsed()) {
+            warn!(mac, %source, suppressed, "dhcp: {warning}");
+        }
+    }
+}
 
 /// The sockets the service answers on.
 pub struct DhcpSockets {
@@ -101,7 +148,7 @@ pub async fn run(
         None => Default::default(),
     };
     let mut state = State::new(leases);
-    let mut writer = store.map(LeaseWriter::start);
+    let mut writer = store.map(|s| LeaseWriter::start(s, shared.clone()));
     let dhcp = Arc::new(sockets.dhcp.into_async()?);
     let pxe = sockets.pxe.map(DhcpSocket::into_async).transpose()?.map(Arc::new);
     info!(
@@ -112,10 +159,17 @@ pub async fn run(
     );
     let mut buf_dhcp = vec![0u8; RECV_BUF];
     let mut buf_pxe = vec![0u8; RECV_BUF];
+    let mut usage_tick = tokio::time::interval(LEASE_USAGE_EVERY);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warnings = Warnings::new();
     tokio::pin!(shutdown);
     loop {
         let (port, received) = tokio::select! {
             _ = &mut shutdown => break,
+            _ = usage_tick.tick() => {
+                count_leases(&shared, &opts, &state);
+                continue;
+            }
             () = writer_ready(writer.as_mut()) => {
                 if let Some(w) = writer.as_mut() {
                     w.hand_over(&state.leases);
@@ -133,7 +187,10 @@ pub async fn run(
             },
         };
         match received {
-            Ok(rx) => serve_one(&shared, &opts, writer.as_mut(), &mut state, socket, port, &buf[..rx.len], rx).await,
+            Ok(rx) => {
+                let one = (writer.as_mut(), &mut state, &mut warnings);
+                serve_one(&shared, &opts, one, socket, port, &buf[..rx.len], rx).await
+            }
             Err(e) => {
                 // ICMP errors from earlier sends surface here; keep serving without spinning.
                 warn!(socket = %socket.local, "dhcp: receive failed: {e}");
@@ -150,47 +207,83 @@ pub async fn run(
 
 /// The lease file's writer task and the loop's side of it. Lease changes are counted; a table
 /// handed to the writer is numbered with the count it includes, and the writer reports the
-/// number of the last table it put on disk.
+/// number of the last table it finished and of the last one it put on disk ([`Written`]).
 struct LeaseWriter {
     to_writer: watch::Sender<Option<(u64, Arc<Vec<u8>>)>>,
-    durable: watch::Receiver<u64>,
+    written: watch::Receiver<Written>,
     /// Changes so far, and how many of them the last table handed over includes.
     changes: u64,
     handed: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The writer's progress: tables are numbered by the lease changes they include.
+#[derive(Clone, Copy, Debug, Default)]
+struct Written {
+    /// The last table the writer finished with, on disk or not.
+    settled: u64,
+    /// The last table that is on disk: every change up to it survives a crash.
+    durable: u64,
+}
+
 impl LeaseWriter {
-    fn start(store: LeaseStore) -> LeaseWriter {
+    fn start(store: LeaseStore, shared: Arc<Shared>) -> LeaseWriter {
         let (latest, mut pending) = watch::channel(None::<(u64, Arc<Vec<u8>>)>);
-        let (durable_tx, durable) = watch::channel(0u64);
+        let (written_tx, written) = watch::channel(Written::default());
         let task = tokio::spawn(async move {
+            let metrics = &shared.telemetry.metrics;
+            // While writes fail: the withheld-ACK count when the first one failed.
+            let mut failing: Option<u64> = None;
             // Also after the loop dropped its sender, the last table is written first.
             while pending.changed().await.is_ok() {
                 let Some((seq, bytes)) = pending.borrow_and_update().clone() else { continue };
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(path = %store.path().display(), "dhcp: cannot write the lease file: {e}"),
-                    Err(e) => warn!("dhcp: lease writer failed: {e}"),
+                let result = match tokio::task::spawn_blocking(move || s.write(&bytes)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(format!("lease writer thread: {e}"))),
+                };
+                let mut w = *written_tx.borrow();
+                w.settled = seq;
+                match result {
+                    Ok(()) => {
+                        w.durable = seq;
+                        if let Some(before) = failing.take() {
+                            let withheld = metrics.dhcp_acks_withheld.get() - before;
+                            info!(path = %store.path().display(), withheld, "dhcp: the lease file is written again, ACKs resume");
+                        }
+                    }
+                    Err(e) => {
+                        metrics.lease_write_failures.inc();
+                        // An ACK promises the address to the client; one the disk does not
+                        // hold would be lost on a restart and given to another client. So
+                        // no ACK goes out until the write succeeds (ARCHITECTURE.md, "No ACK
+                        // without a durable lease"); said once per episode, not per write.
+                        if failing.is_none() {
+                            failing = Some(metrics.dhcp_acks_withheld.get());
+                            error!(
+                                path = %store.path().display(),
+                                "dhcp: cannot write the lease file, withholding ACKs until it can be written: {e}"
+                            );
+                        } else {
+                            debug!(path = %store.path().display(), "dhcp: the lease file still cannot be written: {e}");
+                        }
+                    }
                 }
-                // A failed write is reported and the replies go out anyway, as they always did:
-                // refusing service over a full disk helps no one.
-                durable_tx.send_replace(seq);
+                written_tx.send_replace(w);
             }
         });
-        LeaseWriter { to_writer: latest, durable, changes: 0, handed: 0, task }
+        LeaseWriter { to_writer: latest, written, changes: 0, handed: 0, task }
     }
 
     /// Counts a change of the table; returns what to wait for before confirming it.
     fn note_change(&mut self) -> Durable {
         self.changes += 1;
-        Durable { seq: self.changes, durable: self.durable.clone() }
+        Durable { seq: self.changes, written: self.written.clone() }
     }
 
     /// Changes wait for a table, and the writer has finished the last one it was handed.
     fn wants_table(&self) -> bool {
-        self.changes > self.handed && *self.durable.borrow() >= self.handed
+        self.changes > self.handed && self.written.borrow().settled >= self.handed
     }
 
     /// Encodes the table as it is now and hands it to the writer.
@@ -202,7 +295,7 @@ impl LeaseWriter {
     /// Resolves once [`Self::wants_table`] holds.
     async fn ready(&mut self) {
         while !self.wants_table() {
-            if self.durable.changed().await.is_err() {
+            if self.written.changed().await.is_err() {
                 // The writer is gone; nothing will be written any more.
                 std::future::pending::<()>().await;
             }
@@ -213,7 +306,7 @@ impl LeaseWriter {
     async fn finish(mut self, leases: &appliance_core::dhcp::leases::Leases) {
         if self.changes > self.handed {
             let handed = self.handed;
-            let _ = self.durable.wait_for(|d| *d >= handed).await;
+            let _ = self.written.wait_for(|w| w.settled >= handed).await;
             self.hand_over(leases);
         }
         drop(self.to_writer);
@@ -230,17 +323,23 @@ async fn writer_ready(writer: Option<&mut LeaseWriter>) {
     }
 }
 
-/// A submitted table: resolves once it (or a newer one) is on disk.
+/// A submitted table: says, once the writer is done with it, whether it is on disk.
 struct Durable {
     seq: u64,
-    durable: watch::Receiver<u64>,
+    written: watch::Receiver<Written>,
 }
 
 impl Durable {
-    async fn wait(mut self) {
+    /// Whether the change is on disk: false when the write that included it failed. A later
+    /// write may still succeed, but the reply waiting here is not sent; the client's
+    /// retransmission makes a new change and a new write.
+    async fn on_disk(mut self) -> bool {
         let seq = self.seq;
-        // An error means the writer is gone (shutdown after its last write): nothing to wait for.
-        let _ = self.durable.wait_for(|d| *d >= seq).await;
+        // An error means the writer is gone (shutdown after its last write): what it last
+        // reported decides.
+        let _ = self.written.wait_for(|w| w.settled >= seq).await;
+        let on_disk = self.written.borrow().durable >= seq;
+        on_disk
     }
 }
 
@@ -257,10 +356,9 @@ fn unix_now() -> u64 {
 
 #[allow(clippy::too_many_arguments)]
 async fn serve_one(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     opts: &DhcpOptions,
-    writer: Option<&mut LeaseWriter>,
-    state: &mut State,
+    (writer, state, warnings): (Option<&mut LeaseWriter>, &mut State, &mut Warnings),
     socket: &Arc<AsyncSocket>,
     port: Port,
     bytes: &[u8],
@@ -310,34 +408,45 @@ async fn serve_one(
         _ => None,
     };
     if let Some(w) = &handled.warning {
-        warn!(mac = %fmt_mac(&client), "dhcp: {w}");
+        warnings.warn(*rx.source.ip(), &fmt_mac(&client), w);
     }
     let mode = ctx.mode;
     let reply_to = opts.reply_to;
     let confirms = handled.reply.is_some();
     let egress = Egress { ifindex: rx.ifindex, local: rx.local };
     let socket = socket.clone();
-    let finish = async move {
+    let shared = shared.clone();
+    let finish = move |mut handled: Handled, on_disk: bool| async move {
+        if !on_disk {
+            // Silence rather than a NAK: the client retransmits its REQUEST and is answered
+            // once the disk takes the lease (ARCHITECTURE.md, "No ACK without a durable lease").
+            shared.telemetry.metrics.dhcp_acks_withheld.inc();
+            handled.reply = None;
+            handled.note = Some("ACK withheld: the lease could not be written to disk".into());
+        }
+        let mut sent = true;
         if let Some((reply, dest)) = &handled.reply {
             let dest = match (port, reply_to) {
                 (Port::Dhcp, Some(SocketAddr::V4(to))) => to,
                 _ => *dest,
             };
             if let Err(e) = socket.send(&reply.encode(), dest, egress).await {
+                sent = false;
                 warn!(mac = %fmt_mac(&client), %dest, "dhcp: sending {:?} failed: {e}", reply.kind);
             }
         }
         log_exchange(&client, &req, port, mode, &handled);
+        super::observe::exchange(&shared.telemetry, &client, port, mode, &handled, sent);
     };
     match durable {
         // The reply confirms a lease change: it waits for the write, the loop does not.
         Some(d) if confirms => {
             tokio::spawn(async move {
-                d.wait().await;
-                finish.await;
+                let on_disk = d.on_disk().await;
+                finish(handled, on_disk).await;
             });
         }
-        _ => finish.await,
+        _ => finish(handled, true).await,
     }
 }
 
@@ -360,6 +469,8 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
         .decision
         .as_ref()
         .map_or_else(|| ("-".into(), "-".into()), |d| (fmt_rule(&d.arch_rule), fmt_rule(&d.target_rule)));
+    let uefi_chain = h.decision.as_ref().and_then(|d| d.uefi_chain.as_ref());
+    let uefi_chain = uefi_chain.map_or_else(|| "-".to_string(), |c| format!("{} by {}", c.chain, c.rule));
     let dropped = h.reply.as_ref().map(|(r, _)| r.dropped.clone()).filter(|d| !d.is_empty());
     let boot_client = client.firmware != appliance_core::arch::Firmware::Unknown;
     let interesting = h.reply.is_some() || h.leases_changed || boot_client || mode == DhcpMode::Server;
@@ -378,6 +489,7 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
                 boot = ?boot,
                 arch_rule = %arch_rule,
                 target_rule = %target_rule,
+                uefi_chain = %uefi_chain,
                 chained = h.chained,
                 dropped = ?dropped,
                 why = h.note.as_deref().unwrap_or("-"),
@@ -389,5 +501,51 @@ fn log_exchange(client: &client::Client, req: &dhcproto::v4::Message, port: Port
         line!(info);
     } else {
         line!(debug);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Collects what a `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn warnings_from_one_source_are_limited_and_the_rest_counted() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // Another dispatcher alive makes tracing ask each thread's default (see http::tests).
+        let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::callsite::rebuild_interest_cache();
+
+        let mut w = Warnings::new();
+        let (flood, other) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(10, 0, 0, 7));
+        for i in 0..20 {
+            w.warn(flood, &format!("52:54:00:00:00:{i:02x}"), "no address: the pool is exhausted");
+        }
+        w.warn(other, "52:54:00:00:01:00", "no address: the pool is exhausted");
+        // A minute later the flood's next line says how many were left out.
+        w.epoch -= WARNINGS.per;
+        w.warn(flood, "52:54:00:00:00:ff", "no address: the pool is exhausted");
+
+        let log = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let from = |source: &str| log.lines().filter(|l| l.contains(&format!("source={source}"))).count();
+        assert_eq!((from("0.0.0.0"), from("10.0.0.7")), (6, 1), "{log}");
+        assert!(log.lines().last().unwrap().contains("suppressed=15"), "{log}");
     }
 }

@@ -57,8 +57,10 @@ impl LeaseStore {
         &self.path
     }
 
-    /// Reads the table; a missing file is an empty table, a corrupt one is moved aside.
+    /// Reads the table; a missing file is an empty table, a corrupt one is moved aside. Temporary
+    /// files that a write killed half-way left behind are removed first.
     pub fn load(&self, now: u64) -> Leases {
+        self.remove_stale_temps();
         let text = match std::fs::read(&self.path) {
             Ok(t) => t,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Leases::new(),
@@ -77,6 +79,11 @@ impl LeaseStore {
                 Leases::new()
             }
         }
+    }
+
+    /// Removes lease writes a kill left unfinished (see [`crate::atomic_file::remove_stale_temps`]).
+    fn remove_stale_temps(&self) {
+        crate::atomic_file::remove_stale_temps(&self.path, "dhcp: lease write");
     }
 
     /// Writes `bytes` (from [`encode`]) over the lease file atomically. Blocking: call it from
@@ -190,5 +197,19 @@ mod tests {
         .unwrap();
         assert_eq!(store.load(1235), Leases::new());
         assert!(dir.path().join("leases.json.corrupt-1235").exists());
+    }
+
+    #[test]
+    fn writes_a_kill_left_unfinished_are_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LeaseStore::new(dir.path());
+        store.write(&encode(&table())).unwrap();
+        // What kill -9 between create and rename leaves: a temporary file of another process.
+        std::fs::write(dir.path().join(".leases.json.tmp-4242"), b"{ half").unwrap();
+        std::fs::write(dir.path().join("keep.tmp-1"), b"not ours").unwrap();
+        assert_eq!(store.load(0), table());
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["keep.tmp-1", FILE_NAME]);
     }
 }

@@ -35,6 +35,7 @@ pub(super) fn answer(ctx: &HttpContext, rest: &str, query: &str, notes: &mut Not
     let Some((mac, name)) = rest.split_once('/').filter(|(_, n)| !n.contains('/')) else { return not_found(head) };
     let Ok(mac) = MacAddr::parse(mac) else { return not_found(head) };
     notes.mac = Some(mac);
+    notes.answer = Some(name.to_string());
     let catalog = ctx.shared.catalog();
     let mut client = Client::new(Firmware::Unknown).with_mac(mac, Learned::HttpQuery);
     // The architecture, when only the machine's DHCP said it.
@@ -49,6 +50,9 @@ pub(super) fn answer(ctx: &HttpContext, rest: &str, query: &str, notes: &mut Not
     };
     let d = decide(&catalog, &client, Stage::IpxeScript);
     notes.decision = Some(format!("answer {name} of profile {}", profile.name));
+    if ctx.shared.telemetry.journal.enabled() {
+        notes.decided = Some(appliance_core::journal::Decided::new(&d));
+    }
     notes.rule = Some(d.target_rule.to_string());
     match answers::render(&catalog, profile, name, d.arch, &d.machine, &ctx.shared.server(), direct) {
         Ok(a) => {
@@ -108,7 +112,10 @@ pub(super) async fn event(ctx: &HttpContext, req: Request<Incoming>, rest: &str,
         }
     };
     let report = match events::parse(content_type.as_deref(), &body) {
-        Ok(r) => r,
+        Ok(r) => {
+            notes.installer = Some((Some(r.kind), r.message.clone()));
+            r
+        }
         Err(e) => {
             notes.decision = Some(format!("event refused: {e}"));
             return text(StatusCode::BAD_REQUEST, &e.to_string(), false);

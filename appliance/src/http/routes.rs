@@ -7,8 +7,10 @@ use super::files::{self, Mutability, Validators};
 use super::HttpContext;
 use crate::artifacts;
 use appliance_core::boot_file::BootFile;
-use appliance_core::client;
+use appliance_core::client::{self, TftpRequest};
 use appliance_core::decide::{decide, Decision, Outcome, Stage};
+use appliance_core::http_path::{check_path, second_stage_path};
+use appliance_core::log_text::escaped;
 use appliance_core::mac::MacAddr;
 use appliance_core::render::{self, Format};
 use hyper::body::Incoming;
@@ -28,6 +30,12 @@ pub(super) struct Notes {
     pub rule: Option<String>,
     /// For artifacts: the version to mark as used when the transfer ends.
     pub touch: Option<(String, String)>,
+    /// The decision behind the response, for the journal.
+    pub decided: Option<appliance_core::journal::Decided>,
+    /// The request fetched this answer file.
+    pub answer: Option<String>,
+    /// The request was an installer's report: what it said, once it was read.
+    pub installer: Option<(Option<appliance_core::events::EventKind>, Option<String>)>,
 }
 
 pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
@@ -36,23 +44,34 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
     let mut notes = Notes::default();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let telemetry = ctx.shared.telemetry.clone();
+    telemetry.metrics.http.in_flight.inc();
     let response = match (&method, path.strip_prefix("/events/")) {
         (&Method::POST, Some(rest)) if check_path(&path).is_ok() => {
+            notes.installer = Some((None, None));
             super::provisioning::event(ctx, req, rest, &mut notes).await
         }
         _ => route(ctx, &req, peer, &mut notes).await,
     };
     let status = response.status().as_u16();
+    let length = (method != Method::HEAD)
+        .then(|| response.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok())
+        .flatten();
+    let running = super::observe::running(ctx, &notes, peer, &path, length);
     let touches = ctx.touches.clone();
+    let shared = ctx.shared.clone();
     response.map(move |body| {
         body.on_drop(move |bytes| {
             drop(latency);
             if let Some((profile, version)) = &notes.touch {
                 touches.touch(profile, version, SystemTime::now());
             }
+            let done = super::observe::Done { method: &method, path: &path, status, bytes, length, started, peer };
+            super::observe::finished(&shared, &notes, done, running);
+            // Method and path are the client's bytes: escaped and bounded (log_text).
             tracing::info!(
-                %method,
-                path = %path,
+                method = %escaped(method.as_str()),
+                path = %escaped(&path),
                 status,
                 bytes,
                 duration_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -67,7 +86,7 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
 }
 
 async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, notes: &mut Notes) -> Response<Body> {
-    let path = req.uri().path();
+    let path = second_stage_path(req.uri().path());
     let head = req.method() == Method::HEAD;
     if let Err(why) = check_path(path) {
         return text(StatusCode::BAD_REQUEST, why, head);
@@ -85,6 +104,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/artifacts/") => {
             artifact(ctx, req, &p["/artifacts/".len()..], notes).await
         }
+        (&Method::GET | &Method::HEAD, p) if boot_image_name(p).is_some() => {
+            boot_image(ctx, req, boot_image_name(p).unwrap_or_default(), notes).await
+        }
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/answers/") => {
             super::provisioning::answer(ctx, &p["/answers/".len()..], req.uri().query().unwrap_or(""), notes, head)
         }
@@ -92,6 +114,9 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "events are posted", head);
             r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
             r
+        }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with("/grub/") || p.starts_with("/debian-installer/") => {
+            grub_file(ctx, p, peer, notes, head)
         }
         (&Method::GET | &Method::HEAD, _) => match boot_program {
             Some(file) => bootloader(ctx, req, file).await,
@@ -103,21 +128,6 @@ async fn route(ctx: &HttpContext, req: &Request<Incoming>, peer: SocketAddr, not
             r
         }
     }
-}
-
-/// Refuses paths that could climb out of a directory or hide a name in an encoding: we never
-/// percent-decode a path, since nothing we serve needs an escaped character.
-pub(super) fn check_path(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("the request path must start with /");
-    }
-    if path.bytes().any(|b| b == b'%' || b == b'\\' || b.is_ascii_control()) {
-        return Err("escaped characters, backslashes and control characters are not served");
-    }
-    if path.len() > 1 && path[1..].split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
-        return Err("empty, . and .. path segments are not served");
-    }
-    Ok(())
 }
 
 /// `/ipxe/script?mac=..&buildarch=..&platform=..`: the per-machine script or menu.
@@ -142,11 +152,41 @@ fn script(ctx: &HttpContext, query: &str, peer: SocketAddr, notes: &mut Notes, h
     let server = ctx.shared.server();
     let decision = decide(&catalog, &client, Stage::IpxeScript);
     notes.decision = Some(describe(&decision));
+    if ctx.shared.telemetry.journal.enabled() {
+        notes.decided = Some(appliance_core::journal::Decided::new(&decision));
+    }
     notes.rule = Some(decision.target_rule.to_string());
     match render::render(&catalog, &decision, &server, Format::Ipxe) {
         Ok(Some(script)) => script_response(script, head),
         Ok(None) => text(StatusCode::NOT_FOUND, "no boot script for this machine", head),
         Err(e) => internal_error(format_args!("rendering the iPXE script for {mac}: {e:#}"), head),
+    }
+}
+
+/// `/grub/…` and `/debian-installer/<arch>/grub/…`: the config a signed GRUB reads, for the
+/// machine at the request's source address (its name says nothing of the machine), and a quick
+/// 404 for the module lists and anything else it probes.
+fn grub_file(ctx: &HttpContext, path: &str, peer: SocketAddr, notes: &mut Notes, head: bool) -> Response<Body> {
+    let TftpRequest::GrubConfig(facts) = client::classify_tftp(path) else { return not_found(head) };
+    if facts.ip_prefix {
+        return not_found(head);
+    }
+    let peer = match peer.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    };
+    let stage = (Stage::Grub, Format::Grub);
+    match crate::serve::identify::config_file(&ctx.shared, &ctx.installs, path, &facts, stage, peer) {
+        Ok((decision, text)) => {
+            notes.mac = decision.machine.mac;
+            notes.decision = Some(describe(&decision));
+            notes.rule = Some(decision.target_rule.to_string());
+            match text {
+                Some(text) => script_response(text, head),
+                None => not_found(head),
+            }
+        }
+        Err(e) => internal_error(format_args!("rendering the GRUB config at {path}: {e:#}"), head),
     }
 }
 
@@ -158,6 +198,54 @@ fn describe(d: &Decision) -> String {
         Outcome::Ignore { reason } => format!("ignore: {reason}"),
         Outcome::IpxeScript => "ipxe script".into(),
         Outcome::BootFile { file, .. } => format!("boot file {}", file.file_name()),
+        Outcome::BootImage { shim } => format!("boot image with {}", shim.file_name()),
+    }
+}
+
+/// The file name in a path under the boot images' URL directory.
+fn boot_image_name(path: &str) -> Option<&str> {
+    path.strip_prefix('/')?.strip_prefix(appliance_core::boot_image::URL_DIR)?.strip_prefix('/')
+}
+
+/// `/boot-image/<mac>.<arch>.img`: the machine's RAM-disk image (`super::boot_image`).
+async fn boot_image(ctx: &HttpContext, req: &Request<Incoming>, name: &str, notes: &mut Notes) -> Response<Body> {
+    use super::boot_image::{self as image, ImageError, Sources};
+    let head = req.method() == Method::HEAD;
+    notes.mac = appliance_core::boot_image::parse_file_name(name).map(|(mac, _)| mac);
+    let (shared, store, bootloaders, cache, installs) =
+        (ctx.shared.clone(), ctx.store.clone(), ctx.bootloaders.clone(), ctx.boot_images.clone(), ctx.installs.clone());
+    let name = name.to_string();
+    let built = tokio::task::spawn_blocking(move || {
+        let src = Sources {
+            shared: &shared,
+            store: &store,
+            bootloaders: bootloaders.as_deref(),
+            cache: &cache,
+            installs: &installs,
+        };
+        image::open(&src, &name)
+    })
+    .await;
+    match built {
+        Ok(Ok(built)) => {
+            notes.decision = Some(format!(
+                "{}, image {} ({})",
+                describe(&built.decision),
+                built.key,
+                if built.written { "built" } else { "cached" }
+            ));
+            notes.rule = Some(built.decision.target_rule.to_string());
+            image::respond(req.headers(), head, built)
+        }
+        Ok(Err(ImageError::NoImage { decision })) => {
+            if let Some(d) = decision {
+                notes.decision = Some(describe(&d));
+                notes.rule = Some(d.target_rule.to_string());
+            }
+            not_found(head)
+        }
+        Ok(Err(e)) => internal_error(format_args!("boot image {}: {e}", req.uri().path()), head),
+        Err(e) => internal_error(format_args!("boot image {}: {e}", req.uri().path()), head),
     }
 }
 
@@ -204,7 +292,7 @@ async fn bootloader(ctx: &HttpContext, req: &Request<Incoming>, file: BootFile) 
     files::respond(req.headers(), head, (handle, &meta, Mutability::Mutable), &validators)
 }
 
-fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
+pub(super) fn open_regular(path: &Path) -> io::Result<(File, Metadata)> {
     let f = File::open(path)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
@@ -255,30 +343,4 @@ fn bytes_response(status: StatusCode, content_type: &'static str, bytes: Vec<u8>
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::check_path;
-
-    #[test]
-    fn paths_that_could_escape_are_refused() {
-        for ok in ["/", "/boot.ipxe", "/artifacts/live/0123/vmlinuz", "/a..b"] {
-            assert_eq!(check_path(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "/artifacts/../x",
-            "/artifacts/live/%2e%2e/x",
-            "/..%2fx",
-            "/a\\..\\b",
-            "/x\0",
-            "//etc/passwd",
-            "/artifacts/./x",
-            "/artifacts/live/",
-            "relative",
-            "/..",
-        ] {
-            assert!(check_path(bad).is_err(), "{bad:?}");
-        }
-    }
 }

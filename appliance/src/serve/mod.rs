@@ -6,7 +6,9 @@
 //! an invalid one is refused with every error logged, and the old one keeps serving.
 
 pub mod files;
+pub mod identify;
 pub mod neighbours;
+pub mod tftp_observe;
 pub mod tftp_routes;
 pub mod watcher;
 
@@ -30,7 +32,7 @@ use tracing::{error, info, warn};
 pub struct ServeOptions {
     pub config_dir: PathBuf,
     pub overlay: Option<PathBuf>,
-    /// Writable state: leases, the artifact store (`<state>/artifacts`).
+    /// Writable state: leases, the artifact store (`<state>/artifacts`), boot images (`<state>/boot-images`).
     pub state_dir: PathBuf,
     /// Fetched bytes of `deb`/`url` sources, one file per sha256 (`cargo xtask fetch`).
     pub blobs: PathBuf,
@@ -55,6 +57,12 @@ pub struct ServeOptions {
     pub cpu_latency: crate::latency::CpuLatency,
     /// The admin listener's bearer token file; `None`: `<state>/admin.token` (created once).
     pub admin_token_file: Option<PathBuf>,
+    /// The boot journal (`crate::observe::journal`); its file goes to `<state>/journal`.
+    pub journal: crate::observe::JournalSettings,
+    /// Tests on loopback: where port-67 replies go and the client port (see `DhcpOptions`).
+    pub dhcp_reply_to: Option<std::net::SocketAddr>,
+    /// Fair shares of HTTP connections (TFTP's are in `tftp`).
+    pub http_limits: appliance_core::fair_share::ShareLimits,
 }
 
 impl ServeOptions {
@@ -63,7 +71,6 @@ impl ServeOptions {
             blobs: state_dir.join("blobs"),
             config_dir,
             overlay: None,
-            state_dir,
             bootloaders: None,
             tftp_root: None,
             dhcp_mode: None,
@@ -75,11 +82,20 @@ impl ServeOptions {
             watch: None,
             cpu_latency: crate::latency::CpuLatency::disabled(),
             admin_token_file: None,
+            journal: crate::observe::JournalSettings { dir: Some(state_dir.join("journal")), ..Default::default() },
+            dhcp_reply_to: None,
+            state_dir,
+            http_limits: crate::http::DEFAULT_CONNECTION_LIMITS,
         }
     }
 
     pub fn store(&self) -> PathBuf {
         self.state_dir.join("artifacts")
+    }
+
+    /// The boot images' cache (`crate::http`'s `/boot-image/` route).
+    pub fn boot_images(&self) -> PathBuf {
+        self.state_dir.join(crate::http::BOOT_IMAGES_DIR)
     }
 }
 
@@ -94,12 +110,55 @@ pub struct Listeners {
 
 /// Loads, validates and publishes a config; on failure says everything that is wrong.
 pub fn load_and_publish(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport)> {
-    let catalog = crate::config_dir::load(&opts.config_dir, opts.overlay.as_deref())
-        .map_err(|errs| anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()))?;
-    let store = opts.store();
-    std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
-    let report = artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok((catalog, report))
+    load_versioned(opts).map(|(c, r, _)| (c, r)).map_err(|r| r.error)
+}
+
+/// Why a config was not taken: every config error, or the failure to publish it.
+#[derive(Debug)]
+pub struct Refused {
+    pub errors: Vec<String>,
+    pub error: anyhow::Error,
+}
+
+/// [`load_and_publish`], with the config's version, and a refusal that lists each error.
+fn load_versioned(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, version) =
+        crate::config_dir::load_versioned(&opts.config_dir, opts.overlay.as_deref()).map_err(|errs| Refused {
+            errors: errs.0.iter().map(|e| e.to_string()).collect(),
+            error: anyhow::anyhow!("{} config error(s):\n{errs}", errs.0.len()),
+        })?;
+    let publish = || -> Result<artifacts::PublishReport> {
+        let store = opts.store();
+        std::fs::create_dir_all(&store).with_context(|| format!("creating {}", store.display()))?;
+        artifacts::publish(&catalog, &store, &opts.blobs).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    match publish() {
+        Ok(report) => Ok((catalog, report, version)),
+        Err(error) => Err(Refused { errors: vec![format!("{error:#}")], error }),
+    }
+}
+
+/// What the status page says about a catalog that was just loaded.
+fn catalog_view(opts: &ServeOptions, catalog: &Catalog, version: String) -> appliance_core::status::CatalogView {
+    appliance_core::status::CatalogView {
+        source: opts.config_dir.display().to_string(),
+        overlay: opts.overlay.as_ref().map(|o| o.display().to_string()),
+        version,
+        loaded_at: crate::observe::now_ms(),
+        profiles: catalog.profiles().len(),
+        machines: catalog.machines().len(),
+        dhcp_mode: opts.dhcp_mode.unwrap_or(catalog.settings().dhcp.mode).to_string(),
+        reloads: Vec::new(),
+    }
+}
+
+/// [`load_versioned`], then the Secure Boot warnings of the new config, logged.
+fn load_publish_and_check(opts: &ServeOptions) -> Result<(Catalog, artifacts::PublishReport, String), Refused> {
+    let (catalog, report, version) = load_versioned(opts)?;
+    for w in crate::kernel_signatures::warnings(&catalog, Some(&opts.blobs)) {
+        warn!("{w}");
+    }
+    Ok((catalog, report, version))
 }
 
 fn server_info(catalog: &Catalog, opts: &ServeOptions, http_port: u16, tokens: &TokenKey) -> ServerInfo {
@@ -125,11 +184,13 @@ pub async fn run(
     let opts = Arc::new(opts);
     // Taken before the config is read, so an edit made while it loads still triggers a reload.
     let before_load = opts.watch.map(|_| watcher::fingerprint(&opts.config_dir, opts.overlay.as_deref()));
-    let (catalog, report) = {
+    let (catalog, report, version) = {
         let o = opts.clone();
-        tokio::task::spawn_blocking(move || load_and_publish(&o)).await??
+        tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await?.map_err(|r| r.error)?
     };
     log_publish(&report);
+    let telemetry = start_telemetry(&opts).await?;
+    telemetry.catalog_loaded(catalog_view(&opts, &catalog, version), false);
     let state_dir = opts.state_dir.clone();
     let tokens = tokio::task::spawn_blocking(move || crate::secret_files::token_key(&state_dir))
         .await?
@@ -148,7 +209,7 @@ pub async fn run(
         "serving"
     );
     let started = SystemTime::now();
-    let shared = Shared::new(Arc::new(catalog), server);
+    let shared = Shared::with_telemetry(Arc::new(catalog), server, telemetry);
     let touches = Arc::new(Touches::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -165,6 +226,7 @@ pub async fn run(
         mode: opts.dhcp_mode,
         grub_images: Default::default(),
         installs: installs.clone(),
+        pending: Default::default(),
     });
     let tftp_stop = stopped(stop_rx.clone());
     let (tftp_cfg, tftp_latency) = (opts.tftp.clone(), opts.cpu_latency.clone());
@@ -175,11 +237,13 @@ pub async fn run(
         shared: shared.clone(),
         store: opts.store(),
         bootloaders: opts.bootloaders.clone(),
+        boot_images: opts.boot_images(),
         touches: touches.clone(),
         shutdown_grace: Duration::from_secs(5),
         write_stall: crate::http::DEFAULT_WRITE_STALL,
         cpu_latency: opts.cpu_latency.clone(),
         installs: installs.clone(),
+        limits: opts.http_limits,
     });
     let http_stop = stopped(stop_rx.clone());
     tasks.spawn(async move { crate::http::serve(listeners.http, http_ctx, http_stop).await.context("http") });
@@ -192,13 +256,17 @@ pub async fn run(
             warn!(file = %f.display(), "the admin token file is readable by other users");
         }
         info!(admin = %admin.local_addr()?, "admin API listening");
-        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), token });
+        let ctx = Arc::new(crate::admin::AdminContext { installs: installs.clone(), shared: shared.clone(), token });
         let admin_stop = stopped(stop_rx.clone());
         tasks.spawn(async move { crate::admin::serve(admin, ctx, admin_stop).await.context("admin") });
     }
     if let Some(sockets) = listeners.dhcp {
-        let dhcp_opts =
+        let mut dhcp_opts =
             crate::dhcp::DhcpOptions { mode: opts.dhcp_mode, state_dir: opts.state_dir.clone(), ..Default::default() };
+        if let Some(to) = opts.dhcp_reply_to {
+            dhcp_opts.reply_to = Some(to);
+            dhcp_opts.client_port = to.port();
+        }
         let dhcp_stop = stopped(stop_rx.clone());
         let sh = shared.clone();
         tasks.spawn(async move { crate::dhcp::run(sh, sockets, dhcp_opts, dhcp_stop).await.context("dhcp") });
@@ -230,6 +298,13 @@ pub async fn run(
             Ok(())
         });
     }
+
+    // Free heap pages handed back after load (a burst of connections, a DHCP flood).
+    let trim_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        crate::memory::trim_periodically(crate::memory::TRIM_INTERVAL, trim_stop).await;
+        Ok(())
+    });
 
     tokio::pin!(shutdown);
     let mut gc_tick = tokio::time::interval(opts.gc_interval);
@@ -276,19 +351,44 @@ async fn reload_config(
     installs: &Arc<InstallStore>,
 ) {
     let o = opts.clone();
-    match tokio::task::spawn_blocking(move || load_and_publish(&o)).await {
-        Ok(Ok((catalog, report))) => {
+    match tokio::task::spawn_blocking(move || load_publish_and_check(&o)).await {
+        Ok(Ok((catalog, report, version))) => {
             log_publish(&report);
             let server = server_info(&catalog, opts, http_port, tokens);
             info!(profiles = catalog.profiles().len(), machines = catalog.machines().len(), "config reloaded");
+            shared.telemetry.catalog_loaded(catalog_view(opts, &catalog, version), true);
             shared.set_server(server);
             let catalog = Arc::new(catalog);
             shared.replace_catalog(catalog.clone());
             rearm_changed(installs, &catalog).await;
         }
-        Ok(Err(e)) => error!("reload refused, still serving the previous config: {e:#}"),
-        Err(e) => error!("reload failed: {e}"),
+        Ok(Err(refused)) => {
+            error!("reload refused, still serving the previous config: {:#}", refused.error);
+            shared.telemetry.reload_refused(refused.errors);
+        }
+        Err(e) => {
+            error!("reload failed: {e}");
+            shared.telemetry.reload_refused(vec![e.to_string()]);
+        }
     }
+}
+
+/// The journal (its recent records read back) and the metrics.
+async fn start_telemetry(opts: &ServeOptions) -> Result<Arc<crate::observe::Telemetry>> {
+    let metrics = crate::observe::Metrics::new();
+    let dropped = metrics.journal_dropped.clone();
+    let settings = opts.journal.clone();
+    let journal = tokio::task::spawn_blocking(move || {
+        crate::observe::Journal::start(&settings, move || {
+            dropped.inc();
+        })
+    })
+    .await?
+    .with_context(|| format!("starting the journal in {:?}", opts.journal.dir))?;
+    if let Some(file) = journal.file() {
+        info!(file = %file.display(), "journal: appending records");
+    }
+    Ok(Arc::new(crate::observe::Telemetry::new(journal, metrics)))
 }
 
 /// Re-arms the installed machines whose entry changed in `catalog` (see
@@ -307,6 +407,11 @@ async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches
     let grace = opts.gc_grace.unwrap_or(Duration::from_secs(catalog.settings().gc_grace_secs));
     let store = opts.store();
     let t = touches.clone();
+    let images = opts.boot_images();
+    let pruned = tokio::task::spawn_blocking(move || crate::http::prune_boot_images(&images, grace, SystemTime::now()));
+    for path in pruned.await.unwrap_or_default() {
+        info!(path = %path.display(), "removed a boot image not served within the grace period");
+    }
     let result = tokio::task::spawn_blocking(move || {
         // Transfers are not remembered across a restart: count the start as a touch, so a
         // restart never shortens the grace period of a version a node may still be booting.
@@ -319,6 +424,9 @@ async fn collect_garbage(opts: &Arc<ServeOptions>, shared: &Arc<Shared>, touches
             for (profile, version) in &report.removed {
                 info!(%profile, %version, "removed unreferenced artifact version");
             }
+            let metrics = &shared.telemetry.metrics;
+            metrics.gc_runs.inc();
+            metrics.gc_freed_bytes.inc_by(report.freed_bytes);
         }
         Err(e) => warn!("artifact gc failed: {e}"),
     }

@@ -7,17 +7,17 @@
 //! (path, source address → MAC, what it said in DHCP) and fetches the bytes.
 
 use super::files;
-use super::neighbours;
+use super::identify;
 use crate::artifacts::{self, Touches};
 use crate::state::Shared;
 use crate::tftp::{Content, Handler, ReadRequest, TftpError, TransferReport};
 use appliance_core::arch::Firmware;
 use appliance_core::boot_file::BootFile;
 use appliance_core::catalog::DhcpMode;
-use appliance_core::client::{classify_tftp, Client, Learned, PathFacts, TftpRequest};
-use appliance_core::decide::{decide, decide_boot_file, Decision, Outcome, Stage};
+use appliance_core::client::{classify_tftp, Client, PathFacts, TftpRequest};
+use appliance_core::decide::{decide_boot_file, Decision, Outcome, Stage};
 use appliance_core::render::{self, Format};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -37,6 +37,8 @@ pub struct TftpRoutes {
     pub grub_images: GrubImages,
     /// Which machines are installed (they boot their disk under `after_install: local`).
     pub installs: Arc<crate::install_store::InstallStore>,
+    /// What each request's `read` learned, for its `finished` (metrics, journal, in flight).
+    pub pending: super::tftp_observe::Pending,
 }
 
 /// Patched GRUB images by file name, valid while the file's size and mtime and our address stay.
@@ -65,41 +67,13 @@ impl GrubImages {
 }
 
 fn peer_v4(req: &ReadRequest) -> Option<Ipv4Addr> {
-    match req.peer.ip() {
-        IpAddr::V4(v4) => Some(v4),
-        IpAddr::V6(v6) => v6.to_ipv4_mapped(),
-    }
+    crate::observe::peer_v4(req.peer)
 }
 
 impl TftpRoutes {
     /// Everything we know about the client behind this request.
     fn client(&self, req: &ReadRequest, facts: &PathFacts, firmware: Firmware, now: Instant) -> Client {
-        let mut client = Client::new(firmware);
-        let peer = peer_v4(req);
-        let learned_mac = facts
-            .mac
-            .map(|m| (m, Learned::TftpPath(req.path.clone())))
-            .or_else(|| facts.ip.and_then(|ip| self.mac_for(ip)).map(|m| (m, Learned::TftpPath(req.path.clone()))))
-            .or_else(|| peer.and_then(|ip| self.mac_for(ip).map(|m| (m, Learned::SourceAddress(ip)))));
-        client = client.learn_from_path(&req.path, facts, learned_mac);
-        client.ip = peer;
-        if let Some(dhcp) = client.mac.and_then(|m| self.shared.recalled_dhcp(m, now)) {
-            client.merge_overheard(&dhcp);
-            // A config request comes from U-Boot or GRUB, whatever the firmware said in DHCP;
-            // a boot file request (`Unknown` here) is the firmware itself.
-            if firmware != Firmware::Unknown {
-                client.firmware = firmware;
-            }
-        }
-        if let Some(mac) = client.mac {
-            client.ipxe_chained = self.shared.chained(mac, now);
-            client.installed = self.installs.installed(mac);
-        }
-        client
-    }
-
-    fn mac_for(&self, ip: Ipv4Addr) -> Option<appliance_core::mac::MacAddr> {
-        self.shared.mac_for_ip(ip).or_else(|| neighbours::lookup(ip))
+        identify::client(&self.shared, &self.installs, &req.path, facts, firmware, peer_v4(req), now)
     }
 
     fn rendered(
@@ -113,13 +87,10 @@ impl TftpRoutes {
             // A shortened hex address never names one machine.
             return Err(TftpError::not_found());
         }
-        let now = Instant::now();
-        let firmware = if format == Format::Grub { Firmware::Grub } else { Firmware::Uboot };
-        let client = self.client(req, facts, firmware, now);
-        let catalog = self.shared.catalog();
-        let decision = decide(&catalog, &client, stage);
-        let text = render::render(&catalog, &decision, &self.shared.server(), format)
-            .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
+        let (decision, text) =
+            identify::config_file(&self.shared, &self.installs, &req.path, facts, (stage, format), peer_v4(req))
+                .map_err(|e| TftpError::undefined(format!("render failed: {e}")))?;
+        self.pending.decided(&self.shared.telemetry, req, &decision);
         log(req, &decision, if text.is_some() { "rendered" } else { "not found" });
         match text {
             Some(t) => Ok(Content::Bytes(t.into_bytes().into())),
@@ -142,6 +113,7 @@ impl TftpRoutes {
         let client = self.client(req, &PathFacts::default(), Firmware::Unknown, now);
         let catalog = self.shared.catalog();
         let decision = decide_boot_file(&catalog, &client, named);
+        self.pending.decided(&self.shared.telemetry, req, &decision);
         log(req, &decision, "boot file");
         match &decision.outcome {
             Outcome::BootFile { file, .. } => {
@@ -179,13 +151,15 @@ impl TftpRoutes {
     }
 }
 
+use appliance_core::log_text::escaped;
+
 fn log(req: &ReadRequest, d: &Decision, what: &str) {
     let mac = d.machine.mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into());
     info!(
         target: "appliance::tftp",
         mac = %mac,
         peer = %req.peer,
-        path = %req.path,
+        path = %escaped(&req.path),
         outcome = ?d.outcome,
         target_rule = %d.target_rule,
         arch_rule = %d.arch_rule,
@@ -195,6 +169,24 @@ fn log(req: &ReadRequest, d: &Decision, what: &str) {
 
 impl Handler for TftpRoutes {
     fn read(&self, req: &ReadRequest) -> Result<Content, TftpError> {
+        let content = self.resolve(req);
+        if let Ok(c) = &content {
+            self.pending.running(&self.shared.telemetry, req, c.len(), |ip| self.shared.mac_for_ip(ip));
+        }
+        content
+    }
+
+    fn finished(&self, report: &TransferReport) {
+        // Artifacts are touched again at the end, so a long transfer keeps its version alive.
+        if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
+            self.touches.touch(&profile, &version, SystemTime::now());
+        }
+        self.pending.finished(&self.shared.telemetry, report, |ip| self.shared.mac_for_ip(ip));
+    }
+}
+
+impl TftpRoutes {
+    fn resolve(&self, req: &ReadRequest) -> Result<Content, TftpError> {
         match classify_tftp(&req.path) {
             TftpRequest::Pxelinux(f) => self.rendered(req, &f, Stage::Pxelinux, Format::Pxelinux),
             TftpRequest::GrubConfig(f) => self.rendered(req, &f, Stage::Grub, Format::Grub),
@@ -226,13 +218,6 @@ impl Handler for TftpRoutes {
             },
         }
     }
-
-    fn finished(&self, report: &TransferReport) {
-        // Artifacts are touched again at the end, so a long transfer keeps its version alive.
-        if let TftpRequest::Artifact { profile, version, .. } = classify_tftp(&report.path) {
-            self.touches.touch(&profile, &version, SystemTime::now());
-        }
-    }
 }
 
 #[cfg(test)]
@@ -244,17 +229,29 @@ mod tests {
 
     struct Fixture {
         routes: TftpRoutes,
-        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
     }
 
-    fn fixture(mode: DhcpMode) -> Fixture {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config");
-        let catalog = crate::config_dir::load(&dir, None).unwrap();
+    /// The core's test config, with one more machine (the `machines.yaml` line `extra`).
+    fn fixture_with(mode: DhcpMode, extra: &str) -> Fixture {
+        let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/config");
+        let config = tempfile::tempdir().unwrap();
+        copy_dir(&original, config.path());
+        let machines = config.path().join("machines.yaml");
+        let text =
+            std::fs::read_to_string(&machines).unwrap().replacen("machines:\n", &format!("machines:\n{extra}"), 1);
+        std::fs::write(&machines, text).unwrap();
+        let catalog = crate::config_dir::load(config.path(), None).unwrap();
         let server = appliance_core::render::ServerInfo::from_catalog(&catalog);
         let shared = Shared::new(Arc::new(catalog), server);
         let boot = tempfile::tempdir().unwrap();
         for name in ["undionly.kpxe", "ipxe.efi", "snponly.efi", "grubnetaa64.efi"] {
             std::fs::write(boot.path().join(name), format!("bytes of {name}")).unwrap();
+        }
+        // Signed programs whose bytes even contain our GRUB images' address placeholder: they
+        // must still be served exactly as they are.
+        for name in ["shimx64.efi", "grubx64.efi", "shimaa64.efi", "grubaa64.efi"] {
+            std::fs::write(boot.path().join(name), signed_bytes(name)).unwrap();
         }
         let store = tempfile::tempdir().unwrap();
         let routes = TftpRoutes {
@@ -266,18 +263,46 @@ mod tests {
             mode: Some(mode),
             grub_images: Default::default(),
             installs: Arc::new(crate::install_store::InstallStore::new(store.path())),
+            pending: Default::default(),
         };
-        Fixture { routes, _dirs: (boot, store) }
+        Fixture { routes, _dirs: (boot, store, config) }
+    }
+
+    fn fixture(mode: DhcpMode) -> Fixture {
+        fixture_with(mode, "")
+    }
+
+    fn signed_bytes(name: &str) -> Vec<u8> {
+        let placeholder = appliance_core::render::grub_image::SERVER_PLACEHOLDER;
+        format!("MZ signed {name} {placeholder} certificate table").into_bytes()
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let dest = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                std::fs::create_dir_all(&dest).unwrap();
+                copy_dir(&entry.path(), &dest);
+            } else {
+                std::fs::copy(entry.path(), dest).unwrap();
+            }
+        }
     }
 
     /// The site's DHCP names `undionly.kpxe` for everyone; we overheard this client's DISCOVER.
     fn fixed_boot_file(f: &Fixture, mac: &str, ip: [u8; 4], q: Query) -> String {
+        named_file(f, mac, ip, q, "undionly.kpxe")
+    }
+
+    /// This client asks for `path`, after we overheard its DISCOVER.
+    fn named_file(f: &Fixture, mac: &str, ip: [u8; 4], q: Query, path: &str) -> String {
         let mac = MacAddr::parse(mac).unwrap();
         let client = client_from_query(&Query { mac: Some(mac), ..q });
         f.routes.shared.remember_dhcp(&client, Instant::now());
         f.routes.shared.remember_ip(mac, Ipv4Addr::from(ip));
         let req = ReadRequest {
-            path: "undionly.kpxe".into(),
+            path: path.into(),
             peer: (Ipv4Addr::from(ip), 2000).into(),
             local: "10.0.0.1:69".parse().unwrap(),
         };
@@ -320,6 +345,48 @@ mod tests {
         let arm =
             fixed_boot_file(&f, "52:54:00:00:00:05", [10, 0, 0, 105], q(11, "PXEClient:Arch:00011:UNDI:003000", None));
         assert_eq!(arm, "bytes of grubnetaa64.efi");
+    }
+
+    #[test]
+    fn signed_programs_are_served_byte_for_byte() {
+        // With --dhcp off a first program's name says nothing (the site gives everyone one), but
+        // shim's GRUB is asked for by its own name.
+        let cases = [
+            (DhcpMode::Server, &["shimx64.efi", "grubx64.efi", "shimaa64.efi", "grubaa64.efi"][..]),
+            (DhcpMode::Off, &["grubx64.efi", "grubaa64.efi"][..]),
+        ];
+        for (mode, names) in cases {
+            let f = fixture(mode);
+            let uefi = q(7, "PXEClient:Arch:00007:UNDI:003000", None);
+            for name in names {
+                let got = named_file(&f, "52:54:00:00:00:03", [10, 0, 0, 103], uefi.clone(), name);
+                assert_eq!(got.as_bytes(), signed_bytes(name), "{mode} {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn off_mode_gives_a_shim_machine_shim_under_the_fixed_name_then_its_grub() {
+        let f = fixture_with(DhcpMode::Off, "  \"52:54:00:00:00:20\": { profile: live, uefi_chain: shim }\n");
+        let uefi = q(7, "PXEClient:Arch:00007:UNDI:003000", None);
+        let first = fixed_boot_file(&f, "52:54:00:00:00:20", [10, 0, 0, 120], uefi.clone());
+        assert_eq!(first.as_bytes(), signed_bytes("shimx64.efi"));
+        let second = named_file(&f, "52:54:00:00:00:20", [10, 0, 0, 120], uefi, "grubx64.efi");
+        assert_eq!(second.as_bytes(), signed_bytes("grubx64.efi"));
+    }
+
+    #[test]
+    fn the_signed_grub_gets_its_machines_config_by_source_address() {
+        let f = fixture_with(DhcpMode::Server, "  \"52:54:00:00:00:20\": { profile: live, uefi_chain: shim }\n");
+        let uefi = q(7, "PXEClient:Arch:00007:UNDI:003000", None);
+        for path in ["/grub/grub.cfg", "/debian-installer/amd64/grub/grub.cfg"] {
+            let cfg = named_file(&f, "52:54:00:00:00:20", [10, 0, 0, 120], uefi.clone(), path);
+            assert!(cfg.contains("(52:54:00:00:00:20): profile live, x86_64"), "{path}: {cfg}");
+            assert!(cfg.contains("\tlinux /artifacts/live/"), "{path}: {cfg}");
+        }
+        // Its module lists are answered "not found" at once (TFTP error 1).
+        let lst = named_file(&f, "52:54:00:00:00:20", [10, 0, 0, 120], uefi, "/grub/x86_64-efi/command.lst");
+        assert_eq!(lst, "error 1");
     }
 
     #[test]

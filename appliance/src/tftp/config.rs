@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use appliance_core::fair_share::ShareLimits;
 use appliance_core::tftp::Limits;
 
 /// Server-side limits and timers.
@@ -18,9 +19,20 @@ pub struct TftpConfig {
     pub max_blksize: u16,
     /// Upper bound for a negotiated windowsize (clamped to >= 1).
     pub max_windowsize: u16,
-    /// Concurrent transfers; requests beyond this are dropped (the client
-    /// retries its request after its own timeout).
+    /// Concurrent transfers. A request beyond this takes the place of the
+    /// transfer that has made no progress for longest, if that one has made
+    /// none for `evict_after`; otherwise it is dropped (the client retries
+    /// its request after its own timeout). See `appliance_core::fair_share`.
     pub max_transfers: usize,
+    /// Concurrent transfers from one source address, with the same rule among
+    /// that source's own transfers: one host cannot take every slot.
+    pub max_per_source: usize,
+    /// How long a transfer must have made no progress (no new ACK) before a
+    /// new request may take its place.
+    pub evict_after: Duration,
+    /// Longest retransmission timeout a client's `timeout` option is granted;
+    /// a longer one is ignored (RFC 2349 allows it) and `timeout` applies.
+    pub max_timeout: Duration,
     /// Lockstep (windowsize 1) transfers that may run at once on a thread of
     /// their own with blocking socket calls, the shortest path from an ACK to
     /// the next DATA; further ones run on the async engine. 0 keeps every
@@ -44,6 +56,9 @@ impl Default for TftpConfig {
             max_blksize: limits.max_blksize,
             max_windowsize: limits.max_windowsize,
             max_transfers: 1024,
+            max_per_source: 32,
+            evict_after: Duration::from_secs(3),
+            max_timeout: limits.max_timeout,
             lockstep_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             lockstep_spin: Duration::from_micros(20),
         }
@@ -51,6 +66,11 @@ impl Default for TftpConfig {
 }
 
 impl TftpConfig {
+    /// The fair-share limits on transfers.
+    pub(crate) fn shares(&self) -> ShareLimits {
+        ShareLimits { per_source: self.max_per_source, total: self.max_transfers, evict_after: self.evict_after }
+    }
+
     /// What the transfer machine grants each transfer.
     pub(crate) fn limits(&self) -> Limits {
         Limits {
@@ -58,6 +78,7 @@ impl TftpConfig {
             max_retries: self.max_retries,
             max_blksize: self.max_blksize,
             max_windowsize: self.max_windowsize,
+            max_timeout: self.max_timeout,
         }
     }
 }

@@ -90,7 +90,7 @@ impl TransferReport {
     pub(crate) fn log(&self) {
         tracing::info!(
             peer = %self.peer,
-            path = %self.path,
+            path = %appliance_core::log_text::escaped(&self.path),
             bytes = self.bytes,
             blocks = self.blocks,
             retransmits = self.retransmits,

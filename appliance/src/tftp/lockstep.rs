@@ -34,6 +34,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::debug;
 
 use super::source::Source;
+use crate::fair_share::{Activity, Stop};
 
 /// Longest a blocked `recv` sleeps before the loop looks at the clock and
 /// the shutdown flag.
@@ -96,7 +97,10 @@ pub(crate) struct Job {
 
 /// When to stop, and whether to poll for ACKs.
 pub(crate) struct Settings {
-    pub shutdown: watch::Receiver<bool>,
+    /// Whether to go on: a server shutdown, or room needed for another request.
+    pub shutdown: watch::Receiver<Stop>,
+    /// Touched on every ACK that makes progress (see `crate::fair_share`).
+    pub activity: Activity,
     /// How long to poll for an ACK before sleeping (zero: never poll); no
     /// polling either while `threads` is crowded.
     pub spin: Duration,
@@ -104,9 +108,13 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
-    /// The server asked transfers to stop, or is gone.
-    fn stop_requested(&self) -> bool {
-        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
+    /// What the server asked, if it asked to stop (a server that is gone counts as a shutdown).
+    fn stop_requested(&self) -> Option<Stop> {
+        match *self.shutdown.borrow() {
+            Stop::Run if self.shutdown.has_changed().is_err() => Some(Stop::Shutdown),
+            Stop::Run => None,
+            stop => Some(stop),
+        }
     }
 }
 
@@ -177,6 +185,7 @@ pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, job: Job) -> Transfer {
         }
         match conn.receive() {
             Ok(Some(n)) => match transfer.handle(&conn.rx[..n]) {
+                Received::Progress => settings.activity.touch(),
                 Received::Unexpected(kind) => debug!(%peer, kind, "tftp: ignoring unexpected packet"),
                 Received::Malformed(e) => debug!(%peer, "tftp: ignoring malformed datagram: {e}"),
                 _ => {}
@@ -184,8 +193,8 @@ pub(crate) fn run(sock: &UdpSocket, peer: SocketAddr, job: Job) -> Transfer {
             Ok(None) => {}
             Err(e) => transfer.fail(e),
         }
-        if settings.stop_requested() {
-            transfer.shutdown();
+        if let Some(stop) = settings.stop_requested() {
+            super::transfer::stop_transfer(&mut transfer, stop);
         }
         now = epoch.elapsed();
         transfer.handle_timeout(now);
@@ -291,9 +300,9 @@ mod tests {
         (server, client)
     }
 
-    fn settings(spin: Duration) -> (watch::Sender<bool>, Settings) {
-        let (tx, shutdown) = watch::channel(false);
-        (tx, Settings { shutdown, spin, threads: Threads::new(1) })
+    fn settings(spin: Duration) -> (watch::Sender<Stop>, Settings) {
+        let (tx, shutdown) = watch::channel(Stop::Run);
+        (tx, Settings { shutdown, activity: Activity::default(), spin, threads: Threads::new(1) })
     }
 
     fn conn<'a>(server: &'a UdpSocket, settings: &'a Settings, spinner: Spinner) -> Conn<'a> {
@@ -436,7 +445,7 @@ mod tests {
                 if gone {
                     drop(stop);
                 } else {
-                    stop.send(true).unwrap();
+                    stop.send(Stop::Shutdown).unwrap();
                 }
             });
             let started = Instant::now();

@@ -10,11 +10,12 @@ use crate::latency::CpuLatency;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::fair_share::Occupancy;
+use appliance_core::rate_limit::{Rate, RateLimiter, Verdict};
 use appliance_core::tftp::packet::Packet;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
@@ -27,10 +28,18 @@ use super::transfer::{self, Incoming};
 /// something that parses.
 const RECV_BUF: usize = 65536;
 
+/// Warnings about one source (its requests refused, its transfers evicted): a few per
+/// minute, then a count of what was left out.
+const WARNINGS: Rate = Rate { lines: 5, per: Duration::from_secs(60) };
+/// Sources whose warnings are counted separately.
+const WARNING_SOURCES: usize = 4096;
+
 /// Serves TFTP read requests arriving on `socket` until `shutdown` resolves.
 ///
 /// Each request runs on its own task and ephemeral socket bound to the
-/// listening socket's IP. On shutdown the loop stops accepting, tells running
+/// listening socket's IP, within the fair shares of `config` (per source and
+/// in total; a stalled transfer makes room for a new request, see
+/// `appliance_core::fair_share`). On shutdown the loop stops accepting, tells running
 /// transfers to stop (they send ERROR 0 and report [`Outcome::Shutdown`]),
 /// waits for them and returns. Only a failure to read the socket's own local
 /// address is returned as an error; receive errors are logged and retried.
@@ -51,11 +60,12 @@ where
 {
     let local = socket.local_addr()?;
     let config = Arc::new(config);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let occupancy = Occupancy::new(config.shares());
     let threads = Threads::new(config.lockstep_threads);
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; RECV_BUF];
-    let mut saturated = false;
+    let epoch = Instant::now();
+    let mut warnings = RateLimiter::new(WARNINGS, WARNING_SOURCES);
     tokio::pin!(shutdown);
     debug!(%local, "tftp: serving");
     loop {
@@ -80,16 +90,28 @@ where
                             continue;
                         }
                     };
-                    if tasks.len() >= config.max_transfers {
-                        // Warn once per saturation episode, not per request.
-                        if !saturated {
-                            warn!(limit = config.max_transfers, "tftp: transfer limit reached, dropping requests");
-                            saturated = true;
+                    let slot = match occupancy.admit(peer.ip()) {
+                        Ok((slot, evicted)) => {
+                            if let Some(gone) = evicted {
+                                if let Verdict::Log { suppressed } = warnings.check(&gone.source, epoch.elapsed()) {
+                                    warn!(
+                                        source = %gone.source,
+                                        idle_ms = gone.idle.as_millis() as u64,
+                                        for_peer = %peer,
+                                        suppressed,
+                                        "tftp: ending a stalled transfer to make room"
+                                    );
+                                }
+                            }
+                            slot
                         }
-                        debug!(%peer, "tftp: dropping request, transfer limit reached");
-                        continue;
-                    }
-                    saturated = false;
+                        Err(refusal) => {
+                            if let Verdict::Log { suppressed } = warnings.check(&peer.ip(), epoch.elapsed()) {
+                                warn!(%peer, suppressed, "tftp: request dropped: {refusal}");
+                            }
+                            continue;
+                        }
+                    };
                     let transfer = transfer::run(
                         Arc::clone(&handler),
                         Arc::clone(&config),
@@ -97,7 +119,7 @@ where
                         local,
                         peer,
                         incoming,
-                        stop_rx.clone(),
+                        slot,
                     );
                     let hold = cpu_latency.hold();
                     let running = threads.started();
@@ -115,7 +137,7 @@ where
             },
         }
     }
-    let _ = stop_tx.send(true);
+    occupancy.stop_all();
     while let Some(joined) = tasks.join_next().await {
         if let Err(e) = joined {
             warn!("tftp: transfer task failed: {e}");

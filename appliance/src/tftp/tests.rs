@@ -20,6 +20,7 @@ use super::{serve, Content, Handler, Outcome, ReadRequest, TftpConfig, TftpError
 use crate::latency::CpuLatency;
 
 mod external;
+mod fair_share;
 mod protocol;
 
 /// Deterministic pseudo-random bytes, so misordered blocks are detected.

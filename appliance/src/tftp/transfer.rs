@@ -29,6 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fair_share::{Activity, Slot, Stop};
 use appliance_core::tftp::packet::{Mode, Request};
 use appliance_core::tftp::{Outcome, Progress, Received, TftpError, Transfer, Transmit};
 use bytes::Bytes;
@@ -59,8 +60,12 @@ enum Event {
 struct Link {
     sock: TransferSocket,
     peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-    /// Resolves when the server asks transfers to stop. Created once and kept
+    /// Whether to go on: a server shutdown, or room needed for another request.
+    shutdown: watch::Receiver<Stop>,
+    /// Touched on every ACK that makes progress: how the fair share tells a stalled
+    /// transfer from a working one.
+    activity: Activity,
+    /// Resolves when the server asks this transfer to stop. Created once and kept
     /// registered for the whole transfer, like `timer`: re-creating either
     /// per packet costs a lock and a list or wheel update on every block.
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -84,8 +89,9 @@ pub(crate) async fn run<H: Handler + ?Sized>(
     local: SocketAddr,
     peer: SocketAddr,
     incoming: Incoming,
-    shutdown: watch::Receiver<bool>,
+    slot: Slot,
 ) {
+    let shutdown = slot.stop.clone();
     let started = std::time::Instant::now();
     let req = match &incoming {
         Incoming::Read(r) | Incoming::Write(r) => r,
@@ -112,7 +118,8 @@ pub(crate) async fn run<H: Handler + ?Sized>(
                 let _ = stop_rx.changed().await;
             });
             let timer = Box::pin(tokio::time::sleep(config.timeout));
-            let link = Link { sock, peer, shutdown, stop, stopped: false, timer, rx: vec![0; 2048] };
+            let activity = slot.activity();
+            let link = Link { sock, peer, shutdown, activity, stop, stopped: false, timer, rx: vec![0; 2048] };
             handle_request(&*handler, &config, &threads, link, &incoming, &mut report).await
         }
         Err(e) => (Outcome::Failed(format!("binding transfer socket: {e}")), Progress::default()),
@@ -124,6 +131,7 @@ pub(crate) async fn run<H: Handler + ?Sized>(
     report.duration = started.elapsed();
     report.log();
     handler.finished(&report);
+    drop(slot);
 }
 
 /// How a transfer the machine ran ended, for the report.
@@ -170,12 +178,14 @@ async fn handle_request<H: Handler + ?Sized>(
     report.blksize = transfer.blksize();
     report.windowsize = transfer.windowsize();
     let mut source = Source::new(content, transfer.blksize(), transfer.windowsize());
-    if *link.shutdown.borrow() {
-        transfer.shutdown();
+    let stop = *link.shutdown.borrow();
+    if stop != Stop::Run {
+        stop_transfer(&mut transfer, stop);
     } else if transfer.windowsize() == 1 {
         if let Some(permit) = threads.take() {
             let settings = lockstep::Settings {
                 shutdown: link.shutdown.clone(),
+                activity: link.activity.clone(),
                 spin: config.lockstep_spin,
                 threads: Arc::clone(threads),
             };
@@ -227,16 +237,29 @@ async fn drive(link: &mut Link, transfer: &mut Transfer, source: &mut Source) {
         let deadline = epoch + transfer.poll_timeout().unwrap_or(Duration::from_secs(3600));
         match link.next_event(deadline).await {
             Ok(Event::Datagram(n)) => match transfer.handle(&link.rx[..n]) {
-                // The next ACK cannot be queued before the next block is sent.
-                Received::Progress if lockstep => link.sock.forget_readable(),
+                Received::Progress => {
+                    link.activity.touch();
+                    // The next ACK cannot be queued before the next block is sent.
+                    if lockstep {
+                        link.sock.forget_readable();
+                    }
+                }
                 Received::Unexpected(kind) => debug!(peer = %link.peer, kind, "tftp: ignoring unexpected packet"),
                 Received::Malformed(e) => debug!(peer = %link.peer, "tftp: ignoring malformed datagram: {e}"),
                 _ => {}
             },
             Ok(Event::Timeout) => transfer.handle_timeout(epoch.elapsed()),
-            Ok(Event::Shutdown) => transfer.shutdown(),
+            Ok(Event::Shutdown) => stop_transfer(transfer, *link.shutdown.borrow()),
             Err(e) => transfer.fail(e),
         }
+    }
+}
+
+/// Ends `transfer` as `stop` asks: evicted, or (also when the server is gone) shut down.
+pub(crate) fn stop_transfer(transfer: &mut Transfer, stop: Stop) {
+    match stop {
+        Stop::Evict => transfer.evict(),
+        Stop::Run | Stop::Shutdown => transfer.shutdown(),
     }
 }
 

@@ -29,6 +29,9 @@ pub struct Daemon {
     pub tftp: SocketAddr,
     /// The admin API.
     pub admin: SocketAddr,
+    /// With DHCP (`start_with_dhcp`): the server's port-67 socket and the client socket its
+    /// replies go to.
+    pub dhcp: Option<(SocketAddr, Arc<tokio::net::UdpSocket>)>,
     pub reload: Arc<Notify>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -59,6 +62,15 @@ pub fn big_bytes() -> Vec<u8> {
 
 impl Daemon {
     pub async fn start(tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+        Daemon::start_with(|_| {}, tweak, false).await
+    }
+
+    /// A daemon that also serves DHCP on loopback; `edit` changes the config copy first.
+    pub async fn start_with_dhcp(edit: impl FnOnce(&Path), tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+        Daemon::start_with(edit, tweak, true).await
+    }
+
+    async fn start_with(edit: impl FnOnce(&Path), tweak: impl FnOnce(&mut ServeOptions), dhcp: bool) -> Daemon {
         let config = tempfile::tempdir().unwrap();
         copy_dir(&test_config(), config.path());
         std::fs::write(config.path().join("files/big.img"), big_bytes()).unwrap();
@@ -77,12 +89,13 @@ impl Daemon {
         {
             std::fs::write(bootloaders.path().join(name), bytes).unwrap();
         }
+        edit(config.path());
         let dirs = Dirs { config, state, root, bootloaders };
-        Daemon::launch(dirs, tweak).await
+        Daemon::launch(dirs, tweak, dhcp).await
     }
 
     /// Starts the daemon on `dirs` (a new one, or those of a daemon that was killed).
-    async fn launch(dirs: Dirs, tweak: impl FnOnce(&mut ServeOptions)) -> Daemon {
+    async fn launch(dirs: Dirs, tweak: impl FnOnce(&mut ServeOptions), with_dhcp: bool) -> Daemon {
         let Dirs { config, state, root, bootloaders } = dirs;
         let mut opts = ServeOptions::new(config.path().to_path_buf(), state.path().to_path_buf());
         opts.bootloaders = Some(bootloaders.path().to_path_buf());
@@ -95,11 +108,21 @@ impl Daemon {
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (tftp_addr, http_addr, admin_addr) =
             (tftp.local_addr().unwrap(), http.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (dhcp, dhcp_info) = if with_dhcp {
+            let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let server = appliance::dhcp::bind(loopback, None).unwrap();
+            let client = Arc::new(tokio::net::UdpSocket::bind(loopback).await.unwrap());
+            opts.dhcp_reply_to = Some(client.local_addr().unwrap());
+            let addr = SocketAddr::from(server.local_addr());
+            (Some(appliance::dhcp::DhcpSockets { dhcp: server, pxe: None }), Some((addr, client)))
+        } else {
+            (None, None)
+        };
         let reload = Arc::new(Notify::new());
         let (tx, rx) = oneshot::channel();
         let r = reload.clone();
         let task = tokio::spawn(async move {
-            appliance::serve::run(opts, Listeners { dhcp: None, tftp, http, admin: Some(admin) }, r, async {
+            appliance::serve::run(opts, Listeners { dhcp, tftp, http, admin: Some(admin) }, r, async {
                 let _ = rx.await;
             })
             .await
@@ -121,6 +144,7 @@ impl Daemon {
             http: http_addr,
             tftp: tftp_addr,
             admin: admin_addr,
+            dhcp: dhcp_info,
             reload,
             stop: Some(tx),
             task: Some(task),
@@ -134,7 +158,7 @@ impl Daemon {
         task.abort();
         let _ = task.await;
         let dirs = Dirs { config: self.config, state: self.state, root: self.root, bootloaders: self.bootloaders };
-        Daemon::launch(dirs, |_| {}).await
+        Daemon::launch(dirs, |_| {}, false).await
     }
 
     pub fn url(&self, path: &str) -> String {

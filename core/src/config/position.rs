@@ -25,6 +25,15 @@ pub fn index(path: &str, i: usize) -> String {
 #[derive(Debug, Default, Clone)]
 pub struct PosIndex {
     positions: HashMap<String, (usize, usize)>,
+    duplicates: Vec<Duplicate>,
+}
+
+/// A mapping key written a second time: where, and where it was first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicate {
+    pub path: String,
+    pub at: (usize, usize),
+    pub first: (usize, usize),
 }
 
 impl PosIndex {
@@ -34,7 +43,13 @@ impl PosIndex {
         let mut b = Builder::default();
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut b, false);
-        PosIndex { positions: b.positions }
+        PosIndex { positions: b.positions, duplicates: b.duplicates }
+    }
+
+    /// Keys written twice in one mapping, in document order. serde_yaml refuses such a
+    /// document too, but without the position of the second key; this index has it.
+    pub fn duplicates(&self) -> &[Duplicate] {
+        &self.duplicates
     }
 
     /// Line and column (both 1-based) of `path`, or of its nearest indexed ancestor.
@@ -61,11 +76,25 @@ enum Frame {
 struct Builder {
     stack: Vec<Frame>,
     positions: HashMap<String, (usize, usize)>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl Builder {
     fn record(&mut self, path: String, mark: Marker) {
         self.positions.entry(path).or_insert((mark.line(), mark.col() + 1));
+    }
+
+    /// Records a mapping key; a path already indexed is that key a second time (a path names
+    /// one node, and sequence items are numbered). `<<` merge keys may repeat.
+    fn record_key(&mut self, path: String, value: &str, mark: Marker) {
+        let at = (mark.line(), mark.col() + 1);
+        match self.positions.get(&path) {
+            Some(&first) if value != "<<" => self.duplicates.push(Duplicate { path, at, first }),
+            Some(_) => {}
+            None => {
+                self.positions.insert(path, at);
+            }
+        }
     }
 
     /// The path of a value starting now, advancing the parent's state. `None` when the
@@ -94,8 +123,8 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(value, ..) if self.value_path(mark).is_none() => {
                 if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
                     let p = self::key(path, &value);
-                    *key = Some(value);
-                    self.record(p, mark);
+                    *key = Some(value.clone());
+                    self.record_key(p, &value, mark);
                 }
             }
             Event::Alias(_) => {
@@ -144,5 +173,13 @@ mod tests {
         assert_eq!(idx.at("list[1].k"), (7, 7));
         // A field that does not exist points at its nearest ancestor.
         assert_eq!(idx.at("machines.\"52:54:00:12:34:56\".hostname"), (3, 3));
+        assert_eq!(idx.duplicates(), []);
+    }
+
+    #[test]
+    fn finds_keys_written_twice() {
+        let idx = PosIndex::build("a: 1\nm:\n  x: 1\n  y: 2\n  x: 3\na: 4\nl: [{ k: 1 }, { k: 2 }]\n");
+        let found: Vec<_> = idx.duplicates().iter().map(|d| (d.path.as_str(), d.at, d.first)).collect();
+        assert_eq!(found, [("m.x", (5, 3), (3, 3)), ("a", (6, 1), (1, 1))]);
     }
 }

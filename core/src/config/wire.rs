@@ -18,6 +18,8 @@ pub struct SettingsFile {
     pub ipxe: IpxeWire,
     #[serde(default)]
     pub artifacts: ArtifactsWire,
+    /// The boot chain of UEFI machines nothing else names one for: `ipxe` or `shim`.
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,7 @@ pub struct MachineWire {
     pub address: Option<String>,
     #[serde(default)]
     pub chain_ipxe: bool,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     #[serde(default)]
     pub vars: BTreeMap<String, serde_yaml::Value>,
     /// `local`: boot the disk once the machine reported `installed`, until re-armed.
@@ -98,6 +101,7 @@ pub struct VendorWire {
     pub profile: Option<String>,
     pub menu: Option<String>,
     pub action: Option<ActionWire>,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     pub comment: Option<String>,
     pub after_install: Option<AfterInstall>,
 }
@@ -117,6 +121,7 @@ pub struct TargetWire {
     pub action: Option<ActionWire>,
     pub profile: Option<String>,
     pub menu: Option<String>,
+    pub uefi_chain: Option<crate::uefi_chain::UefiChain>,
     pub after_install: Option<AfterInstall>,
 }
 

@@ -40,6 +40,12 @@ impl<'a> Doc<'a> {
         self.index.at(field)
     }
 
+    /// Where `field` (or its nearest written ancestor) is.
+    pub fn origin(&self, field: &str) -> crate::catalog::Origin {
+        let (line, col) = self.position(field);
+        crate::catalog::Origin { file: self.file.to_path_buf(), line, col, field: field.to_string() }
+    }
+
     /// An error about `field`, at its position.
     pub fn error(&self, field: &str, message: impl Display) -> ConfigError {
         let (line, col) = self.position(field);
@@ -48,7 +54,31 @@ impl<'a> Doc<'a> {
 
     /// Deserialises the whole document. On failure records one error, at serde's position
     /// (else the field's) and with serde's field path, and returns `None`.
+    ///
+    /// A blank file (nothing but white space) is an error rather than an empty document: it is
+    /// what a copy or an editor leaves half-way, or a full disk, and taking it as "no machines"
+    /// or "no settings" would change what is served without anyone having meant it. A key
+    /// written twice is reported at the second one, for each such key.
     pub fn parse<T: DeserializeOwned>(&self, errs: &mut Errors) -> Option<T> {
+        if self.text.trim().is_empty() {
+            let message = "the file is empty: write its content, or remove it";
+            errs.push(ConfigError {
+                file: self.file.to_path_buf(),
+                line: 1,
+                col: 1,
+                field: String::new(),
+                message: message.into(),
+            });
+            return None;
+        }
+        if !self.index.duplicates().is_empty() {
+            for d in self.index.duplicates() {
+                let message = format!("duplicate key, first at line {} column {}", d.first.0, d.first.1);
+                let (line, col) = d.at;
+                errs.push(ConfigError { file: self.file.to_path_buf(), line, col, field: d.path.clone(), message });
+            }
+            return None;
+        }
         let de = serde_yaml::Deserializer::from_str(self.text);
         match serde_path_to_error::deserialize::<_, T>(de) {
             Ok(v) => Some(v),
@@ -66,10 +96,11 @@ impl<'a> Doc<'a> {
         }
     }
 
-    /// As `parse`, but a document with nothing in it (blank, or comments only) is the default.
+    /// As `parse`, but a document of comments only is the default (someone wrote it so; a
+    /// blank file is still an error).
     pub fn parse_or_default<T: DeserializeOwned + Default>(&self, errs: &mut Errors) -> Option<T> {
         let blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
-        if self.text.lines().all(blank) {
+        if !self.text.trim().is_empty() && self.text.lines().all(blank) {
             return Some(T::default());
         }
         self.parse(errs)

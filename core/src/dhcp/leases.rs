@@ -114,6 +114,15 @@ pub enum Refusal {
     Exhausted,
 }
 
+/// Counts of addresses by what holds them; see [`Leases::usage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bound: u64,
+    pub offered: u64,
+    pub declined: u64,
+    pub free: u64,
+}
+
 /// A bound lease, as the ACK reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
@@ -266,6 +275,28 @@ impl Leases {
         self.by_ip.retain(|_, l| l.state == State::Bound || l.active(now));
     }
 
+    /// How the pool's addresses stand at `now` (for the leases gauges): active leases by state,
+    /// and the pool addresses no one holds (our own address, the router, the network and
+    /// broadcast addresses and other machines' fixed addresses are not free).
+    pub fn usage(&self, pool: &Pool, now: u64) -> Usage {
+        let mut usage = Usage::default();
+        let mut taken: std::collections::BTreeSet<Ipv4Addr> =
+            pool.reserved.iter().chain(pool.fixed_by_ip.keys()).copied().filter(|ip| pool.in_range(*ip)).collect();
+        for l in self.by_ip.values().filter(|l| l.active(now)) {
+            match l.state {
+                State::Offered => usage.offered += 1,
+                State::Bound => usage.bound += 1,
+                State::Declined => usage.declined += 1,
+            }
+            if pool.in_range(l.ip) {
+                taken.insert(l.ip);
+            }
+        }
+        let size = u64::from(u32::from(pool.last).saturating_sub(u32::from(pool.first))) + 1;
+        usage.free = size.saturating_sub(taken.len() as u64);
+        usage
+    }
+
     fn hold(&mut self, mac: MacAddr, ip: Ipv4Addr, now: u64) {
         self.forget_other(mac, ip);
         let held = now + OFFER_HOLD_SECS;
@@ -354,6 +385,20 @@ mod tests {
         assert_eq!(l.bind(&p, mac(2), ip("10.0.0.100"), 10), Err(Refusal::Taken { ip: ip("10.0.0.100"), mac: mac(1) }));
         // After the lease expires the address is free again.
         assert!(l.bind(&p, mac(2), ip("10.0.0.100"), 3601).is_ok());
+    }
+
+    #[test]
+    fn usage_counts_held_addresses_and_what_is_left_in_the_pool() {
+        let (p, mut l) = (pool(), Leases::new());
+        assert_eq!(l.usage(&p, 0), Usage { free: 4, ..Usage::default() });
+        l.offer(&p, mac(1), None, 0).unwrap();
+        l.bind(&p, mac(2), ip("10.0.0.101"), 0).unwrap();
+        // A fixed address outside the pool is bound but takes nothing from it.
+        l.bind(&p, mac(9), ip("10.0.0.50"), 0).unwrap();
+        l.decline(mac(1), ip("10.0.0.100"), 1);
+        assert_eq!(l.usage(&p, 1), Usage { bound: 2, offered: 0, declined: 1, free: 2 });
+        // Expired leases hold nothing.
+        assert_eq!(l.usage(&p, 3601), Usage { free: 4, ..Usage::default() });
     }
 
     #[test]

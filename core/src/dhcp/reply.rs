@@ -89,6 +89,10 @@ pub fn boot_info(decision: &Decision, http_base: &str) -> Option<BootInfo> {
             Some(BootInfo::Http { url: format!("{http_base}/{}", file.file_name()) })
         }
         Outcome::IpxeScript => Some(BootInfo::Http { url: format!("{http_base}/boot.ipxe") }),
+        Outcome::BootImage { .. } => {
+            let (mac, arch) = (decision.machine.mac?, decision.arch?);
+            Some(BootInfo::Http { url: format!("{http_base}/{}", crate::boot_image::url_path(mac, arch)) })
+        }
         // The remaining outcomes belong to later stages; at the DHCP stage they mean nothing to hand out.
         Outcome::Ignore { .. } | Outcome::Boot { .. } | Outcome::Menu { .. } | Outcome::Local => None,
     }

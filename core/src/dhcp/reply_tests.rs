@@ -182,3 +182,32 @@ fn proxy_offers_carry_no_address_and_no_lease_options() {
     assert_eq!(c.build(&ovmf(REQUEST).server_id(fx::SERVER)).unwrap().kind, MessageType::Ack);
     assert!(c.build(&ovmf(REQUEST)).is_none());
 }
+
+/// shim takes its directory, and so its GRUB's, from the BOOTP `file` field, not from option
+/// 67 (docs/firmware.md#the-shim-chain): the name must be in both, in server and proxy mode; an
+/// HTTP Boot client gets the URL of its boot image instead (`boot_image`).
+#[test]
+fn the_shim_chain_names_shim_in_the_file_field() {
+    let mut c = Case::server(granted());
+    c.catalog = fx::catalog_with(&format!("{}uefi_chain: shim\n", fx::SETTINGS));
+    let m = fx::mac(0x15);
+    for mode in [DhcpMode::Server, DhcpMode::Proxy] {
+        c.mode = mode;
+        let r = c.build(&Req::new(DISCOVER, m, firmware::ovmf_pxe(m))).unwrap();
+        assert_eq!(r.message.fname(), Some(&b"shimx64.efi"[..]), "{mode}");
+        assert_eq!(r.message.siaddr(), fx::SERVER, "{mode}");
+        assert_eq!(r.option(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(b"shimx64.efi".to_vec())));
+    }
+    c.mode = DhcpMode::Server;
+    let arm = c.build(&Req::new(DISCOVER, m, firmware::armvirt_edk2(m))).unwrap();
+    assert_eq!(arm.message.fname(), Some(&b"shimaa64.efi"[..]));
+    let http = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
+    // An HTTP Boot client gets its boot image, a RAM disk with shim, GRUB and what GRUB reads.
+    let url = format!("{}/boot-image/{}.x86_64.img", fx::HTTP_BASE, crate::mac::MacAddr(m).dashed());
+    assert_eq!(http.message.fname(), Some(url.as_bytes()));
+    assert_eq!(http.option(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec())));
+    assert_eq!(http.option(OptionCode::BootfileName), Some(&DhcpOption::BootfileName(url.clone().into_bytes())));
+    c.mode = DhcpMode::Proxy;
+    let proxied = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
+    assert_eq!(proxied.message.fname(), Some(url.as_bytes()), "the same image behind proxyDHCP");
+}

@@ -76,6 +76,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("ipxe_local.j2", include_str!("templates/ipxe_local.j2")),
     ("ipxe_local_lines.j2", include_str!("templates/ipxe_local_lines.j2")),
     ("ipxe_entry.j2", include_str!("templates/ipxe_entry.j2")),
+    ("grub_local_lines.j2", include_str!("templates/grub_local_lines.j2")),
     ("pxelinux_boot.j2", include_str!("templates/pxelinux_boot.j2")),
     ("pxelinux_label.j2", include_str!("templates/pxelinux_label.j2")),
     ("pxelinux_menu.j2", include_str!("templates/pxelinux_menu.j2")),
@@ -254,18 +255,36 @@ pub fn render(
                 Format::Pxelinux => "pxelinux_menu.j2",
                 Format::Grub => "grub_menu.j2",
             };
-            run(name, merge(base, context! { menu => menu_value, entries => entries, arch => arch.as_str() })).map(Some)
+            let loader = removable_loader(arch);
+            run(name, merge(base, context! { menu => menu_value, entries => entries, arch => arch.as_str(), loader => loader }))
+                .map(Some)
         }
         (Outcome::Local, Format::Ipxe) => run("ipxe_local.j2", base).map(Some),
         (Outcome::Local, Format::Pxelinux) => Ok(Some(format!(
             "# {}: boot from local disk\ndefault local\nprompt 0\ntimeout 0\n\nlabel local\n\tlocalboot 0\n",
             decision.machine.hostname
         ))),
-        (Outcome::Local, Format::Grub) => Ok(Some(format!("# {}: boot from local disk\nexit\n", decision.machine.hostname))),
+        (Outcome::Local, Format::Grub) => {
+            let lines = run("grub_local_lines.j2", context! { loader => decision.arch.and_then(removable_loader) })?;
+            Ok(Some(format!("# {}: boot from local disk\n{}\n", decision.machine.hostname, lines.trim_end())))
+        }
         (Outcome::Ignore { reason }, Format::Ipxe) => {
             run("ipxe_exit.j2", merge(base, context! { what => format!("not served: {reason}"), message => format!("Not served by this appliance: {reason}") })).map(Some)
         }
         _ => Ok(None),
+    }
+}
+
+/// The loader UEFI firmware boots from removable media and from a disk without a boot entry of
+/// its own (UEFI 2.x, 3.5.1.1): where GRUB finds the disk's own boot path for a local boot.
+fn removable_loader(arch: Arch) -> Option<&'static str> {
+    match arch {
+        Arch::X86_64 => Some("/EFI/BOOT/BOOTX64.EFI"),
+        Arch::Arm64 => Some("/EFI/BOOT/BOOTAA64.EFI"),
+        Arch::X86 => Some("/EFI/BOOT/BOOTIA32.EFI"),
+        Arch::Arm => Some("/EFI/BOOT/BOOTARM.EFI"),
+        Arch::Riscv64 => Some("/EFI/BOOT/BOOTRISCV64.EFI"),
+        Arch::Riscv32 | Arch::Loongarch64 => None,
     }
 }
 

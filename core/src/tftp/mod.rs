@@ -9,5 +9,5 @@ pub mod packet;
 pub mod transfer;
 
 pub use error::TftpError;
-pub use options::{Limits, DEFAULT_BLKSIZE, MAX_BLKSIZE, MIN_BLKSIZE};
+pub use options::{Limits, DEFAULT_BLKSIZE, DEFAULT_MAX_TIMEOUT, MAX_BLKSIZE, MIN_BLKSIZE};
 pub use transfer::{wire_block, Outcome, Progress, Received, Transfer, Transmit};

@@ -14,6 +14,9 @@ pub const MAX_BLKSIZE: u16 = 65464;
 pub const MIN_BLKSIZE: u16 = 8;
 /// Block size without a blksize option (RFC 1350).
 pub const DEFAULT_BLKSIZE: u16 = 512;
+/// The longest `timeout` option honoured by default: U-Boot asks for 5 s (its own default
+/// retransmission timeout); no client we serve asks for more.
+pub const DEFAULT_MAX_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the server grants a transfer: its retransmission timer and retries, and the largest
 /// options it accepts.
@@ -27,11 +30,22 @@ pub struct Limits {
     pub max_blksize: u16,
     /// Upper bound for a negotiated windowsize (clamped to >= 1).
     pub max_windowsize: u16,
+    /// Longest retransmission timeout a client's `timeout` option may ask for. A longer one is
+    /// ignored (not acknowledged, as RFC 2349 allows) and the server's own applies: a client
+    /// asking for 255 s and never answering would otherwise hold its transfer for
+    /// 255 s x (retries + 1), about 25 minutes.
+    pub max_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: Duration::from_secs(1), max_retries: 5, max_blksize: MAX_BLKSIZE, max_windowsize: 64 }
+        Limits {
+            timeout: Duration::from_secs(1),
+            max_retries: 5,
+            max_blksize: MAX_BLKSIZE,
+            max_windowsize: 64,
+            max_timeout: DEFAULT_MAX_TIMEOUT,
+        }
     }
 }
 
@@ -80,7 +94,7 @@ pub fn negotiate(requested: &[(String, String)], size: u64, limits: &Limits) -> 
             // RRQ carries tsize=0 by convention; answer with the real size
             // whatever the client put there.
             ("tsize", _) => size.to_string(),
-            ("timeout", Some(v)) if (1..=255).contains(&v) => {
+            ("timeout", Some(v)) if (1..=255).contains(&v) && Duration::from_secs(v) <= limits.max_timeout => {
                 n.timeout = Duration::from_secs(v);
                 v.to_string()
             }
@@ -136,6 +150,8 @@ mod tests {
             n.oack,
             vec![("blksize", "1024".to_string()), ("windowsize", "8".to_string()), ("timeout", "3".to_string()),]
         );
+        let n = negotiate(&opts(&[("timeout", "10")]), 0, &Limits::default());
+        assert_eq!((n.timeout, n.oack.len()), (Duration::from_secs(10), 1), "the bound itself is honoured");
         let n = negotiate(&opts(&[("blksize", "99999999")]), 0, &Limits::default());
         assert_eq!(n.blksize, MAX_BLKSIZE);
         for bad in [
@@ -145,6 +161,8 @@ mod tests {
             ("timeout", "0"),
             ("timeout", "256"),
             ("timeout", "-1"),
+            ("timeout", "11"),
+            ("timeout", "255"),
         ] {
             let n = negotiate(&opts(&[bad]), 0, &Limits::default());
             assert!(n.oack.is_empty(), "{bad:?}");

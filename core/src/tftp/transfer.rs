@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::error::TftpError;
 use super::options::{negotiate, Limits};
 use super::packet::{self, DecodeError, Packet};
+use crate::log_text::escaped;
 
 #[cfg(test)]
 mod tests;
@@ -54,19 +55,26 @@ pub enum Outcome {
     Failed(String),
     /// The server was shut down mid-transfer; the client was sent ERROR 0.
     Shutdown,
+    /// Ended to make room for a new request after making no progress for a while (see
+    /// `fair_share`); the client was sent ERROR 0.
+    Evicted,
 }
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Outcome::Complete => f.write_str("complete"),
-            Outcome::SizeProbe { message } => write!(f, "size probe (client error 8 after the OACK: {message})"),
-            Outcome::ClientError { code, message } => write!(f, "client error {code} ({message})"),
+            // The messages are the client's: escaped and bounded, as everything logged is.
+            Outcome::SizeProbe { message } => {
+                write!(f, "size probe (client error 8 after the OACK: {})", escaped(message))
+            }
+            Outcome::ClientError { code, message } => write!(f, "client error {code} ({})", escaped(message)),
             Outcome::TimedOut { block: 0, sends } => write!(f, "timed out (OACK sent {sends} times)"),
             Outcome::TimedOut { block, sends } => write!(f, "timed out (block {block} sent {sends} times)"),
             Outcome::Refused(e) => write!(f, "refused with error {} ({})", e.code, e.message),
             Outcome::Failed(e) => write!(f, "failed: {e}"),
             Outcome::Shutdown => f.write_str("server shutdown"),
+            Outcome::Evicted => f.write_str("evicted (stalled while others waited)"),
         }
     }
 }
@@ -336,6 +344,14 @@ impl Transfer {
     pub fn shutdown(&mut self) {
         if self.outcome.is_none() {
             self.end_with_error(Outcome::Shutdown, &TftpError::undefined("server shutting down"));
+        }
+    }
+
+    /// The transfer stalled and its slot is given to another request: the client is told
+    /// (ERROR 0) and the transfer ends.
+    pub fn evict(&mut self) {
+        if self.outcome.is_none() {
+            self.end_with_error(Outcome::Evicted, &TftpError::undefined("transfer stalled, ended to make room"));
         }
     }
 

@@ -11,8 +11,18 @@ pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 pub const UBOOT_ARM64: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
 /// ArmVirt EDK2, UEFI for QEMU's arm64 `virt` machine.
 pub const ARMVIRT_EFI: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
+/// OVMF with Secure Boot: the code built with SMM-protected variables, and a variable store
+/// with Microsoft's keys enrolled and Secure Boot on (docs/firmware.md#secure-boot).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+/// ArmVirt EDK2 as pflash images (64 MB each), with Microsoft's keys enrolled in the variable
+/// store: Secure Boot on, enforced (an unsigned GRUB is refused).
+pub const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.ms.fd";
+pub const AAVMF_VARS_MS: &str = "/usr/share/AAVMF/AAVMF_VARS.ms.fd";
 /// The option ROM QEMU gives an e1000 NIC: an iPXE build (BIOS and EFI).
 pub const E1000_ROM: &str = "/usr/lib/ipxe/qemu/efi-e1000.rom";
+/// The option ROM QEMU gives a virtio-net-pci NIC: iPXE again.
+pub const VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
 
 pub const QEMU_X86_64: &str = "qemu-system-x86_64";
 pub const QEMU_AARCH64: &str = "qemu-system-aarch64";
@@ -27,6 +37,11 @@ pub enum Firmware {
     UBootArm64,
     /// ArmVirt EDK2 on the arm64 `virt` machine (Cortex-A57).
     ArmVirt,
+    /// OVMF with Secure Boot on and Microsoft's keys enrolled, on `q35` with SMM and secure
+    /// pflash, with a private copy of the variable store.
+    OvmfSecureBoot,
+    /// ArmVirt EDK2 (AAVMF) with Secure Boot on and Microsoft's keys enrolled, from pflash.
+    ArmVirtSecureBoot,
 }
 
 impl Firmware {
@@ -36,11 +51,13 @@ impl Firmware {
             Firmware::Ovmf => "ovmf",
             Firmware::UBootArm64 => "uboot-arm64",
             Firmware::ArmVirt => "armvirt",
+            Firmware::OvmfSecureBoot => "ovmf-secure-boot",
+            Firmware::ArmVirtSecureBoot => "armvirt-secure-boot",
         }
     }
 
     pub fn is_arm64(self) -> bool {
-        matches!(self, Firmware::UBootArm64 | Firmware::ArmVirt)
+        matches!(self, Firmware::UBootArm64 | Firmware::ArmVirt | Firmware::ArmVirtSecureBoot)
     }
 
     /// The QEMU program and the Debian package that ships it.
@@ -59,6 +76,8 @@ impl Firmware {
             Firmware::Ovmf => &[(OVMF_CODE, "ovmf"), (OVMF_VARS, "ovmf")],
             Firmware::UBootArm64 => &[(UBOOT_ARM64, "u-boot-qemu")],
             Firmware::ArmVirt => &[(ARMVIRT_EFI, "qemu-efi-aarch64")],
+            Firmware::OvmfSecureBoot => &[(OVMF_CODE_SECBOOT, "ovmf"), (OVMF_VARS_MS, "ovmf")],
+            Firmware::ArmVirtSecureBoot => &[(AAVMF_CODE, "qemu-efi-aarch64"), (AAVMF_VARS_MS, "qemu-efi-aarch64")],
         }
     }
 

@@ -2,7 +2,10 @@
 //! NIC on a tap or on a point-to-point UDP link, the serial console to a file or this terminal,
 //! an optional monitor socket, and a hard lifetime.
 
-use super::firmware::{Firmware, ARMVIRT_EFI, OVMF_CODE, OVMF_VARS, UBOOT_ARM64};
+use super::firmware::{
+    Firmware, AAVMF_CODE, AAVMF_VARS_MS, ARMVIRT_EFI, OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS,
+    UBOOT_ARM64,
+};
 use crate::netns::Netns;
 use anyhow::{Context, Result};
 use std::net::UdpSocket;
@@ -169,7 +172,15 @@ impl Machine {
             c.arg("-fw_cfg").arg(item);
         }
         if let Some(disk) = &self.disk {
-            let boot = if self.nic.boot_first { "" } else { ",bootindex=0" };
+            // Network first, then the disk (a machine netbooting until it is installed), or the
+            // disk alone. OVMF drops devices without a boot index from the boot order once any
+            // device has one, so the disk gets the next index rather than none.
+            let boot = match (self.nic.boot_first, self.firmware.pci()) {
+                (true, true) => ",bootindex=1",
+                // The NIC has no boot index to come after (U-Boot's NICs sit on MMIO).
+                (true, false) => "",
+                (false, _) => ",bootindex=0",
+            };
             c.arg("-drive").arg(format!("file={},format={},if=none,id=disk0", disk.path.display(), disk.format));
             // `ide.0` is the PIIX IDE controller on `pc` and the ICH9 AHCI controller on `q35`.
             let device = if disk.ide { "ide-hd,bus=ide.0" } else { "virtio-blk-pci" };
@@ -199,13 +210,8 @@ impl Machine {
                     .arg(format!("name=etc/sercon-port,file={}", sercon.display()));
             }
             Firmware::Ovmf => {
-                let vars = self.dir.join("OVMF_VARS.fd");
-                if !vars.exists() {
-                    std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("failed to copy {OVMF_VARS}"))?;
-                }
                 c.args(["-machine", "q35"]);
-                c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"));
-                c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                self.pflash(c, OVMF_CODE, OVMF_VARS, "OVMF_VARS.fd")?;
             }
             Firmware::UBootArm64 => {
                 c.args(["-machine", "virt", "-cpu", "cortex-a57", "-bios", UBOOT_ARM64]);
@@ -213,7 +219,29 @@ impl Machine {
             Firmware::ArmVirt => {
                 c.args(["-machine", "virt", "-cpu", "cortex-a57", "-bios", ARMVIRT_EFI]);
             }
+            Firmware::OvmfSecureBoot => {
+                // SMM and secure pflash: the secboot build keeps its variables (Secure Boot's
+                // keys among them) out of the guest OS's reach, and does not start without them.
+                c.args(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]);
+                self.pflash(c, OVMF_CODE_SECBOOT, OVMF_VARS_MS, "OVMF_VARS.ms.fd")?;
+            }
+            Firmware::ArmVirtSecureBoot => {
+                c.args(["-machine", "virt", "-cpu", "cortex-a57"]);
+                self.pflash(c, AAVMF_CODE, AAVMF_VARS_MS, "AAVMF_VARS.ms.fd")?;
+            }
         }
+        Ok(())
+    }
+
+    /// The firmware's code read-only in the first flash, and this VM's copy of `vars` (made once,
+    /// as `name` in its directory) in the second.
+    fn pflash(&self, c: &mut Command, code: &str, vars: &str, name: &str) -> Result<()> {
+        let copy = self.dir.join(name);
+        if !copy.exists() {
+            std::fs::copy(vars, &copy).with_context(|| format!("failed to copy {vars}"))?;
+        }
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"));
+        c.arg("-drive").arg(format!("if=pflash,format=raw,unit=1,file={}", copy.display()));
         Ok(())
     }
 }
@@ -272,6 +300,58 @@ mod tests {
             assert!(line.contains(part), "{line}\nlacks {part}");
         }
         assert!(d.join("OVMF_VARS.fd").is_file());
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_machine_installed_from_the_network_boots_its_nic_then_its_disk() {
+        let d = dir("netfirst");
+        let mut m =
+            Machine::new(Firmware::SeaBios, nic("virtio-net-pci", true, true), Net::Tap("tap0".into()), d.clone());
+        m.disk = Some(Disk { path: "/x/disk.img".into(), format: "raw", ide: false });
+        let line = render_cmdline(&m.command(None).unwrap());
+        assert!(line.contains("-device virtio-blk-pci,drive=disk0,bootindex=1"), "{line}");
+        assert!(line.ends_with("-device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,bootindex=0"), "{line}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn secure_boot_firmware_gets_smm_secure_flash_and_the_microsoft_keys() {
+        let d = dir("secure-boot");
+        let link = Net::Udp(Link { appliance_port: 1, client_port: 2 }, Side::Client);
+        for (firmware, parts) in [
+            (
+                Firmware::OvmfSecureBoot,
+                [
+                    "-machine q35,smm=on -global driver=cfi.pflash01,property=secure,value=on".to_string(),
+                    "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+                        .to_string(),
+                    format!("-drive if=pflash,format=raw,unit=1,file={}/OVMF_VARS.ms.fd", d.display()),
+                ],
+            ),
+            (
+                Firmware::ArmVirtSecureBoot,
+                [
+                    "qemu-system-aarch64 -accel tcg".to_string(),
+                    "-machine virt -cpu cortex-a57 -drive if=pflash,format=raw,unit=0,readonly=on,\
+                     file=/usr/share/AAVMF/AAVMF_CODE.ms.fd"
+                        .to_string(),
+                    format!("-drive if=pflash,format=raw,unit=1,file={}/AAVMF_VARS.ms.fd", d.display()),
+                ],
+            ),
+        ] {
+            // Without the firmware package the copy would fail: stand in for the store.
+            std::fs::create_dir_all(&d).unwrap();
+            for name in ["OVMF_VARS.ms.fd", "AAVMF_VARS.ms.fd"] {
+                std::fs::write(d.join(name), b"vars").unwrap();
+            }
+            let m = Machine::new(firmware, nic("virtio-net-pci", false, false), link.clone(), d.clone());
+            let line = render_cmdline(&m.command(None).unwrap());
+            for part in &parts {
+                assert!(line.contains(part.as_str()), "{line}\nlacks {part}");
+            }
+            assert!(line.ends_with("-device virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,romfile="), "{line}");
+        }
         let _ = std::fs::remove_dir_all(d);
     }
 

@@ -1,7 +1,9 @@
 //! HTTP: a big artifact to 1 and to many concurrent clients, against nginx serving the same
 //! file (`sendfile on`), and small responses per second: our rendered per-machine iPXE
-//! scripts (`/ipxe/script?mac=...`, decide + render for every request) against nginx serving
-//! a static file of the same size (the reference: nothing can be faster than a static file).
+//! scripts (`/ipxe/script?mac=...`, decide + render for every request) and answer files
+//! (`/answers/<mac>/user-data`, a cloud-config rendered with the machine's token), each against
+//! nginx serving a static file of the same size (the reference: nothing can be faster than a
+//! static file).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,17 +24,29 @@ struct Target<'a> {
     label: &'static str,
     addr: SocketAddr,
     big: String,
-    small: String,
     proc: &'a Proc,
 }
 
+/// One small-response case: what is requested (`path` of the request number) from whom.
+struct Small<'a> {
+    /// Key in the report: `script` or `answers`.
+    case: &'static str,
+    target: &'a Target<'a>,
+    what: &'static str,
+    path: Arc<dyn Fn(u64) -> String + Send + Sync>,
+}
+
+/// A different (unknown) machine per request number.
+fn mac(i: u64) -> String {
+    format!("02-be-00-{:02x}-{:02x}-{:02x}", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)
+}
+
 fn script_path(i: u64) -> String {
-    format!(
-        "/ipxe/script?mac=02-be-00-{:02x}-{:02x}-{:02x}&buildarch=x86_64&platform=efi",
-        (i >> 16) & 0xff,
-        (i >> 8) & 0xff,
-        i & 0xff
-    )
+    format!("/ipxe/script?mac={}&buildarch=x86_64&platform=efi", mac(i))
+}
+
+fn answer_path(i: u64) -> String {
+    format!("/answers/{}/user-data", mac(i))
 }
 
 pub fn start_nginx(ctx: &Ctx, root: &Path) -> Result<(Proc, SocketAddr)> {
@@ -102,20 +116,20 @@ fn big_once(
 
 /// Small responses: `conns` keep-alive connections requesting for `secs`. Returns
 /// (requests per second, latencies in ms).
-fn small_once(ctx: &Ctx, t: &Target<'_>, conns: usize, secs: f64, ours: bool) -> Result<(f64, Vec<f64>)> {
-    let (addr, small) = (t.addr, t.small.clone());
+fn small_once(ctx: &Ctx, case: &Small<'_>, conns: usize, secs: f64) -> Result<(f64, Vec<f64>)> {
+    let addr = case.target.addr;
     ctx.rt.block_on(async move {
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(secs);
         let mut set = tokio::task::JoinSet::new();
         for c in 0..conns {
-            let small = small.clone();
+            let path_of = case.path.clone();
             set.spawn(async move {
                 let mut conn = Conn::connect(addr).await?;
                 let mut lat = Vec::new();
                 let mut i = c as u64 * 1_000_000;
                 while Instant::now() < until {
-                    let path = if ours { script_path(i) } else { small.clone() };
+                    let path = path_of(i);
                     i += 1;
                     let t0 = Instant::now();
                     let (status, len) = conn.get(&path, |_| {}).await?;
@@ -142,35 +156,54 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let mb = size as f64 / 1e6;
     let big = ours::data_file(ctx, "http", size)?;
     let config = ctx.scratch("http-config")?;
-    ours::write_config(&config, &big, &ours::data_file(ctx, "small-initrd", 50_000)?)?;
+    ours::write_config_with_answers(&config, &big, &ours::data_file(ctx, "small-initrd", 50_000)?)?;
     eprintln!("bench: http: starting our daemon (publishes the {mb:.0} MB artifact) and nginx");
     let ours = ours::start_loopback(ctx, "http-ours", &config, None, None, &[])?;
     let big_path = ours.artifact_path("vmlinuz")?;
-    // nginx serves the same bytes, and a static file as big as one of our scripts.
+    // nginx serves the same bytes, and static files as big as one of our scripts and answers.
     let root: PathBuf = ctx.scratch("nginx-root")?;
     ours::link_or_copy(&big, &root.join("vmlinuz"))?;
-    let sample = ctx.rt.block_on(async {
+    let (script, answer) = ctx.rt.block_on(async {
         let mut c = Conn::connect(ours.http).await?;
-        c.get_body(&script_path(0)).await
+        Ok::<_, anyhow::Error>((c.get_body(&script_path(0)).await?, c.get_body(&answer_path(0)).await?))
     })?;
-    if !sample.starts_with(b"#!ipxe") {
-        bail!("our script does not look like an iPXE script: {}", String::from_utf8_lossy(&sample));
+    if !script.starts_with(b"#!ipxe") {
+        bail!("our script does not look like an iPXE script: {}", String::from_utf8_lossy(&script));
     }
-    std::fs::write(root.join("script.ipxe"), &sample)?;
+    if !answer.starts_with(b"#cloud-config") {
+        bail!("our answer file does not look like cloud-config: {}", String::from_utf8_lossy(&answer));
+    }
+    std::fs::write(root.join("script.ipxe"), &script)?;
+    std::fs::write(root.join("user-data"), &answer)?;
     let (nginx, naddr) = start_nginx(ctx, &root)?;
     let expected = Arc::new(std::fs::read(&big)?);
     let targets = [
-        Target { label: "ours", addr: ours.http, big: big_path, small: String::new(), proc: &ours.proc },
-        Target { label: "nginx", addr: naddr, big: "/vmlinuz".into(), small: "/script.ipxe".into(), proc: &nginx },
+        Target { label: "ours", addr: ours.http, big: big_path, proc: &ours.proc },
+        Target { label: "nginx", addr: naddr, big: "/vmlinuz".into(), proc: &nginx },
     ];
+    let [ours_t, nginx_t] = &targets;
+    let fixed = |p: &'static str| -> Arc<dyn Fn(u64) -> String + Send + Sync> { Arc::new(move |_| p.to_string()) };
+    let smalls = [
+        Small { case: "script", target: ours_t, what: "rendered /ipxe/script", path: Arc::new(script_path) },
+        Small { case: "script", target: nginx_t, what: "static file, script's size", path: fixed("/script.ipxe") },
+        Small {
+            case: "answers",
+            target: ours_t,
+            what: "rendered /answers/<mac>/user-data",
+            path: Arc::new(answer_path),
+        },
+        Small { case: "answers", target: nginx_t, what: "static file, answer's size", path: fixed("/user-data") },
+    ];
+    let sizes = BTreeMap::from([("script", script.len()), ("answers", answer.len())]);
 
     let mut walls: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut completions: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut mem: BTreeMap<(usize, &str), (u64, Option<u64>)> = BTreeMap::new();
-    let mut rps: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut rps: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     let mut cpu: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut client_cpu: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
-    let mut lat: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut lat: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
+    let mut small_cpu: BTreeMap<(&str, &str), Vec<f64>> = BTreeMap::new();
     for round in 0..plan.rounds {
         for &clients in &plan.http_clients {
             let repeats = if clients == 1 { plan.http_big_single_repeats } else { 1 };
@@ -205,21 +238,23 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 completions.entry((clients, t.label)).or_default().extend(done);
             }
         }
-        for t in &targets {
+        for small in &smalls {
+            let (t, key) = (small.target, (small.case, small.target.label));
             let cpu_before = t.proc.cpu_secs();
-            let (r, l) = small_once(ctx, t, plan.http_script_conns, plan.http_script_secs, t.label == "ours")
-                .with_context(|| format!("{} small responses", t.label))?;
+            let (r, l) = small_once(ctx, small, plan.http_script_conns, plan.http_script_secs)
+                .with_context(|| format!("{} small responses ({})", t.label, small.what))?;
             eprintln!(
-                "bench: http: round {}/{} small responses {:<6} {:>8.0} req/s, p99 {:.2} ms",
+                "bench: http: round {}/{} small responses {:<7} {:<6} {:>8.0} req/s, p99 {:.2} ms",
                 round + 1,
                 plan.rounds,
+                small.case,
                 t.label,
                 r,
                 percentile(&l, 99.0)
             );
-            rps.entry(t.label).or_default().push(r);
-            cpu.entry((0, t.label)).or_default().push((t.proc.cpu_secs() - cpu_before) / (r * plan.http_script_secs));
-            lat.entry(t.label).or_default().extend(l);
+            rps.entry(key).or_default().push(r);
+            small_cpu.entry(key).or_default().push((t.proc.cpu_secs() - cpu_before) / (r * plan.http_script_secs));
+            lat.entry(key).or_default().extend(l);
         }
     }
 
@@ -272,36 +307,39 @@ pub fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             }));
         }
     }
-    let ref_rps = median(&rps["nginx"]);
-    for t in &targets {
-        let r = median(&rps[t.label]);
-        let l = &lat[t.label];
-        let what = if t.label == "ours" { "rendered /ipxe/script" } else { "static file, same size" };
+    for small in &smalls {
+        let key = (small.case, small.target.label);
+        let r = median(&rps[&key]);
+        let ref_rps = median(&rps[&(small.case, "nginx")]);
+        let l = &lat[&key];
         table.row(vec![
-            format!("small responses, {} keep-alive connections", plan.http_script_conns),
-            format!("{} ({what})", t.label),
+            format!("small responses ({}), {} keep-alive connections", small.case, plan.http_script_conns),
+            format!("{} ({})", small.target.label, small.what),
             format!("{} s", num(plan.http_script_secs)),
             format!("{} req/s", num(r)),
             ratio(r / ref_rps),
             format!("{} / {} ms", num(percentile(l, 50.0)), num(percentile(l, 99.0))),
-            format!("{} us/request", num(median(&cpu[&(0, t.label)]) * 1e6)),
+            format!("{} us/request", num(median(&small_cpu[&key]) * 1e6)),
             "-".to_string(),
         ]);
         rows.push(json!({
-            "case": "small", "server": t.label, "what": what, "connections": plan.http_script_conns,
-            "requests_per_s": rps[t.label], "median_requests_per_s": r, "vs_nginx": r / ref_rps,
+            "case": "small", "what_case": small.case, "server": small.target.label, "what": small.what,
+            "connections": plan.http_script_conns,
+            "requests_per_s": rps[&key], "median_requests_per_s": r, "vs_nginx": r / ref_rps,
             "latency_p50_ms": percentile(l, 50.0), "latency_p99_ms": percentile(l, 99.0),
-            "bytes": sample.len(), "server_cpu_s_per_request": cpu[&(0, t.label)],
+            "bytes": sizes[small.case], "server_cpu_s_per_request": small_cpu[&key],
         }));
     }
     table.notes.push(format!(
         "nginx {}: `worker_processes auto` (2), `sendfile on`, `tcp_nopush on`, access log on (ours logs every \
          request too). Memory (first round; the servers start fresh and the cases run from fewest to most \
          clients): ours VmHWM and peak PSS; nginx peak PSS summed over master and workers. The script \
-         responses are {} bytes; both servers use keep-alive. Server CPU: user + system time of the server's \
+         responses are {} bytes, the answer files (cloud-config with the machine's token) {} bytes; both \
+         servers use keep-alive. Server CPU: user + system time of the server's \
          processes (cpuacct cgroup), median per measurement.",
         ctx.peers.versions.get("nginx").map_or("", String::as_str),
-        sample.len()
+        script.len(),
+        answer.len()
     ));
     report.tables.push(table);
     report.sections.insert("http".into(), json!({ "file_bytes": size, "rows": rows }));

@@ -62,6 +62,12 @@ pub struct Args {
     /// passes `--tftp-lockstep-threads 0`.
     #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
     pub daemon_arg: Vec<String>,
+    /// Runs every section twice, our daemon with its boot journal on (`--journal on`, the
+    /// default) and off (`--journal off`), one right after the other, so the journal's cost is
+    /// read from one run under one load; the tables and targets of each are marked "[journal
+    /// on]" / "[journal off]".
+    #[arg(long)]
+    pub journal_compare: bool,
     /// Another build of our daemon to measure beside this one, labelled "ours (baseline)" in
     /// the TFTP tables, with targets that this build is no slower: e.g. the release binary of
     /// the branch a change starts from, so before and after share one run and its load.
@@ -242,7 +248,7 @@ pub fn run(args: &Args) -> Result<()> {
     let group = peers::BenchGroup::enter();
     let whole = peers::OtherMeter::start(group.as_ref());
     let load = peers::LoadMonitor::start();
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         plan,
         dir,
         work,
@@ -282,7 +288,15 @@ pub fn run(args: &Args) -> Result<()> {
             continue;
         }
         let meter = peers::OtherMeter::start(group.as_ref());
-        run(&ctx, &mut report).with_context(|| format!("{name} section"))?;
+        for (tag, extra) in journal_variants(args.journal_compare) {
+            ctx.daemon_args = args.daemon_arg.iter().cloned().chain(extra.iter().map(|a| a.to_string())).collect();
+            let before = report.mark();
+            run(&ctx, &mut report)
+                .with_context(|| format!("{name} section{}", tag.map(|t| format!(" [{t}]")).unwrap_or_default()))?;
+            if let Some(tag) = tag {
+                report.tag_since(before, tag);
+            }
+        }
         let other = meter.stop(group.as_ref());
         eprintln!(
             "bench: {name}: done in {:.0} s; other processes kept {:.2} of {} CPUs busy meanwhile",
@@ -325,6 +339,16 @@ pub fn run(args: &Args) -> Result<()> {
         eprintln!("bench: {} target(s) missed (see the table)", missed.len());
     }
     Ok(())
+}
+
+/// The daemon configurations each section runs with: as given, or (`--journal-compare`) with
+/// the journal on and then off, each with its tag for the report.
+fn journal_variants(compare: bool) -> Vec<(Option<&'static str>, &'static [&'static str])> {
+    if compare {
+        vec![(Some("journal on"), &["--journal=on"]), (Some("journal off"), &["--journal=off"])]
+    } else {
+        vec![(None, &[])]
+    }
 }
 
 /// `cargo build --release -p appliance` (and `-p xtask` when we are about to re-execute).

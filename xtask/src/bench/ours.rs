@@ -58,6 +58,17 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 /// server mode on 10.213.0.0/16 with a pool of ~64,000 addresses, every machine unknown and
 /// booted into profile `bench` (x86_64: `vmlinuz` + `initrd.img`).
 pub fn write_config(dir: &Path, kernel: &Path, initrd: &Path) -> Result<()> {
+    write_config_with(dir, kernel, initrd, false)
+}
+
+/// [`write_config`] with an answer file `user-data` in the profile (the HTTP section's
+/// answers case). Only that section has it: the other sections also run a baseline build of
+/// the daemon (`--baseline-appliance`), which may predate answer files and refuse the field.
+pub fn write_config_with_answers(dir: &Path, kernel: &Path, initrd: &Path) -> Result<()> {
+    write_config_with(dir, kernel, initrd, true)
+}
+
+fn write_config_with(dir: &Path, kernel: &Path, initrd: &Path, answers: bool) -> Result<()> {
     std::fs::create_dir_all(dir.join("files"))?;
     let settings = format!(
         "server: {{ address: {SERVER_IP}, http_port: 8080 }}\n\
@@ -66,11 +77,22 @@ pub fn write_config(dir: &Path, kernel: &Path, initrd: &Path) -> Result<()> {
     );
     std::fs::write(dir.join("appliance.yaml"), settings)?;
     std::fs::write(dir.join("machines.yaml"), "machines: {}\nunknown: { action: profile, profile: bench }\n")?;
+    let answers_field = if answers { "answers: { user-data: user-data.j2 }\n" } else { "" };
     std::fs::write(
         dir.join("bench.yaml"),
-        "name: bench\ndescription: Bench profile\ncmdline: \"console=ttyS0 quiet host={{ machine.hostname }}\"\n\
-         arch:\n  x86_64:\n    kernel: { path: files/vmlinuz, name: vmlinuz }\n    \
-         initrd: [ { path: files/initrd.img, name: initrd.img } ]\n",
+        format!(
+            "name: bench\ndescription: Bench profile\ncmdline: \"console=ttyS0 quiet host={{{{ machine.hostname }}}}\"\n\
+             {answers_field}\
+             arch:\n  x86_64:\n    kernel: {{ path: files/vmlinuz, name: vmlinuz }}\n    \
+             initrd: [ {{ path: files/initrd.img, name: initrd.img }} ]\n"
+        ),
+    )?;
+    // A cloud-config of the usual kind: hostname, the machine's token, where to report.
+    std::fs::write(
+        dir.join("user-data.j2"),
+        "#cloud-config\nhostname: {{ machine.hostname }}\nruncmd:\n  - [ wget, -q, -O-, \
+         \"--header=Authorization: Bearer {{ machine.token }}\", \"--post-data=event=installed\", \
+         \"{{ server.http_base }}/events/{{ machine.mac }}\" ]\n",
     )?;
     link_or_copy(kernel, &dir.join("files/vmlinuz"))?;
     link_or_copy(initrd, &dir.join("files/initrd.img"))?;
@@ -103,6 +125,15 @@ fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, stat
     };
     c.env("RUST_LOG", "info");
     c.arg("serve").arg("--config").arg(config).arg("--state").arg(state).arg("--blobs").arg(state.join("blobs"));
+    // Two daemons may share a loopback (ours and a baseline, or another bench's): no admin API,
+    // which would take 127.0.0.1:9090 (a baseline build may predate the option).
+    if binary == ctx.appliance {
+        c.arg("--admin-listen").arg("off");
+        // Every bench client comes from one address standing for many machines: the fair share
+        // per source (32 TFTP transfers, 64 HTTP connections by default; a baseline build may
+        // predate the options) would refuse most of a 500-client run as one greedy host.
+        c.args(["--tftp-max-per-source", "1024", "--http-max-per-source", "1024"]);
+    }
     c.args(&ctx.daemon_args);
     c
 }

@@ -86,6 +86,13 @@ pub struct Target {
     pub detail: String,
 }
 
+/// What a report held at one point (see [`Report::tag_since`]).
+pub struct Mark {
+    tables: usize,
+    targets: usize,
+    sections: std::collections::BTreeSet<String>,
+}
+
 #[derive(Default)]
 pub struct Report {
     pub tables: Vec<Table>,
@@ -112,6 +119,32 @@ pub struct RunInfo {
 impl Report {
     pub fn target(&mut self, name: impl Into<String>, met: Option<bool>, detail: impl Into<String>) {
         self.targets.push(Target { name: name.into(), met, detail: detail.into() });
+    }
+
+    /// Where the report stands now, for [`Report::tag_since`].
+    pub fn mark(&self) -> Mark {
+        Mark {
+            tables: self.tables.len(),
+            targets: self.targets.len(),
+            sections: self.sections.keys().cloned().collect(),
+        }
+    }
+
+    /// Marks what was added since `mark` with `tag` (a section run once per daemon setting):
+    /// table titles and target names get `[tag]`, new JSON sections the key `<key> [tag]`.
+    pub fn tag_since(&mut self, mark: Mark, tag: &str) {
+        for t in &mut self.tables[mark.tables..] {
+            t.title = format!("{} [{tag}]", t.title);
+        }
+        for t in &mut self.targets[mark.targets..] {
+            t.name = format!("{} [{tag}]", t.name);
+        }
+        let added: Vec<String> = self.sections.keys().filter(|k| !mark.sections.contains(*k)).cloned().collect();
+        for k in added {
+            if let Some(v) = self.sections.remove(&k) {
+                self.sections.insert(format!("{k} [{tag}]"), v);
+            }
+        }
     }
 
     pub fn render(&self, info: &RunInfo) -> String {
@@ -233,6 +266,25 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), 5.0);
         assert_eq!(percentile(&v, 100.0), 5.0);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn a_second_run_of_a_section_is_told_apart_by_its_tag() {
+        let mut r = Report::default();
+        let run = |r: &mut Report, tag: &str| {
+            let mark = r.mark();
+            r.tables.push(Table::new("HTTP", &["a"]));
+            r.target("fast", Some(true), "");
+            r.sections.insert("http".into(), json!(1));
+            r.tag_since(mark, tag);
+        };
+        run(&mut r, "journal on");
+        run(&mut r, "journal off");
+        let titles: Vec<&str> = r.tables.iter().map(|t| t.title.as_str()).collect();
+        assert_eq!(titles, ["HTTP [journal on]", "HTTP [journal off]"]);
+        assert_eq!(r.targets[1].name, "fast [journal off]");
+        let keys: Vec<&String> = r.sections.keys().collect();
+        assert_eq!(keys, ["http [journal off]", "http [journal on]"]);
     }
 
     #[test]

@@ -16,9 +16,10 @@ pub enum Task {
     Vm,
     Test,
     Bench,
+    Fuzz,
 }
 
-use Task::{Bench, Fetch, Image, Test, Vm};
+use Task::{Bench, Fetch, Fuzz, Image, Test, Vm};
 
 impl Task {
     /// The tasks whose packages this one needs too: `image` runs `fetch`; `vm` builds the image;
@@ -28,15 +29,16 @@ impl Task {
             Fetch => &[Fetch],
             Image => &[Image, Fetch],
             Vm => &[Vm, Image, Fetch],
-            Test => &[Test, Vm, Image, Fetch],
+            Test => &[Test, Vm, Image, Fetch, Fuzz],
             Bench => &[Bench],
+            Fuzz => &[Fuzz],
         }
     }
 
     /// Whether the command downloads pinned packages from `xtask/debian.lock` (all but the
     /// bench, whose peers are whatever apt has).
     pub fn uses_lock(self) -> bool {
-        self != Bench
+        !matches!(self, Bench | Fuzz)
     }
 }
 
@@ -48,6 +50,7 @@ impl fmt::Display for Task {
             Vm => "vm",
             Test => "test",
             Bench => "bench",
+            Fuzz => "fuzz",
         })
     }
 }
@@ -88,6 +91,14 @@ pub const HOST_PACKAGES: &[HostPackage] = &[
     native("curl", "a second HTTP client against our server in the tests and the bench", &[Test, Bench]),
     native("cpio", "cpio reads back the initrd archives we write (tests)", &[Test]),
     native("u-boot-tools", "dumpimage checks the boot.scr.uimg we render (golden tests)", &[Test]),
+    native("prometheus", "promtool lints the names and help texts of the daemon's /metrics (tests)", &[Test]),
+    native(
+        "python3-prometheus-client",
+        "Python's OpenMetrics parser reads the daemon's /metrics as Prometheus does (tests)",
+        &[Test],
+    ),
+    native("chromium", "headless Chromium loads the status pages after a QEMU cell and checks the DOM", &[Test]),
+    native("g++", "compiles libFuzzer (libfuzzer-sys) for the fuzz targets that cargo-fuzz builds", &[Fuzz]),
 ];
 
 /// The packages `task` needs, in list order.
@@ -118,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_command_needs_what_the_commands_it_runs_need() {
-        for (wider, narrower) in [(Test, Image), (Test, Vm), (Test, Fetch), (Vm, Image), (Image, Fetch)] {
+        for (wider, narrower) in [(Test, Image), (Test, Vm), (Test, Fetch), (Test, Fuzz), (Vm, Image), (Image, Fetch)] {
             for name in names(narrower) {
                 assert!(names(wider).contains(&name), "{wider} lacks {name}, which {narrower} needs");
             }

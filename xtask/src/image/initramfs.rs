@@ -98,8 +98,14 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Vec<u8>> {
     add("etc/acpid.conf", 0o644, text("PWRF power\nPWRB power\n"));
     add("etc/inittab", 0o644, Node::File(inittab(s.recipe).into_bytes()));
     add("etc/hostname", 0o644, Node::File(format!("{}\n", s.recipe.hostname).into_bytes()));
-    add("etc/passwd", 0o644, text("root:x:0:0:root:/root:/bin/sh\n"));
-    add("etc/group", 0o644, text("root:x:0:\n"));
+    // `appliance-run` starts the daemon as root with `--user appliance`: it binds its ports,
+    // takes /data/state and becomes this user with only CAP_NET_RAW (router advertisements).
+    add(
+        "etc/passwd",
+        0o644,
+        text("root:x:0:0:root:/root:/bin/sh\nappliance:x:101:101:appliance daemon:/data/state:/bin/false\n"),
+    );
+    add("etc/group", 0o644, text("root:x:0:\nappliance:x:101:\n"));
     add("etc/profile", 0o644, text("PATH=/usr/sbin:/usr/bin:/sbin:/bin\nexport PATH\nPS1='appliance:\\w# '\n"));
     add("etc/resolv.conf", 0o644, Node::File(Vec::new()));
     // The console device, so /init starts with the console as stdin/stdout/stderr.
@@ -130,7 +136,7 @@ pub fn image_conf(s: &Settings<'_>) -> String {
     // Logs go to /dev/console (the last console= on the command line); with both a serial
     // port and VGA, also to the first virtual terminal.
     let extra = if r.vga && r.serial.is_some() { "tty1" } else { "" };
-    let vars: [(&str, String); 17] = [
+    let vars: [(&str, String); 18] = [
         ("IMAGE_NAME", r.name.clone()),
         ("IMAGE_ID", s.image_id.to_owned()),
         ("KERNEL_VERSION", s.kernel_version.to_owned()),
@@ -144,6 +150,7 @@ pub fn image_conf(s: &Settings<'_>) -> String {
         ("HTTP_PORT", s.http_port.to_string()),
         ("OVERLAY", if s.has_overlay { OVERLAY_PATH.to_owned() } else { String::new() }),
         ("LOG", r.log.clone()),
+        ("ADMIN_LISTEN", r.admin.script_value()),
         ("EXTRA_CONSOLE", extra.to_owned()),
         ("DATA_UUID", s.data_uuid.to_owned()),
         ("DATA_PARTNAME", DATA_PARTNAME.to_owned()),

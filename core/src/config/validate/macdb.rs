@@ -54,7 +54,7 @@ pub(super) struct MacDb {
     pub machines: BTreeMap<MacAddr, Machine>,
     pub vendors: Vec<VendorRule>,
     pub unknown: Target,
-    pub unknown_after_install: Option<crate::install::AfterInstall>,
+    pub unknown_policy: Policy,
 }
 
 pub(super) fn validate_macdb(
@@ -67,7 +67,7 @@ pub(super) fn validate_macdb(
     let mut machines: BTreeMap<MacAddr, (Machine, String, usize)> = BTreeMap::new();
     let mut vendors = Vec::new();
     let mut unknown = Target::Ignore;
-    let mut unknown_after_install = None;
+    let mut policy = Policy::default();
     let docs: Vec<&SourceFile> = input.machines.iter().chain(input.overlay.iter()).collect();
     for (file_no, src) in docs.iter().enumerate() {
         let doc = src.doc();
@@ -136,8 +136,10 @@ pub(super) fn validate_macdb(
                     oui,
                     arch,
                     target: t,
+                    uefi_chain: w.uefi_chain,
                     comment: w.comment.clone(),
                     after_install: w.after_install,
+                    origin: doc.origin(&base),
                 });
             }
             // Overlay rules take precedence over shipped ones for the same OUI.
@@ -150,7 +152,11 @@ pub(super) fn validate_macdb(
                 target(u.profile.as_ref(), u.menu.as_ref(), u.action, "unknown", profiles, menus, &doc, errs)
             {
                 unknown = t.unwrap_or(Target::Ignore);
-                unknown_after_install = u.after_install;
+                policy = Policy {
+                    uefi_chain: u.uefi_chain,
+                    after_install: u.after_install,
+                    origin: Some(doc.origin("unknown")),
+                };
             }
         }
     }
@@ -175,7 +181,7 @@ pub(super) fn validate_macdb(
         machines: machines.into_iter().map(|(k, (m, _, _))| (k, m)).collect(),
         vendors,
         unknown,
-        unknown_after_install,
+        unknown_policy: policy,
     }
 }
 
@@ -245,7 +251,9 @@ fn machine(
         target,
         address,
         chain_ipxe: w.chain_ipxe,
+        uefi_chain: w.uefi_chain,
         vars,
         after_install: w.after_install,
+        origin: doc.origin(base),
     })
 }

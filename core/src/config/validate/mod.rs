@@ -37,6 +37,24 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
+    /// The file as read from disk: text that is not UTF-8 is an error at the line and column
+    /// (counted in characters) of its first bad byte.
+    pub fn from_bytes(path: PathBuf, bytes: Vec<u8>) -> Result<SourceFile, ConfigError> {
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(SourceFile { path, text }),
+            Err(e) => {
+                let good = e.utf8_error().valid_up_to();
+                let bytes = e.into_bytes();
+                // The prefix up to the bad byte is UTF-8, so it can be counted in characters.
+                let before = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+                let line = before.matches('\n').count() + 1;
+                let col = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                let message = format!("not UTF-8 text: byte 0x{:02x} at offset {good}", bytes[good]);
+                Err(ConfigError { file: path, line, col, field: String::new(), message })
+            }
+        }
+    }
+
     pub fn doc(&self) -> Doc<'_> {
         Doc::new(&self.path, &self.text)
     }
@@ -136,7 +154,7 @@ pub fn validate(input: &Input, probe: &dyn FileProbe) -> Result<Catalog, ConfigE
         machines: macdb.machines,
         vendors: macdb.vendors,
         unknown: macdb.unknown,
-        unknown_after_install: macdb.unknown_after_install,
+        unknown_policy: macdb.unknown_policy,
         menus,
         answer_templates: templates.build(),
     });

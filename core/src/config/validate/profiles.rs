@@ -303,7 +303,7 @@ fn source(
         );
         return None;
     }
-    Some(Artifact { name, source, digest })
+    Some(Artifact { name, source, digest, origin: doc.origin(field) })
 }
 
 fn default_file_name(source: &Source) -> String {

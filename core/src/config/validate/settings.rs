@@ -101,6 +101,7 @@ pub(super) fn validate_settings(input: &Input, errs: &mut Errors) -> Option<Sett
             domain: d.domain.clone(),
         },
         ipxe_efi,
+        uefi_chain: wire.uefi_chain.unwrap_or_default(),
         gc_grace_secs: wire.artifacts.gc_grace_minutes.unwrap_or(30) * 60,
     })
 }

@@ -5,7 +5,7 @@
 //! 16-bit wire number), `eN` its ERROR N, `x` a malformed datagram, `d` a stray DATA packet,
 //! `t` the clock reaching the deadline (`t:no-timer` when none runs), `w` the clock
 //! reaching just short of it, `s` a server
-//! shutdown, `f` a local failure. Transcript: what went out at the start, then `step:sent` for
+//! shutdown, `v` an eviction, `f` a local failure. Transcript: what went out at the start, then `step:sent` for
 //! each step, where sent is `O(options)`, `D3` or `D5-8` (DATA blocks, counted from 1), `E0`
 //! (an ERROR's code), several joined by `+`, or `-` for nothing; then `=> outcome` and the
 //! counters.
@@ -14,7 +14,13 @@ use super::*;
 
 /// Timer 1 s, three retries, everything up to RFC limits granted (windowsize up to 64).
 fn limits() -> Limits {
-    Limits { timeout: Duration::from_secs(1), max_retries: 3, max_blksize: 65464, max_windowsize: 64 }
+    Limits {
+        timeout: Duration::from_secs(1),
+        max_retries: 3,
+        max_blksize: 65464,
+        max_windowsize: 64,
+        ..Limits::default()
+    }
 }
 
 fn options(text: &str) -> Vec<(String, String)> {
@@ -80,6 +86,7 @@ impl Sim {
                 self.t.handle_timeout(self.now);
             }
             "s" => self.t.shutdown(),
+            "v" => self.t.evict(),
             "f" => self.t.fail("disk on fire"),
             _ => panic!("bad step {step:?}"),
         }
@@ -264,6 +271,16 @@ fn shutdown_and_failure_send_error_0_once() {
     );
     check(3000, "", "f s", "D1 f:E0 s:- => failed: disk on fire; 0 blocks, 0 bytes, 0 retransmits");
     check(3000, "", "s f", "D1 s:E0 f:- => server shutdown; 0 blocks, 0 bytes, 0 retransmits");
+}
+
+#[test]
+fn an_eviction_sends_error_0_once_and_says_so() {
+    check(
+        3000,
+        "timeout=5 tsize=0",
+        "t v a0 s",
+        "O(timeout=5,tsize=3000) t:O(timeout=5,tsize=3000) v:E0 a0:- s:- => evicted (stalled while others waited); 0 blocks, 0 bytes, 1 retransmits",
+    );
 }
 
 #[test]

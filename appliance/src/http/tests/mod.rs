@@ -536,3 +536,50 @@ async fn http_throughput() {
     }
     s.stop().await;
 }
+
+/// An idle connection from `source` (another loopback address: another source for the
+/// fair share).
+async fn idle_from(source: [u8; 4], server: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(server).await.unwrap()
+}
+
+/// Whether the server closed `conn` within `wait` (end of stream or a reset).
+async fn closed_within(conn: &mut TcpStream, wait: Duration) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(wait, conn.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn idle_connections_from_one_source_keep_only_its_share_and_yield_to_a_new_client() {
+    let limits = ShareLimits { per_source: 2, total: 3, evict_after: Duration::from_millis(300) };
+    let s = TestServer::start_with(Fixture::new(), None, |ctx| ctx.limits = limits).await;
+    let hostile = [127, 0, 0, 2];
+    let mut held = vec![idle_from(hostile, s.addr).await];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    held.push(idle_from(hostile, s.addr).await);
+    let mut third = idle_from(hostile, s.addr).await;
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await, "a third connection for one source");
+    for c in &mut held {
+        assert!(!closed_within(c, Duration::from_millis(50)).await, "within its share");
+    }
+    // A busy client's connection is never the one to go.
+    let mut busy = idle_from([127, 0, 0, 3], s.addr).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    busy.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut head = [0u8; 12];
+    busy.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // Every slot is taken: the stalest idle one makes room and the new client is served.
+    let reply = raw(s.addr, "/boot.ipxe").await;
+    assert_eq!(reply.status, 200);
+    assert!(closed_within(&mut held[0], Duration::from_secs(2)).await, "the stalest was closed");
+    assert!(!closed_within(&mut held[1], Duration::from_millis(50)).await);
+    s.stop().await;
+}
+
+/// UEFI HTTP Boot on the shim chain: the firmware fetches shim, shim its GRUB from the same
+/// directory as `//grubx64.efi`, each byte for byte as signed (even bytes that look like our own
+/// GRUB images' address placeholder), and the shim probes are plain 404s.
+mod secure_boot;
