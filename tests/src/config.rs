@@ -21,6 +21,9 @@ pub struct ConfigSpec {
     pub machines: Vec<(String, String)>,
     /// YAML mappings appended to `vendors:`, e.g. `"{ oui: '52:54:01', arch: arm64 }"`.
     pub vendors: Vec<String>,
+    /// `(MAC, YAML mapping)`: keys set in that machine's `vars` (an example entry of
+    /// `profiles/machines.yaml` keeps everything else).
+    pub machine_vars: Vec<(String, String)>,
 }
 
 pub struct TestConfig {
@@ -45,6 +48,14 @@ impl TestConfig {
                 let value: Value =
                     serde_yaml::from_str(entry).with_context(|| format!("test machine {mac}: {entry}"))?;
                 machines.insert(mac.as_str().into(), value);
+            }
+            for (mac, vars) in &spec.machine_vars {
+                let set: Mapping =
+                    serde_yaml::from_str(vars).with_context(|| format!("test vars for machine {mac}: {vars}"))?;
+                let entry = machines
+                    .get_mut(mac.as_str())
+                    .ok_or_else(|| anyhow!("test vars for machine {mac}: machines.yaml has no such entry"))?;
+                child_map(entry, "vars")?.extend(set);
             }
             let vendors = doc
                 .as_mapping_mut()
@@ -114,7 +125,7 @@ impl TestConfig {
 }
 
 fn child_map<'a>(doc: &'a mut Value, key: &str) -> Result<&'a mut Mapping> {
-    let map = doc.as_mapping_mut().ok_or_else(|| anyhow!("not a YAML mapping at the top"))?;
+    let map = doc.as_mapping_mut().ok_or_else(|| anyhow!("not a YAML mapping where {key} should be"))?;
     let child = map.entry(key.into()).or_insert_with(|| Value::Mapping(Mapping::new()));
     child.as_mapping_mut().ok_or_else(|| anyhow!("{key} is not a mapping"))
 }

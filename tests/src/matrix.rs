@@ -146,6 +146,12 @@ impl Cell {
         self
     }
 
+    /// Sets keys of the `vars` of `mac`'s entry in the example `machines.yaml` (a YAML mapping).
+    pub fn machine_vars(mut self, mac: &str, vars: &str) -> Cell {
+        self.config.machine_vars.push((mac.to_string(), vars.to_string()));
+        self
+    }
+
     pub fn vendor_rule(mut self, rule: &str) -> Cell {
         self.config.vendors.push(rule.to_string());
         self
@@ -163,7 +169,10 @@ impl Cell {
 
     /// The Debian installer (`installer::PROFILE`) must reach its mirror step, preseeded by us
     /// (`installer`); with the memory it needs and a limit that allows for its ~70 s.
+    /// The machine (`mac` first) names the test network's mirror (`installer::test_mirror`).
     pub fn expect_installer(mut self) -> Cell {
+        assert!(!self.mac.is_empty(), "{}: set the MAC before expect_installer", self.name);
+        self.config.machine_vars.push((self.mac.clone(), crate::installer::test_mirror()));
         self.expect = Expect::Installer { profile: crate::installer::PROFILE.into(), arch: self.client.arch() };
         self.memory_mb = Some(crate::installer::MEMORY_MB);
         self.timeout = self.timeout.max(crate::installer::TIMEOUT);
