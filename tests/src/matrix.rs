@@ -466,7 +466,11 @@ impl Cell {
                 return Ok(Outcome { time_to_marker: Some(t), marker: Some(marker), out_dir: PathBuf::new() });
             }
             if let Some(status) = exited {
-                bail!("QEMU exited ({status}) after {:.1} s without the marker", started.elapsed().as_secs_f64());
+                let what = match self.expect {
+                    Expect::Installer { .. } => "the installer's mirror step",
+                    _ => "the marker",
+                };
+                bail!("QEMU exited ({status}) after {:.1} s without {what}", started.elapsed().as_secs_f64());
             }
             if Instant::now() > deadline {
                 match self.expect {

@@ -64,8 +64,8 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     let catalog = appliance::config_dir::load(config, None)
         .map_err(|e| anyhow::anyhow!("{} does not validate ({} errors):\n{e}", config.display(), e.0.len()))?;
     fs::create_dir_all(blobs).with_context(|| format!("failed to create {}", blobs.display()))?;
-    // (package, Debian architecture) -> the files wanted from it: (file, sha256, used by).
-    let mut from_debs: BTreeMap<(String, String), Vec<(String, String, String)>> = BTreeMap::new();
+    // (package, Debian architecture) -> the files wanted from it.
+    let mut from_debs: BTreeMap<(String, String), Vec<Member>> = BTreeMap::new();
     let mut count = 0;
     for w in collect(&catalog) {
         let (sha, how) = match &w.source {
@@ -73,7 +73,7 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
                 let sha = hex::encode(sha256);
                 if !cached(blobs, &sha)? {
                     let key = (package.clone(), deb_arch.clone());
-                    from_debs.entry(key).or_default().push((file.clone(), sha, w.used_by));
+                    from_debs.entry(key).or_default().push(Member { file: file.clone(), sha, used_by: w.used_by });
                 }
                 continue;
             }
@@ -105,16 +105,16 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     }
     let scratch = project_root().join("target/cache");
     for ((package, deb_arch), files) in from_debs {
-        let used_by = &files[0].2;
+        let used_by = &files[0].used_by;
         lock.get(&package, &deb_arch).with_context(|| {
             format!("{used_by} names package {package}:{deb_arch}, which is not pinned in {}", debian::LOCK_PATH)
         })?;
         let deb = debian::ensure_deb(sh, lock, &package, &deb_arch)?;
         fs::create_dir_all(&scratch).with_context(|| format!("failed to create {}", scratch.display()))?;
         let tree = tempfile::Builder::new().prefix("members-").tempdir_in(&scratch)?;
-        let names: Vec<String> = files.iter().map(|(file, _, _)| file.clone()).collect();
+        let names: Vec<String> = files.iter().map(|m| m.file.clone()).collect();
         deb_members::extract(&deb, tree.path(), &names).with_context(|| format!("{used_by}: package {package}"))?;
-        for (file, sha, used_by) in &files {
+        for Member { file, sha, used_by } in &files {
             if cached(blobs, sha)? {
                 continue; // the same file named twice
             }
@@ -127,6 +127,13 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
     }
     println!("profile artifacts from {}: {count} fetched, cache {}", config.display(), blobs.display());
     Ok(())
+}
+
+/// A file a profile wants from a package: its path there, its sha256 (hex), what wants it.
+struct Member {
+    file: String,
+    sha: String,
+    used_by: String,
 }
 
 /// Whether the blob `sha` is in the cache with the right content.
