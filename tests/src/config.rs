@@ -154,3 +154,28 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appliance_core::mac::MacAddr;
+
+    /// `machine_vars` sets keys of an example entry's `vars` and keeps the rest of the entry.
+    #[test]
+    fn machine_vars_are_merged_into_the_example_entry() {
+        let mac = "52:54:00:77:00:13"; // deb-uboot: arm64, with vars of its own
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ConfigSpec {
+            machine_vars: vec![(mac.into(), "{ mirror: { hostname: 10.77.0.1, directory: /debian } }".into())],
+            ..ConfigSpec::default()
+        };
+        let config = TestConfig::build(&crate::host::profiles_dir(), &dir.path().join("c"), &spec).unwrap();
+        let m = config.catalog.machine(MacAddr::parse(mac).unwrap()).unwrap();
+        assert_eq!(m.hostname, "deb-uboot");
+        assert_eq!(m.vars["mirror"]["hostname"], "10.77.0.1");
+        assert_eq!(m.vars["locale"], "en_GB.UTF-8", "the entry's other vars stay");
+        let unknown = ConfigSpec { machine_vars: vec![("52:54:00:ff:ff:ff".into(), "{ a: 1 }".into())], ..spec };
+        let err = TestConfig::build(&crate::host::profiles_dir(), &dir.path().join("d"), &unknown).err().unwrap();
+        assert!(format!("{err:#}").contains("no such entry"), "{err:#}");
+    }
+}
