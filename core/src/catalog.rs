@@ -242,6 +242,8 @@ pub struct Profile {
     pub answers: BTreeMap<String, Answer>,
     /// The profile's file, for errors found after validation (`answers::check_all`).
     pub file: PathBuf,
+    /// Free-form values for its templates (`profile.vars`): a JSON object.
+    pub vars: serde_json::Value,
 }
 
 impl Profile {

@@ -167,6 +167,10 @@ pub struct Identity {
     pub vars: serde_json::Value,
     /// Whether the MAC database knows this machine.
     pub known: bool,
+    /// The DNS domain the appliance's DHCP hands out (`dhcp.domain`), for templates; absent
+    /// (undefined in a template) when none is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// The boot chain of a UEFI client, and the rule that chose it.
@@ -202,7 +206,7 @@ pub fn decide(catalog: &Catalog, client: &Client, stage: Stage) -> Decision {
         (None, Rule::None)
     };
     let (target, mut target_rule) = target_of(catalog, client.mac);
-    let machine = identity(client.mac, entry);
+    let machine = Identity { domain: catalog.settings().dhcp.domain.clone(), ..identity(client.mac, entry) };
     let uefi = stage == Stage::Dhcp && matches!(client.firmware, Firmware::UefiPxe | Firmware::UefiHttp);
     let uefi_chain = uefi.then(|| uefi_chain(catalog, client.mac));
     let outcome = match stage {
@@ -319,18 +323,22 @@ pub fn decide_boot_file(catalog: &Catalog, client: &Client, named: BootFile) -> 
 
 fn identity(mac: Option<MacAddr>, entry: Option<&Machine>) -> Identity {
     match (mac, entry) {
-        (_, Some(m)) => Identity { mac: Some(m.mac), hostname: m.hostname.clone(), vars: m.vars.clone(), known: true },
+        (_, Some(m)) => {
+            Identity { mac: Some(m.mac), hostname: m.hostname.clone(), vars: m.vars.clone(), known: true, domain: None }
+        }
         (Some(mac), None) => Identity {
             mac: Some(mac),
             hostname: format!("node-{}", mac.hex()),
             vars: serde_json::Value::Object(Default::default()),
             known: false,
+            domain: None,
         },
         (None, None) => Identity {
             mac: None,
             hostname: "node".into(),
             vars: serde_json::Value::Object(Default::default()),
             known: false,
+            domain: None,
         },
     }
 }

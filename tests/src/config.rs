@@ -21,6 +21,9 @@ pub struct ConfigSpec {
     pub machines: Vec<(String, String)>,
     /// YAML mappings appended to `vendors:`, e.g. `"{ oui: '52:54:01', arch: arm64 }"`.
     pub vendors: Vec<String>,
+    /// `(MAC, YAML mapping)`: keys set in that machine's `vars` (an example entry of
+    /// `profiles/machines.yaml` keeps everything else).
+    pub machine_vars: Vec<(String, String)>,
 }
 
 pub struct TestConfig {
@@ -45,6 +48,14 @@ impl TestConfig {
                 let value: Value =
                     serde_yaml::from_str(entry).with_context(|| format!("test machine {mac}: {entry}"))?;
                 machines.insert(mac.as_str().into(), value);
+            }
+            for (mac, vars) in &spec.machine_vars {
+                let set: Mapping =
+                    serde_yaml::from_str(vars).with_context(|| format!("test vars for machine {mac}: {vars}"))?;
+                let entry = machines
+                    .get_mut(mac.as_str())
+                    .ok_or_else(|| anyhow!("test vars for machine {mac}: machines.yaml has no such entry"))?;
+                child_map(entry, "vars")?.extend(set);
             }
             let vendors = doc
                 .as_mapping_mut()
@@ -114,7 +125,7 @@ impl TestConfig {
 }
 
 fn child_map<'a>(doc: &'a mut Value, key: &str) -> Result<&'a mut Mapping> {
-    let map = doc.as_mapping_mut().ok_or_else(|| anyhow!("not a YAML mapping at the top"))?;
+    let map = doc.as_mapping_mut().ok_or_else(|| anyhow!("not a YAML mapping where {key} should be"))?;
     let child = map.entry(key.into()).or_insert_with(|| Value::Mapping(Mapping::new()));
     child.as_mapping_mut().ok_or_else(|| anyhow!("{key} is not a mapping"))
 }
@@ -142,4 +153,29 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use appliance_core::mac::MacAddr;
+
+    /// `machine_vars` sets keys of an example entry's `vars` and keeps the rest of the entry.
+    #[test]
+    fn machine_vars_are_merged_into_the_example_entry() {
+        let mac = "52:54:00:77:00:13"; // deb-uboot: arm64, with vars of its own
+        let dir = tempfile::tempdir().unwrap();
+        let spec = ConfigSpec {
+            machine_vars: vec![(mac.into(), "{ mirror: { hostname: 10.77.0.1, directory: /debian } }".into())],
+            ..ConfigSpec::default()
+        };
+        let config = TestConfig::build(&crate::host::profiles_dir(), &dir.path().join("c"), &spec).unwrap();
+        let m = config.catalog.machine(MacAddr::parse(mac).unwrap()).unwrap();
+        assert_eq!(m.hostname, "deb-uboot");
+        assert_eq!(m.vars["mirror"]["hostname"], "10.77.0.1");
+        assert_eq!(m.vars["locale"], "en_GB.UTF-8", "the entry's other vars stay");
+        let unknown = ConfigSpec { machine_vars: vec![("52:54:00:ff:ff:ff".into(), "{ a: 1 }".into())], ..spec };
+        let err = TestConfig::build(&crate::host::profiles_dir(), &dir.path().join("d"), &unknown).err().unwrap();
+        assert!(format!("{err:#}").contains("no such entry"), "{err:#}");
+    }
 }

@@ -12,6 +12,7 @@
 //! | `daemon`  | `appliance serve` in the namespace |
 //! | `browser` | headless Chromium reading the daemon's status pages after a boot |
 //! | `dnsmasq` | the site DHCP server (proxy and off columns) |
+//! | `installer` | installer cells: the Debian installer's mirror step, its preseed in the logs |
 //! | `reference` | the reference stack (dnsmasq + Python HTTP), for comparisons |
 //! | `config`  | the test's copy of `profiles/` |
 //! | `host`    | workspace, target, bootloaders, blobs, output folders; what the host must have |
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod dnsmasq;
 pub mod host;
+pub mod installer;
 pub mod lifecycle;
 pub mod matrix;
 pub mod reference;

@@ -42,6 +42,8 @@ pub enum Expect {
     Boot { profile: String, arch: Arch },
     /// Nothing we serve boots within the time; the daemon must have seen the client's DHCP.
     NoBoot { within: Duration },
+    /// The installer of this profile (`installer`) at its mirror step, preseeded by us.
+    Installer { profile: String, arch: Arch },
 }
 
 /// Who serves the cell.
@@ -74,6 +76,8 @@ pub struct Cell {
     /// Texts the daemon's log must not show (a request that must never reach us).
     pub daemon_log_lacks: Vec<String>,
     pub stack: Stack,
+    /// The VM's memory, when it needs more than `Machine::new`'s default.
+    pub memory_mb: Option<u32>,
     /// For a no-boot cell: once the console shows this, the outcome is settled (the firmware
     /// refused what it got, say) and the cell ends without waiting out `within`.
     pub settled_by: Option<String>,
@@ -84,6 +88,7 @@ pub struct Cell {
 /// What a passing boot cell measured.
 #[derive(Clone, Debug)]
 pub struct Outcome {
+    /// From QEMU start to the payload's marker (or the installer's mirror step).
     pub time_to_marker: Option<Duration>,
     pub marker: Option<Marker>,
     pub out_dir: PathBuf,
@@ -108,6 +113,7 @@ impl Cell {
             daemon_log_shows: Vec::new(),
             daemon_log_lacks: Vec::new(),
             stack: Stack::Ours,
+            memory_mb: None,
             settled_by: None,
             status_pages: false,
         }
@@ -140,6 +146,12 @@ impl Cell {
         self
     }
 
+    /// Sets keys of the `vars` of `mac`'s entry in the example `machines.yaml` (a YAML mapping).
+    pub fn machine_vars(mut self, mac: &str, vars: &str) -> Cell {
+        self.config.machine_vars.push((mac.to_string(), vars.to_string()));
+        self
+    }
+
     pub fn vendor_rule(mut self, rule: &str) -> Cell {
         self.config.vendors.push(rule.to_string());
         self
@@ -152,6 +164,19 @@ impl Cell {
 
     pub fn expect_boot(mut self, profile: &str) -> Cell {
         self.expect = Expect::Boot { profile: profile.to_string(), arch: self.client.arch() };
+        self
+    }
+
+    /// The Debian installer (`installer::PROFILE`) must reach its mirror step, preseeded by us
+    /// (`installer`); with the memory it needs and a limit that allows for its ~70 s.
+    /// The machine (`mac` first) names the test network's mirror (`installer::test_mirror`).
+    pub fn expect_installer(mut self) -> Cell {
+        assert!(!self.mac.is_empty(), "{}: set the MAC before expect_installer", self.name);
+        self.config.machine_vars.push((self.mac.clone(), crate::installer::test_mirror()));
+        self.expect = Expect::Installer { profile: crate::installer::PROFILE.into(), arch: self.client.arch() };
+        self.memory_mb = Some(crate::installer::MEMORY_MB);
+        self.timeout = self.timeout.max(crate::installer::TIMEOUT);
+        self.stall = self.stall.max(crate::installer::TIMEOUT / 2);
         self
     }
 
@@ -211,8 +236,19 @@ impl Cell {
                 }
             }
         }
+        if let (Expect::Installer { .. }, Some(version)) = (&self.expect, &run.version) {
+            let mac = appliance_core::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC: {e}"))?;
+            let checked = match (&run.daemon, &run.reference) {
+                (Some(d), _) => crate::installer::check_daemon_log(&d.log_text(), mac, version),
+                (None, Some(r)) => crate::installer::check_reference_log(&r.http_log_text(), mac),
+                (None, None) => Err(anyhow!("no server ran")),
+            };
+            if let Err(e) = checked {
+                problems.push(format!("{e:#}"));
+            }
+        }
         // In the proxy and off columns the address must come from the site's DHCP server.
-        if let (Some(site), Expect::Boot { .. }) = (&run.site, &self.expect) {
+        if let (Some(site), Expect::Boot { .. } | Expect::Installer { .. }) = (&run.site, &self.expect) {
             if site.acked(&self.mac).is_none() {
                 problems.push(format!("the site dnsmasq never acknowledged a lease for {}", self.mac));
             }
@@ -243,6 +279,7 @@ impl Cell {
         let (status, detail) = match &result {
             Ok(o) => match (o.time_to_marker, &o.marker) {
                 (Some(t), Some(m)) => ("pass", format!("marker after {:.1} s: {}", t.as_secs_f64(), m.cmdline)),
+                (Some(t), None) => ("pass", format!("installer at the mirror step after {:.1} s", t.as_secs_f64())),
                 _ => ("pass", "no boot, as expected".to_string()),
             },
             Err(e) => ("FAIL", format!("{e:#}").lines().next().unwrap_or("").to_string()),
@@ -296,7 +333,9 @@ impl Cell {
         }
         crate::config::copy_tree(&config_dir, &out.join("config"))?;
         let expected = match &self.expect {
-            Expect::Boot { profile, arch } => Some((profile.clone(), *arch, config.version(profile, *arch)?)),
+            Expect::Boot { profile, arch } | Expect::Installer { profile, arch } => {
+                Some((profile.clone(), *arch, config.version(profile, *arch)?))
+            }
             Expect::NoBoot { .. } => None,
         };
         let bin = host::appliance_bin()?;
@@ -304,7 +343,7 @@ impl Cell {
         let _slot = procs::acquire_vm_slot();
         // Safety net only: the guards stop everything long before (see `Netns::command`).
         let lifetime = self.timeout.max(self.stall) + Duration::from_secs(120);
-        let mut run = Running::default();
+        let mut run = Running { version: expected.as_ref().map(|e| e.2.clone()), ..Running::default() };
         let lab = run.lab.insert(Lab::new(&self.name, site.is_some())?);
         let tap = lab.add_tap()?;
         if let Some(kind) = &site {
@@ -326,7 +365,7 @@ impl Cell {
         };
         let lab = run.lab.as_ref().ok_or_else(|| anyhow!("no lab"))?;
         if self.stack == Stack::Reference {
-            let Some((profile, _, version)) = &expected else { bail!("a reference cell must expect a boot") };
+            let Some((profile, arch, _)) = &expected else { bail!("a reference cell must expect a boot") };
             if self.mode != DhcpMode::Server {
                 bail!("the reference stack is a DHCP server: server mode only");
             }
@@ -336,7 +375,7 @@ impl Cell {
             let mac =
                 appliance_core::mac::MacAddr::parse(&self.mac).map_err(|e| anyhow!("cell MAC {}: {e}", self.mac))?;
             let root = reference::root_in(scratch.path());
-            let files = reference::files(self.client, mac, profile, version)?;
+            let files = reference::files(self.client, mac, &config.catalog, profile, *arch)?;
             reference::mirror(lab.server(), &root, &files)?;
             // A `chain_ipxe` machine gets undionly.kpxe from the ROM first, as our daemon does.
             if config.catalog.machine(mac).is_some_and(|m| m.chain_ipxe) {
@@ -349,7 +388,10 @@ impl Cell {
             run.daemon = Some(Daemon::start(lab, &spec, out)?);
             println!("{}: daemon ready in {:.1} s", self.name, t_daemon.elapsed().as_secs_f64());
         }
-        let machine = self.client.machine(&self.mac, &tap, out, lifetime);
+        let mut machine = self.client.machine(&self.mac, &tap, out, lifetime);
+        if let Some(mb) = self.memory_mb {
+            machine.memory_mb = mb;
+        }
         run.vm = Some(Vm::start("qemu", &machine, Some(lab.server()))?);
 
         let result = match &expected {
@@ -390,7 +432,19 @@ impl Cell {
             // Read the exit status first: a console read after it holds everything QEMU wrote.
             let exited = vm.exited();
             let console = vm.serial_text();
-            if let Some(marker) = find_marker(&console) {
+            if let Expect::Installer { .. } = self.expect {
+                // Judged after the run (`check_path`): the server's logs are complete then.
+                if let Some(text) = crate::installer::at_mirror_step(&testkit::qemu::console::clean(&console)) {
+                    let t = started.elapsed();
+                    vm.stop();
+                    println!(
+                        "{}: mirror step after {:.1} s ({text:?}; {profile} {arch} {version})",
+                        self.name,
+                        t.as_secs_f64()
+                    );
+                    return Ok(Outcome { time_to_marker: Some(t), marker: None, out_dir: PathBuf::new() });
+                }
+            } else if let Some(marker) = find_marker(&console) {
                 let t = started.elapsed();
                 vm.stop();
                 let want =
@@ -412,10 +466,17 @@ impl Cell {
                 return Ok(Outcome { time_to_marker: Some(t), marker: Some(marker), out_dir: PathBuf::new() });
             }
             if let Some(status) = exited {
-                bail!("QEMU exited ({status}) after {:.1} s without the marker", started.elapsed().as_secs_f64());
+                let what = match self.expect {
+                    Expect::Installer { .. } => "the installer's mirror step",
+                    _ => "the marker",
+                };
+                bail!("QEMU exited ({status}) after {:.1} s without {what}", started.elapsed().as_secs_f64());
             }
             if Instant::now() > deadline {
-                bail!("no {} marker within {:?} (timeout)", MARKER, self.timeout);
+                match self.expect {
+                    Expect::Installer { .. } => bail!("no installer mirror step within {:?} (timeout)", self.timeout),
+                    _ => bail!("no {} marker within {:?} (timeout)", MARKER, self.timeout),
+                }
             }
             if progress.stalled((console.len(), daemon_log_len), self.stall) {
                 bail!(
@@ -514,6 +575,8 @@ struct Running {
     reference: Option<ReferenceStack>,
     site: Option<Dnsmasq>,
     lab: Option<Lab>,
+    /// The artifact version the cell expects, when it expects a boot.
+    version: Option<String>,
 }
 
 impl Running {

@@ -9,12 +9,17 @@
 
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
+use appliance_core::arch::Arch;
+use appliance_core::catalog::Catalog;
 use appliance_core::mac::MacAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testkit::lab::{BRIDGE, SERVER_IP};
 use testkit::netns::Netns;
 use testkit::procs::{render_cmdline, run, Logged};
+
+/// The domain the reference's DHCP hands out, as `dhcp.domain` in `profiles/appliance.yaml`.
+const REFERENCE_DOMAIN: &str = "lab.internal";
 
 /// The reference's HTTP server: `http.server` with one addition, `<path>.first`, served instead
 /// of `<path>` on a client's first request for it (dnsmasq cannot tell iPXE's ROM from the
@@ -40,9 +45,18 @@ os.chdir(sys.argv[1])
 http.server.ThreadingHTTPServer((sys.argv[2], 80), Handler).serve_forever()
 "#;
 
-/// What a firmware's boot fetches, as (where it goes under the reference root, the URL our
-/// daemon serves it at).
-pub fn files(client: Client, mac: MacAddr, profile: &str, version: &str) -> Result<Vec<(String, String)>> {
+/// What a firmware's boot of `profile` on `arch` fetches, as (where it goes under the reference
+/// root, the URL our daemon serves it at): the boot program and config, the artifact set's
+/// kernel, initrds and device tree, and the machine's answer files.
+pub fn files(
+    client: Client,
+    mac: MacAddr,
+    catalog: &Catalog,
+    profile: &str,
+    arch: Arch,
+) -> Result<Vec<(String, String)>> {
+    let p = catalog.profile(profile).with_context(|| format!("no profile {profile}"))?;
+    let set = p.arches.get(&arch).with_context(|| format!("profile {profile} has no {arch} artifacts"))?;
     let dashed = mac.dashed();
     let http = |p: &str| format!("http://{SERVER_IP}/{p}");
     let tftp = |p: &str| format!("tftp://{SERVER_IP}/{p}");
@@ -65,10 +79,20 @@ pub fn files(client: Client, mac: MacAddr, profile: &str, version: &str) -> Resu
             let cfg = format!("grub/grub.cfg-01-{dashed}");
             vec![("grubnetaa64.efi".into(), tftp("grubnetaa64.efi")), (cfg.clone(), tftp(&cfg))]
         }
+        Client::UBootArm64 => {
+            let cfg = format!("pxelinux.cfg/01-{dashed}");
+            vec![("boot.scr.uimg".into(), tftp("boot.scr.uimg")), (cfg.clone(), tftp(&cfg))]
+        }
         other => bail!("no reference setup for {other:?}"),
     };
-    list.extend(["vmlinuz", "initrd.img"].map(|f| {
-        let p = format!("artifacts/{profile}/{version}/{f}");
+    let boot_files = std::iter::once(&set.kernel).chain(&set.initrds).chain(&set.fdt);
+    list.extend(boot_files.map(|a| {
+        let p = format!("artifacts/{profile}/{}/{}", set.version, a.name);
+        let url = http(&p);
+        (p, url)
+    }));
+    list.extend(p.answers.keys().map(|name| {
+        let p = format!("answers/{dashed}/{name}");
         let url = http(&p);
         (p, url)
     }));
@@ -97,7 +121,7 @@ pub fn chain_undionly_first(root: &Path) -> Result<()> {
 pub struct ReferenceStack {
     // Stopped on drop, by PID (see `testkit::procs`).
     _dnsmasq: Logged,
-    _http: Logged,
+    http: Logged,
 }
 
 impl ReferenceStack {
@@ -116,10 +140,16 @@ impl ReferenceStack {
             .arg(format!("--pid-file={}", scratch.join("reference.pid").display()))
             .args(["--dhcp-match=set:ipxe,175", "--dhcp-match=set:efi64,option:client-arch,7"])
             .arg("--dhcp-match=set:efiarm64,option:client-arch,11")
+            .arg("--dhcp-match=set:uboot,option:client-arch,22")
+            .arg(format!("--dhcp-boot=tag:uboot,boot.scr.uimg,,{SERVER_IP}"))
             .arg(format!("--dhcp-boot=tag:ipxe,http://{SERVER_IP}/boot.ipxe"))
             .arg(format!("--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{SERVER_IP}"))
             .arg(format!("--dhcp-boot=tag:!ipxe,tag:efiarm64,grubnetaa64.efi,,{SERVER_IP}"))
-            .arg(format!("--dhcp-boot=tag:!ipxe,tag:!efi64,tag:!efiarm64,undionly.kpxe,,{SERVER_IP}"))
+            .arg(format!("--dhcp-boot=tag:!ipxe,tag:!efi64,tag:!efiarm64,tag:!uboot,undionly.kpxe,,{SERVER_IP}"))
+            // A name server and domain, as our daemon's example settings hand out: the Debian
+            // installer stops to ask for a name server without one.
+            .arg(format!("--dhcp-option=option:dns-server,{SERVER_IP}"))
+            .arg(format!("--dhcp-option=option:domain-name,{REFERENCE_DOMAIN}"))
             // iPXE option 175, sub-option 176 (no-pxedhcp) = 1: do not wait for ProxyDHCP offers.
             .arg("--dhcp-option=tag:ipxe,175,b0:01:01");
         std::fs::write(out.join("dnsmasq.cmdline"), render_cmdline(&cmd) + "\n")?;
@@ -150,7 +180,12 @@ impl ReferenceStack {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(ReferenceStack { _dnsmasq: dnsmasq, _http: http })
+        Ok(ReferenceStack { _dnsmasq: dnsmasq, http })
+    }
+
+    /// The HTTP server's log: one line per request, with its status.
+    pub fn http_log_text(&self) -> String {
+        self.http.log_text()
     }
 }
 

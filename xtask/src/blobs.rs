@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use appliance_core::catalog::{Catalog, CpioSource, Source};
 use xshell::{cmd, Shell};
 
+use crate::deb_members;
 use crate::debian::{self, Lock};
 use crate::project_root;
 
@@ -18,9 +19,8 @@ pub fn default_dir() -> PathBuf {
     project_root().join("target/blobs")
 }
 
-/// How a blob's bytes are obtained.
+/// How a blob that is not in a package is obtained.
 enum Fetch {
-    Copy(PathBuf),
     Download(String),
     /// The demo disk (`demo_disk::URL`): built here, never downloaded.
     DemoDisk,
@@ -57,43 +57,25 @@ fn collect(catalog: &Catalog) -> Vec<Wanted> {
     out
 }
 
-/// Fetches every remote source of the profiles in `config` into `blobs`.
+/// Fetches every remote source of the profiles in `config` into `blobs`. A package's files are
+/// taken from it in one pass over its data (`deb_members`), into a scratch directory removed
+/// afterwards: only blobs not yet in the cache cost an extraction.
 pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()> {
     let catalog = appliance::config_dir::load(config, None)
         .map_err(|e| anyhow::anyhow!("{} does not validate ({} errors):\n{e}", config.display(), e.0.len()))?;
     fs::create_dir_all(blobs).with_context(|| format!("failed to create {}", blobs.display()))?;
-    let extracted = project_root().join("target/cache/extracted");
-    let mut trees: BTreeMap<(String, String), PathBuf> = BTreeMap::new();
+    // (package, Debian architecture) -> the files wanted from it.
+    let mut from_debs: BTreeMap<(String, String), Vec<Member>> = BTreeMap::new();
     let mut count = 0;
     for w in collect(&catalog) {
         let (sha, how) = match &w.source {
             Source::Deb { package, deb_arch, file, sha256, .. } => {
-                let key = (package.clone(), deb_arch.clone());
-                let tree = match trees.get(&key) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let pin = lock.get(package, deb_arch).with_context(|| {
-                            format!(
-                                "{} names package {package}:{deb_arch}, which is not pinned in {}",
-                                w.used_by,
-                                debian::LOCK_PATH
-                            )
-                        })?;
-                        let tree =
-                            extracted.join(format!("{}_{}_{}", pin.name, pin.version.replace(':', "%3a"), pin.arch));
-                        if !tree.is_dir() {
-                            let deb = debian::ensure_deb(sh, lock, package, deb_arch)?;
-                            let tmp = tree.with_extension("tmp");
-                            let _ = fs::remove_dir_all(&tmp);
-                            debian::extract(sh, &deb, &tmp)?;
-                            fs::rename(&tmp, &tree).with_context(|| format!("failed to move {}", tmp.display()))?;
-                        }
-                        trees.insert(key, tree.clone());
-                        tree
-                    }
-                };
-                let path = find_in_tree(&tree, file).with_context(|| format!("{}: {file} in {package}", w.used_by))?;
-                (hex::encode(sha256), Fetch::Copy(path))
+                let sha = hex::encode(sha256);
+                if !cached(blobs, &sha)? {
+                    let key = (package.clone(), deb_arch.clone());
+                    from_debs.entry(key).or_default().push(Member { file: file.clone(), sha, used_by: w.used_by });
+                }
+                continue;
             }
             Source::Url { url, sha256 } if url == crate::demo_disk::URL => (hex::encode(sha256), Fetch::DemoDisk),
             Source::Url { url, sha256 } => {
@@ -105,13 +87,11 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
             }
             _ => continue,
         };
-        let dest = blobs.join(&sha);
-        if dest.is_file() && debian::sha256_file(&dest)? == sha {
+        if cached(blobs, &sha)? {
             continue;
         }
         let tmp = blobs.join(format!(".{sha}.tmp"));
         match how {
-            Fetch::Copy(path) => copy(&path, &tmp)?,
             Fetch::Download(url) => cmd!(sh, "curl -fsSL --retry 2 -o {tmp} {url}")
                 .run()
                 .with_context(|| format!("failed to download {url}"))?,
@@ -120,16 +100,58 @@ pub fn fetch(sh: &Shell, lock: &Lock, config: &Path, blobs: &Path) -> Result<()>
                 crate::demo_disk::build(sh, lock, &tmp).context("building the demo disk")?;
             }
         }
-        let actual = debian::sha256_file(&tmp)?;
-        if actual != sha {
-            let _ = fs::remove_file(&tmp);
-            bail!("{}: checksum mismatch: the profile says sha256 {sha}, the fetched file has {actual}", w.used_by);
-        }
-        fs::rename(&tmp, &dest).with_context(|| format!("failed to write {}", dest.display()))?;
-        println!("  blob {}  {}", &sha[..16], w.used_by);
+        store(blobs, &tmp, &sha, &w.used_by)?;
         count += 1;
     }
+    let scratch = project_root().join("target/cache");
+    for ((package, deb_arch), files) in from_debs {
+        let used_by = &files[0].used_by;
+        lock.get(&package, &deb_arch).with_context(|| {
+            format!("{used_by} names package {package}:{deb_arch}, which is not pinned in {}", debian::LOCK_PATH)
+        })?;
+        let deb = debian::ensure_deb(sh, lock, &package, &deb_arch)?;
+        fs::create_dir_all(&scratch).with_context(|| format!("failed to create {}", scratch.display()))?;
+        let tree = tempfile::Builder::new().prefix("members-").tempdir_in(&scratch)?;
+        let names: Vec<String> = files.iter().map(|m| m.file.clone()).collect();
+        deb_members::extract(&deb, tree.path(), &names).with_context(|| format!("{used_by}: package {package}"))?;
+        for Member { file, sha, used_by } in &files {
+            if cached(blobs, sha)? {
+                continue; // the same file named twice
+            }
+            let path = find_in_tree(tree.path(), file).with_context(|| format!("{used_by}: {file} in {package}"))?;
+            let tmp = blobs.join(format!(".{sha}.tmp"));
+            copy(&path, &tmp)?;
+            store(blobs, &tmp, sha, used_by)?;
+            count += 1;
+        }
+    }
     println!("profile artifacts from {}: {count} fetched, cache {}", config.display(), blobs.display());
+    Ok(())
+}
+
+/// A file a profile wants from a package: its path there, its sha256 (hex), what wants it.
+struct Member {
+    file: String,
+    sha: String,
+    used_by: String,
+}
+
+/// Whether the blob `sha` is in the cache with the right content.
+fn cached(blobs: &Path, sha: &str) -> Result<bool> {
+    let dest = blobs.join(sha);
+    Ok(dest.is_file() && debian::sha256_file(&dest)? == sha)
+}
+
+/// Moves a fetched file into the cache as `<sha>` once its content matches.
+fn store(blobs: &Path, tmp: &Path, sha: &str, used_by: &str) -> Result<()> {
+    let actual = debian::sha256_file(tmp)?;
+    if actual != sha {
+        let _ = fs::remove_file(tmp);
+        bail!("{used_by}: checksum mismatch: the profile says sha256 {sha}, the fetched file has {actual}");
+    }
+    let dest = blobs.join(sha);
+    fs::rename(tmp, &dest).with_context(|| format!("failed to write {}", dest.display()))?;
+    println!("  blob {}  {used_by}", &sha[..16]);
     Ok(())
 }
 

@@ -20,8 +20,14 @@ use crate::{human_size, project_root};
 /// Lock file location, relative to the workspace root.
 pub const LOCK_PATH: &str = "xtask/debian.lock";
 
-/// Debian architectures the lock file may name.
+/// The dpkg architectures the lock's packages are built for (dpkg must know each, see `host`).
 pub const ARCHES: [&str; 2] = ["amd64", "arm64"];
+
+/// The lock's word for an `Architecture: all` package (the installer images): apt accepts
+/// `name:all` for such a package whatever the host's architectures, so it needs no
+/// `dpkg --add-architecture` and is pinned once, not once per architecture apt would also
+/// accept it under (`name:amd64` and `name:arm64` name the same file).
+pub const ALL: &str = "all";
 
 /// What `--update-lock` pins.
 enum Wanted {
@@ -48,6 +54,9 @@ const WANTED: &[Wanted] = &[
     Wanted::KernelOf("linux-image-arm64", "arm64"),
     // The appliance image's own kernel (`cargo xtask image`).
     Wanted::KernelOf("linux-image-amd64", "amd64"),
+    // The Debian 12 installer's netboot kernels and initrds (the debian-installer profile).
+    Wanted::Package("debian-installer-12-netboot-amd64", ALL),
+    Wanted::Package("debian-installer-12-netboot-arm64", ALL),
 ];
 
 const LOCK_HEADER: &str = "\
@@ -63,7 +72,8 @@ const LOCK_HEADER: &str = "\
 # The linux-image-* entries are the versioned kernel packages that the meta
 # packages linux-image-cloud-amd64 (amd64), linux-image-arm64 (arm64) and
 # linux-image-amd64 (amd64, the appliance image's own kernel) depended on when
-# the lock was generated.
+# the lock was generated. `all` marks an Architecture: all package (the
+# installer images), which apt fetches as `<package>:all`.
 ";
 
 /// One pinned package.
@@ -116,8 +126,8 @@ impl Lock {
                 bail!("line {line_no}: expected `<package> <arch> <version> <sha256>`, got {line:?}");
             };
             ensure!(
-                ARCHES.contains(&arch),
-                "line {line_no}: unsupported architecture {arch:?} (expected one of {ARCHES:?})"
+                ARCHES.contains(&arch) || arch == ALL,
+                "line {line_no}: unsupported architecture {arch:?} (expected one of {ARCHES:?} or {ALL:?})"
             );
             ensure!(
                 sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -263,6 +273,9 @@ fn download(sh: &Shell, pin: &Pin, dest: &Path) -> Result<()> {
 /// Errors out early, with the fix, when dpkg does not know `arch`: apt would
 /// otherwise just say it cannot locate the package.
 fn check_arch_enabled(sh: &Shell, arch: &str, package: &str) -> Result<()> {
+    if arch == ALL {
+        return Ok(());
+    }
     let native =
         cmd!(sh, "dpkg --print-architecture").quiet().read().context("failed to run dpkg --print-architecture")?;
     if native.trim() == arch {
@@ -310,7 +323,7 @@ pub fn resolve_in_tree(root: &Path, path: &str) -> Result<PathBuf> {
 }
 
 /// Lexically normalizes `path` to a relative path without `.`/`..`.
-fn normalize(path: &Path) -> Result<PathBuf> {
+pub(crate) fn normalize(path: &Path) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {
@@ -510,9 +523,19 @@ mod tests {
     }
 
     #[test]
+    fn an_all_package_is_pinned_once_under_all() {
+        let lock = Lock::parse(&format!("debian-installer-12-netboot-arm64 all 20230607+deb12u15 {SHA}\n")).unwrap();
+        let pin = lock.get("debian-installer-12-netboot-arm64", ALL).unwrap();
+        assert_eq!(pin.spec(), "debian-installer-12-netboot-arm64:all");
+        assert_eq!(pin.cache_file_name(), "debian-installer-12-netboot-arm64_20230607+deb12u15_all.deb");
+        assert!(lock.get("debian-installer-12-netboot-arm64", "arm64").is_err());
+    }
+
+    #[test]
     fn lock_rejects_bad_lines() {
         assert!(Lock::parse("ipxe amd64 1.0\n").is_err());
         assert!(Lock::parse(&format!("ipxe i386 1.0 {SHA}\n")).is_err());
+        assert!(Lock::parse(&format!("ipxe any 1.0 {SHA}\n")).is_err());
         assert!(Lock::parse("ipxe amd64 1.0 nothex\n").is_err());
         assert!(Lock::parse(&format!("ipxe amd64 1 {SHA}\nipxe amd64 2 {SHA}\n")).is_err());
     }

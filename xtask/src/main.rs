@@ -5,6 +5,7 @@
 
 mod bench;
 mod blobs;
+mod deb_members;
 mod debian;
 mod demo_disk;
 mod fetch;

@@ -175,6 +175,10 @@ pub struct ProfileFile {
     /// Answer files: name -> template path in the config directory.
     #[serde(default)]
     pub answers: BTreeMap<String, String>,
+    /// Free-form values for the profile's templates (`profile.vars.*`), e.g. defaults that a
+    /// machine's own `vars` may override.
+    #[serde(default)]
+    pub vars: BTreeMap<String, serde_yaml::Value>,
 }
 
 #[derive(Debug, Deserialize)]

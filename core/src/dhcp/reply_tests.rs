@@ -211,3 +211,33 @@ fn the_shim_chain_names_shim_in_the_file_field() {
     let proxied = c.build(&Req::new(DISCOVER, m, firmware::uefi_http(m))).unwrap();
     assert_eq!(proxied.message.fname(), Some(url.as_bytes()), "the same image behind proxyDHCP");
 }
+
+/// The Debian installer runs its own DHCP client after the firmware's boot; it stops to ask
+/// for a name server when the answer names none (docs/firmware.md#debian-12-netboot-installer).
+/// In server mode it gets its address with router, name servers, domain and host name, and no
+/// boot information; behind proxyDHCP it is the site's client alone.
+#[test]
+fn the_debian_installers_dhcp_gets_a_name_server_in_server_mode_and_nothing_from_a_proxy() {
+    let m = [0x52, 0x54, 0x00, 0x77, 0x00, 0x01]; // bios-node in the fixture's MAC database
+    let req = |kind| Req::new(kind, m, firmware::debian_installer(m));
+    let mut c = Case::server(granted());
+    for kind in [DISCOVER, REQUEST] {
+        let r = c.build(&req(kind)).unwrap();
+        assert_eq!(r.message.yiaddr(), Ipv4Addr::new(10, 77, 0, 100));
+        let dns = vec![Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(10, 77, 0, 2)];
+        assert_eq!(r.option(OptionCode::DomainNameServer), Some(&DhcpOption::DomainNameServer(dns)));
+        assert_eq!(r.option(OptionCode::Router), Some(&DhcpOption::Router(vec![fx::SERVER])));
+        assert_eq!(r.option(OptionCode::DomainName), Some(&DhcpOption::DomainName("lab.test".into())));
+        assert_eq!(r.option(OptionCode::Hostname), Some(&DhcpOption::Hostname("bios-node".into())));
+        assert!(r.boot.is_none() && r.option(OptionCode::BootfileName).is_none());
+        // Requested ones come in the client's order, right after 53 and 54.
+        let order = wire_order(&r.encode());
+        let requested: Vec<u8> = order.iter().copied().filter(|c| [1, 3, 6, 12, 15].contains(c)).collect();
+        assert_eq!(requested, vec![1, 3, 6, 12, 15]);
+    }
+    c.mode = DhcpMode::Proxy;
+    assert!(c.build(&req(DISCOVER)).is_none());
+    assert!(c.build(&req(REQUEST).server_id(fx::SERVER)).is_none());
+    c.port = Port::Pxe;
+    assert!(c.build(&req(REQUEST)).is_none());
+}

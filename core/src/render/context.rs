@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `machine.hostname`, `machine.mac`, `machine.vars.*`, `machine.known` | the machine |
 //! | `machine.token` | its token for `POST /events/<mac>` (see `token`) |
-//! | `profile.name`, `profile.description` | the profile |
+//! | `machine.domain` | the DNS domain the appliance's DHCP hands out (`dhcp.domain`), when set |
+//! | `profile.name`, `profile.description`, `profile.vars.*` | the profile |
 //! | `arch`, `version` | the architecture and the artifact set's version |
 //! | `server.address`, `server.http_base` | how clients reach the appliance |
 //! | `answers.<name>` | the full URL of each of the profile's answer files for this machine |
@@ -57,7 +58,7 @@ pub fn template_context(
         .collect();
     let common = context! {
         machine => machine_value,
-        profile => context! { name => profile.name, description => profile.description },
+        profile => context! { name => profile.name, description => profile.description, vars => Value::from_serialize(&profile.vars) },
         server => context! { address => server.address.to_string(), http_base => server.http_base },
         answers => answers,
     };

@@ -96,6 +96,7 @@ pub(super) fn validate_profiles(
                 arches,
                 answers,
                 file: src.path.clone(),
+                vars: serde_json::to_value(&wire.vars).unwrap_or(serde_json::Value::Null),
             }),
         );
     }
