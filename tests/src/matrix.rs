@@ -18,9 +18,12 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 use testkit::lab::{Lab, NS_PREFIX};
-use testkit::procs::{self, tail};
+use testkit::procs;
 use testkit::qemu::console::{find_marker, Marker, MARKER};
 use testkit::qemu::Vm;
+
+mod running;
+use running::{Progress, Running};
 
 /// The file name the site DHCP hands every client in off mode.
 pub const OFF_MODE_BOOT_FILE: &str = "undionly.kpxe";
@@ -544,77 +547,5 @@ impl Cell {
             s.check_alive()?;
         }
         Ok(())
-    }
-}
-
-/// When the console and the daemon log last grew.
-#[derive(Default)]
-struct Progress {
-    seen: (usize, usize),
-    since: Option<Instant>,
-}
-
-impl Progress {
-    fn stalled(&mut self, now: (usize, usize), limit: Duration) -> bool {
-        let since = *self.since.get_or_insert_with(Instant::now);
-        if now != self.seen {
-            self.seen = now;
-            self.since = Some(Instant::now());
-            return false;
-        }
-        since.elapsed() > limit
-    }
-}
-
-/// Everything one cell started, stopped in field order on drop: VM, daemon, site DHCP, then the
-/// links and namespaces.
-#[derive(Default)]
-struct Running {
-    vm: Option<Vm>,
-    daemon: Option<Daemon>,
-    reference: Option<ReferenceStack>,
-    site: Option<Dnsmasq>,
-    lab: Option<Lab>,
-    /// The artifact version the cell expects, when it expects a boot.
-    version: Option<String>,
-}
-
-impl Running {
-    fn stop_processes(&mut self) {
-        if let Some(vm) = self.vm.as_mut() {
-            vm.stop();
-        }
-        if let Some(d) = self.daemon.as_mut() {
-            d.stop();
-        }
-    }
-
-    /// Log tails for a failure message.
-    fn evidence(&self, out: &Path) -> String {
-        let mut s = String::new();
-        if let Some(vm) = &self.vm {
-            let _ = write!(
-                s,
-                "--- serial console (last 40 lines of {}):\n{}",
-                vm.serial.as_deref().unwrap_or(Path::new("serial.log")).display(),
-                tail(&vm.serial_text(), 40)
-            );
-            let stderr = vm.stderr_text();
-            if !stderr.trim().is_empty() {
-                let _ = write!(s, "--- qemu.log:\n{}", tail(&stderr, 10));
-            }
-        }
-        if let Some(d) = &self.daemon {
-            let _ = write!(s, "--- daemon (last 40 lines of {}):\n{}", d.log_path().display(), tail(&d.log_text(), 40));
-        }
-        if let Some(site) = &self.site {
-            let _ = write!(
-                s,
-                "--- site dnsmasq (last 25 lines of {}):\n{}",
-                out.join("dnsmasq.log").display(),
-                tail(&site.log_text(), 25)
-            );
-        }
-        s
     }
 }
