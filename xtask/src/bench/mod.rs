@@ -16,6 +16,7 @@
 //! The bench measures with the release build of this very crate: run from a debug build
 //! (what `cargo xtask` is) it builds `-p xtask -p appliance` in release and re-executes.
 
+mod cgroups;
 mod dhcp;
 mod http;
 mod httpc;
