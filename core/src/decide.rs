@@ -30,14 +30,20 @@ pub enum Stage {
     Grub,
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Stage::Dhcp => "DHCP",
             Stage::IpxeScript => "iPXE script",
             Stage::Pxelinux => "pxelinux.cfg",
             Stage::Grub => "grub.cfg",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -8,6 +8,7 @@ use super::HttpContext;
 use crate::observe::{now_ms, peer_v4};
 use crate::state::Shared;
 use appliance_core::journal::{Answer, Event, Http, Installer};
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -37,7 +38,7 @@ pub(super) fn running(
 /// How a response ended.
 pub(super) struct Done<'a> {
     pub method: &'a hyper::Method,
-    pub path: &'a str,
+    pub path: String,
     pub status: u16,
     /// Body bytes sent, and the length announced (`None` for HEAD).
     pub bytes: u64,
@@ -47,7 +48,7 @@ pub(super) struct Done<'a> {
 }
 
 /// The response's body was sent, or dropped (the client went away).
-pub(super) fn finished(shared: &Shared, notes: &Notes, done: Done<'_>, running: Option<u64>) {
+pub(super) fn finished(shared: &Shared, notes: Notes, done: Done<'_>, running: Option<u64>) {
     let t = &shared.telemetry;
     t.metrics.http.in_flight.dec();
     if let Some(id) = running {
@@ -61,32 +62,37 @@ pub(super) fn finished(shared: &Shared, notes: &Notes, done: Done<'_>, running: 
     }
     let ip = peer_v4(done.peer);
     let mac = notes.mac.or_else(|| ip.and_then(|ip| shared.mac_for_ip(ip)));
-    let event = if let Some((event, message)) = &notes.installer {
-        Event::Installer(Installer {
-            event: *event,
-            message: message.clone(),
-            status: done.status,
-            note: notes.decision.clone(),
-        })
-    } else if let Some(name) = &notes.answer {
+    let event = if let Some((event, message)) = notes.installer {
+        Event::Installer(Installer { event, message, status: done.status, note: notes.decision })
+    } else if let Some(name) = notes.answer {
         Event::Answer(Answer {
-            name: name.clone(),
+            name,
             status: done.status,
             bytes: done.bytes,
-            decision: notes.decided.clone(),
-            note: notes.decision.clone(),
+            decision: notes.decided,
+            note: notes.decision,
         })
     } else {
         Event::Http(Http {
-            method: done.method.to_string(),
-            path: done.path.to_string(),
+            method: method_words(done.method),
+            path: done.path,
             status: done.status,
             bytes: done.bytes,
             length: done.length,
             duration_ms: duration.as_millis() as u64,
-            decision: notes.decided.clone(),
-            note: if notes.decided.is_none() { notes.decision.clone() } else { None },
+            note: if notes.decided.is_none() { notes.decision } else { None },
+            decision: notes.decided,
         })
     };
     t.journal.record(mac, ip, event);
+}
+
+/// The method as the record spells it: borrowed for those the boot port serves.
+fn method_words(m: &hyper::Method) -> Cow<'static, str> {
+    match *m {
+        hyper::Method::GET => Cow::Borrowed("GET"),
+        hyper::Method::HEAD => Cow::Borrowed("HEAD"),
+        hyper::Method::POST => Cow::Borrowed("POST"),
+        ref other => Cow::Owned(other.to_string()),
+    }
 }

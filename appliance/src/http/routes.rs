@@ -66,8 +66,6 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
             if let Some((profile, version)) = &notes.touch {
                 touches.touch(profile, version, SystemTime::now());
             }
-            let done = super::observe::Done { method: &method, path: &path, status, bytes, length, started, peer };
-            super::observe::finished(&shared, &notes, done, running);
             // Method and path are the client's bytes: escaped and bounded (log_text).
             tracing::info!(
                 method = %escaped(method.as_str()),
@@ -81,6 +79,9 @@ pub(super) async fn handle(ctx: &HttpContext, req: Request<Incoming>, peer: Sock
                 rule = notes.rule,
                 "http request"
             );
+            // Last: the journal's record takes the notes and the path rather than copies.
+            let done = super::observe::Done { method: &method, path, status, bytes, length, started, peer };
+            super::observe::finished(&shared, notes, done, running);
         })
     })
 }

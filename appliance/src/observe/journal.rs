@@ -378,7 +378,7 @@ mod cost {
     /// A script request's record, as `http::observe` makes it, for `mac`.
     fn script_record(mac: MacAddr, decided: &Decided) -> Event {
         Event::Http(Http {
-            method: "GET".to_string(),
+            method: "GET".into(),
             path: format!("/ipxe/script?mac={mac}"),
             status: 200,
             bytes: 812,

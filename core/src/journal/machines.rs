@@ -154,7 +154,7 @@ pub fn summarize(mac: MacAddr, records: &VecDeque<Record>, installed: Option<u64
     Summary {
         mac,
         hostname: decided.map(|d| d.hostname.clone()),
-        arch: newest.clone().find_map(|r| r.decision().and_then(|d| d.arch.clone())),
+        arch: newest.clone().find_map(|r| r.decision().and_then(|d| d.arch.as_deref().map(str::to_string))),
         firmware,
         step: last.map_or(Step::Other, Record::step),
         last_stage: last.map_or_else(|| "-".into(), Record::what),
