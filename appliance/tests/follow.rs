@@ -8,9 +8,9 @@ mod common;
 
 use appliance::follow::git::{Auth, Remote};
 use appliance::follow::GitSource;
-use common::{copy_dir, curl, run, test_config, tftp_get, Daemon};
+use common::{copy_dir, curl, run, test_config, tftp_get, Daemon, Spawned};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const POLL: Duration = Duration::from_secs(2);
@@ -21,16 +21,9 @@ const UEFI1: &str = "/ipxe/script?mac=52-54-00-00-00-03&buildarch=x86_64&platfor
 /// A working repository with `profiles/`, served read-only by `git daemon` on loopback.
 struct Served {
     root: tempfile::TempDir,
-    daemon: Child,
+    /// Only the git daemon this test started, killed by its own handle.
+    _daemon: Spawned,
     url: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        // Only the git daemon this test started, by its own handle.
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
-    }
 }
 
 impl Served {
@@ -44,21 +37,7 @@ impl Served {
 
     /// `git` in the repository, isolated from the host's and the user's configuration.
     fn git(&self, args: &[&str]) -> String {
-        let (ok, out, err) = run(
-            Command::new("git")
-                .args(args)
-                .current_dir(self.repo())
-                .env("GIT_CONFIG_NOSYSTEM", "1")
-                .env("GIT_CONFIG_GLOBAL", "/dev/null")
-                .env("HOME", self.root.path())
-                .env("GIT_AUTHOR_NAME", "t")
-                .env("GIT_AUTHOR_EMAIL", "t@t")
-                .env("GIT_COMMITTER_NAME", "t")
-                .env("GIT_COMMITTER_EMAIL", "t@t"),
-            "git (Debian package git)",
-        );
-        assert!(ok, "git {args:?}: {err}");
-        String::from_utf8(out).unwrap().trim().to_string()
+        common::git(&self.repo(), args)
     }
 
     /// Commits everything under `profiles/` and returns the commit id.
@@ -103,7 +82,7 @@ fn serve_repo() -> (Served, String) {
         .stdin(Stdio::null())
         .spawn()
         .expect("cannot run git daemon: install git (Debian package git)");
-    let served = Served { root, daemon, url: format!("git://127.0.0.1:{port}/cfg") };
+    let served = Served { root, _daemon: Spawned(daemon), url: format!("git://127.0.0.1:{port}/cfg") };
     served.git(&["init", "-q", "-b", "main"]);
     let first = served.commit("first");
     for _ in 0..100 {
