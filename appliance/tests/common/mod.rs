@@ -11,6 +11,9 @@ use std::time::Duration;
 use testkit::tftp_client::{self as client, ClientOptions};
 use tokio::sync::{oneshot, Notify};
 
+pub mod file_server;
+pub mod followed;
+
 /// What a daemon serves from and keeps its state in.
 struct Dirs {
     config: tempfile::TempDir,
