@@ -4,6 +4,9 @@
 //! the token from the token file (HTTP basic authentication); a wrong token and an unknown CA
 //! are refused, and no error message carries the token.
 
+mod common;
+
+use common::git;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,21 +27,6 @@ fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e} (install it: Debian package {what})"));
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    run(
-        Command::new("git")
-            .args(args)
-            .current_dir(dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.invalid"),
-        "git",
-    )
 }
 
 /// A CA, and a certificate for 127.0.0.1 signed by it: (ca.pem, server.pem, server.key).
@@ -257,6 +245,7 @@ fn fetches_over_https_with_the_token_and_the_site_ca() {
     let err = git::fetch(&dir.path().join("git-b"), &remote(server.port, &wrong, Some(ca))).unwrap_err().to_string();
     assert!(server.refused.load(Ordering::SeqCst) > 0, "the server saw no request without the token: {err}");
     assert!(!err.contains("not-the-token") && !err.contains(TOKEN), "{err}");
+    assert!(err.contains("the server asks for credentials and refused those sent"), "{err}");
 
     // Without the CA file the server's certificate is not trusted: nothing is fetched.
     let requests_before = server.requests.load(Ordering::SeqCst);

@@ -50,6 +50,17 @@ pub enum GitError {
     Io { path: PathBuf, error: std::io::Error },
 }
 
+/// What the server refused, for the fetch's error message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", if *ssh {
+    "the server refused the SSH key (is the deploy key's public half in the server's authorized keys?)"
+} else {
+    "the server asks for credentials and refused those sent (is the token file's token valid for this repository?)"
+})]
+struct AuthRefused {
+    ssh: bool,
+}
+
 impl Remote {
     /// The ref on the remote, in full.
     pub fn remote_ref(&self) -> String {
@@ -99,22 +110,42 @@ pub fn fetch(dir: &Path, remote: &Remote) -> Result<String, GitError> {
         .with_refspecs(Some(spec.as_str()), gix::remote::Direction::Fetch)
         .map_err(|e| fail(e.to_string()))?;
     let mut connection = gix_remote.connect(gix::remote::Direction::Fetch).map_err(|e| fail(e.to_string()))?;
-    // Never ask a helper or a terminal for credentials: the daemon has neither.
-    connection.set_credentials(|_| Ok(None));
+    // Never ask a helper or a terminal for credentials: the daemon has neither. gix asks only
+    // once the server has refused us, and would then report just that no credentials came back
+    // (dropping ssh's own "Permission denied"): say what was refused instead.
+    let refused = AuthRefused { ssh: !remote.is_http() };
+    connection.set_credentials(move |_| Err(gix::Exn::new(refused.clone()).into()));
     if remote.is_http() {
         connection.set_transport_options(Box::new(http_options(remote)?));
     }
     let interrupt = AtomicBool::new(false);
     connection
         .prepare_fetch(gix::progress::Discard, Default::default())
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(with_causes(&e)))?
         .receive(gix::progress::Discard, &interrupt)
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(with_causes(&e)))?;
     let mut reference = repo
         .find_reference(remote.tracking_ref().as_str())
         .map_err(|_| fail(format!("the remote has no {}", remote.remote_ref())))?;
     let commit = reference.peel_to_commit().map_err(|e| fail(e.to_string()))?;
     Ok(commit.id.to_string())
+}
+
+/// An error and its causes, one after the other: gix's outer messages ("failed to obtain
+/// credentials") leave out what actually happened.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some layers already repeat their cause in their own message.
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// The transport options of an HTTP(S) remote: our TLS roots, and the token when there is one.

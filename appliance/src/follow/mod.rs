@@ -257,7 +257,9 @@ impl Follower {
             use crate::obtain::ObtainError as O;
             let transient = matches!(
                 e,
-                O::NoSpace { .. } | O::Client(_) | O::Download(D::Transfer { .. } | D::Status { .. } | D::Io { .. })
+                O::NoSpace { .. }
+                    | O::Client(_)
+                    | O::Download(D::Transfer { .. } | D::Status { .. } | D::Io { .. } | D::NoSpace { .. })
             );
             return refuse(e.to_string().lines().map(str::to_string).collect(), transient);
         }

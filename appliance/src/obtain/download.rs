@@ -2,6 +2,12 @@
 //! across cuts and resumed with `Range`, hashed as it goes, and renamed to `<dir>/<sha256>`
 //! only once the whole content has the pinned sha256. A mismatch deletes the part file, since
 //! resuming a wrong file can only stay wrong.
+//!
+//! A download whose length was not announced (or that grows past it) cannot be checked against
+//! the free space beforehand: it stops once the file system has less room left than the part
+//! file already takes, since publishing needs a copy of it as large again, and on a full file
+//! system; either way the part file is removed at once, so the space is given back and the
+//! rest of the daemon (checkouts, leases, the journal) keeps working.
 
 use appliance_core::catalog::Digest;
 use reqwest::blocking::{Client, Response};
@@ -27,7 +33,16 @@ pub enum DownloadError {
     Transfer { url: String, error: String, attempts: u32, bytes: u64 },
     #[error("{}: {error}", path.display())]
     Io { path: PathBuf, error: io::Error },
+    #[error(
+        "{url}: not enough space on the state file system {}: stopped after {bytes} bytes with {free} bytes free \
+         (publishing needs a copy as large again); the partial download was removed",
+        dir.display()
+    )]
+    NoSpace { url: String, dir: PathBuf, bytes: u64, free: u64 },
 }
+
+/// How often (in bytes written) a download looks at the free space.
+const SPACE_CHECK_BYTES: u64 = 1 << 20;
 
 /// Downloads `url` to `<dir>/<hex sha256>` unless it is there already, and returns the path.
 /// Progress goes to the log every 5 s and at the end.
@@ -51,7 +66,14 @@ pub fn download(client: &Client, url: &str, sha256: &Digest, dir: &Path) -> Resu
         attempt += 1;
         match fetch_rest(client, url, &mut file, &part, &mut progress) {
             Ok(hash) => break hash,
-            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Fatal(e)) => {
+                if matches!(e, DownloadError::NoSpace { .. }) {
+                    drop(file);
+                    std::fs::remove_file(&part).map_err(io_err(&part))?;
+                    warn!(%url, "{e}");
+                }
+                return Err(e);
+            }
             Err(Failure::Cut(error)) => {
                 let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
                 if attempt >= ATTEMPTS {
@@ -118,7 +140,13 @@ fn fetch_rest(
     let mut hash = hash_prefix(file, offset).map_err(io)?;
     progress.total = content_length(&response).map(|n| n + offset);
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let dir = part.parent().unwrap_or(Path::new("."));
+    let no_space = |bytes: u64| {
+        let free = crate::obtain::free_space(dir).unwrap_or(0);
+        Failure::Fatal(DownloadError::NoSpace { url: url.to_string(), dir: dir.to_path_buf(), bytes, free })
+    };
     let mut written = offset;
+    let mut next_check = written + SPACE_CHECK_BYTES;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match response.read(&mut buf) {
@@ -127,10 +155,21 @@ fn fetch_rest(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Failure::Cut(e.to_string())),
         };
-        file.write_all(&buf[..n]).map_err(io)?;
+        match file.write_all(&buf[..n]) {
+            Err(e) if e.kind() == io::ErrorKind::StorageFull => return Err(no_space(written)),
+            other => other.map_err(io)?,
+        }
         hash.update(&buf[..n]);
         written += n as u64;
         progress.tick(written);
+        if written >= next_check {
+            next_check = written + SPACE_CHECK_BYTES;
+            // Known lengths were checked before the first byte; this catches the others (and
+            // anything else filling the file system meanwhile).
+            if crate::obtain::free_space(dir).is_some_and(|free| free < written) {
+                return Err(no_space(written));
+            }
+        }
     }
     if progress.total.is_some_and(|t| written < t) {
         return Err(Failure::Cut(format!("connection closed at {written} of {} bytes", progress.total.unwrap_or(0))));

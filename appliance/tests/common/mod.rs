@@ -11,6 +11,9 @@ use std::time::Duration;
 use testkit::tftp_client::{self as client, ClientOptions};
 use tokio::sync::{oneshot, Notify};
 
+pub mod file_server;
+pub mod followed;
+
 /// What a daemon serves from and keeps its state in.
 struct Dirs {
     config: tempfile::TempDir,
@@ -198,4 +201,33 @@ pub fn curl(args: &[&str]) -> (bool, Vec<u8>, String) {
 
 pub async fn tftp_get(d: &Daemon, path: &str) -> Result<Vec<u8>, String> {
     client::get(d.tftp, path, &ClientOptions::default()).await.map(|dl| dl.data).map_err(|e| e.to_string())
+}
+
+/// `git` in `dir`, isolated from the host's and the user's configuration; its trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = run(
+        Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@t")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@t"),
+        "git (Debian package git)",
+    );
+    assert!(ok, "git {args:?}: {err}");
+    String::from_utf8(out).unwrap().trim().to_string()
+}
+
+/// A server process a test started (git daemon, sshd, the daemon binary): killed by its own
+/// PID and reaped when the test ends, however it ends.
+pub struct Spawned(pub std::process::Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

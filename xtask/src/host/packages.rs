@@ -95,6 +95,16 @@ pub const HOST_PACKAGES: &[HostPackage] = &[
         "git daemon and git http-backend serve the repository the daemon follows, and git makes its commits (tests)",
         &[Test],
     ),
+    native(
+        "openssh-server",
+        "sshd serves the repository the daemon follows over SSH with a deploy key (tests)",
+        &[Test],
+    ),
+    native(
+        "openssh-client",
+        "ssh is how the daemon fetches an ssh:// repository; ssh-keygen makes the test's keys",
+        &[Test],
+    ),
     native("openssl", "openssl makes the CA and certificate of the HTTPS git test's server", &[Test]),
     native("u-boot-tools", "dumpimage checks the boot.scr.uimg we render (golden tests)", &[Test]),
     native("prometheus", "promtool lints the names and help texts of the daemon's /metrics (tests)", &[Test]),
