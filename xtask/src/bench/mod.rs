@@ -194,6 +194,8 @@ pub struct Ctx {
     pub appliance: PathBuf,
     /// `--daemon-arg`s.
     pub daemon_args: Vec<String>,
+    /// `--journal=on|off` while `--journal-compare` runs a section: this build's only.
+    pub journal_args: Vec<String>,
     /// `--baseline-appliance`, absolute.
     pub baseline: Option<PathBuf>,
     pub peers: peers::Peers,
@@ -256,6 +258,7 @@ pub fn run(args: &Args) -> Result<()> {
         data,
         appliance: root.join("target/release/appliance"),
         daemon_args: args.daemon_arg.clone(),
+        journal_args: Vec::new(),
         baseline,
         peers,
         rt,
@@ -290,7 +293,7 @@ pub fn run(args: &Args) -> Result<()> {
         }
         let meter = peers::OtherMeter::start(group.as_ref());
         for (tag, extra) in journal_variants(args.journal_compare) {
-            ctx.daemon_args = args.daemon_arg.iter().cloned().chain(extra.iter().map(|a| a.to_string())).collect();
+            ctx.journal_args = extra.iter().map(|a| a.to_string()).collect();
             let before = report.mark();
             run(&ctx, &mut report)
                 .with_context(|| format!("{name} section{}", tag.map(|t| format!(" [{t}]")).unwrap_or_default()))?;

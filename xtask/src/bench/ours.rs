@@ -133,6 +133,8 @@ fn serve_command(ctx: &Ctx, binary: &Path, ns: Option<&str>, config: &Path, stat
         // per source (32 TFTP transfers, 64 HTTP connections by default; a baseline build may
         // predate the options) would refuse most of a 500-client run as one greedy host.
         c.args(["--tftp-max-per-source", "1024", "--http-max-per-source", "1024"]);
+        // `--journal-compare`: the journal is this build's (the baseline may predate it).
+        c.args(&ctx.journal_args);
     }
     c.args(&ctx.daemon_args);
     c
