@@ -85,9 +85,9 @@ pub enum Firmware {
     Unknown,
 }
 
-impl fmt::Display for Firmware {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Firmware {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Firmware::BiosPxe => "bios-pxe",
             Firmware::UefiPxe => "uefi-pxe",
             Firmware::UefiHttp => "uefi-http",
@@ -96,7 +96,13 @@ impl fmt::Display for Firmware {
             Firmware::Uboot => "u-boot",
             Firmware::Grub => "grub",
             Firmware::Unknown => "unknown",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Firmware {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

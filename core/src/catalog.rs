@@ -130,13 +130,19 @@ impl DhcpMode {
     }
 }
 
-impl std::fmt::Display for DhcpMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl DhcpMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
             DhcpMode::Server => "server",
             DhcpMode::Proxy => "proxy",
             DhcpMode::Off => "off",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for DhcpMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -6,13 +6,13 @@ use appliance_core::catalog::DhcpMode;
 use appliance_core::client::Client;
 use appliance_core::dhcp::exchange::Handled;
 use appliance_core::dhcp::reply::Port;
-use appliance_core::journal::{Decided, Dhcp, Event};
+use appliance_core::journal::{message_words, Decided, Dhcp, Event};
+use std::borrow::Cow;
 
 /// Counts the exchange and journals it; `sent` is false when the reply could not be sent.
 pub(super) fn exchange(t: &Telemetry, client: &Client, port: Port, mode: DhcpMode, h: &Handled, sent: bool) {
-    let reply = h.reply.as_ref().filter(|_| sent).map(|(r, _)| format!("{:?}", r.kind).to_ascii_uppercase());
-    let mode_name = mode.to_string();
-    t.metrics.dhcp_answered(&mode_name, reply.as_deref());
+    let reply = h.reply.as_ref().filter(|_| sent).map(|(r, _)| message_words(r.kind));
+    t.metrics.dhcp_answered(mode.as_str(), reply.as_deref());
     if !t.journal.enabled() {
         return;
     }
@@ -23,14 +23,14 @@ pub(super) fn exchange(t: &Telemetry, client: &Client, port: Port, mode: DhcpMod
     }
     let address = h.reply.as_ref().map(|(r, _)| r.message.yiaddr()).filter(|a| !a.is_unspecified());
     let record = Dhcp {
-        request: format!("{:?}", h.kind).to_ascii_uppercase(),
+        request: message_words(h.kind),
         reply,
-        mode: mode_name,
+        mode: Cow::Borrowed(mode.as_str()),
         port: match port {
             Port::Dhcp => 67,
             Port::Pxe => 4011,
         },
-        firmware: client.firmware.to_string(),
+        firmware: Cow::Borrowed(client.firmware.as_str()),
         client_arch: client.client_arch_code,
         vendor_class: client.vendor_class.clone(),
         address,

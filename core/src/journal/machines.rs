@@ -131,7 +131,7 @@ pub fn summarize(mac: MacAddr, records: &VecDeque<Record>, installed: Option<u64
     let decided = newest.clone().find_map(|r| r.decision());
     let last = records.back();
     let firmware = newest.clone().find_map(|r| match &r.event {
-        Event::Dhcp(d) if d.firmware != "unknown" => Some(d.firmware.clone()),
+        Event::Dhcp(d) if d.firmware != "unknown" => Some(d.firmware.to_string()),
         _ => None,
     });
     let (profile, version) = newest.clone().find_map(|r| r.profile_version()).unzip();

@@ -15,7 +15,9 @@ pub mod machines;
 pub mod record;
 
 pub use machines::{summarize, Limits, Machines, Summary};
-pub use record::{Answer, Decided, Dhcp, Event, Http, Installer, Rearm, Record, Severity, Step, Tftp, TftpEnd};
+pub use record::{
+    message_words, Answer, Decided, Dhcp, Event, Http, Installer, Rearm, Record, Severity, Step, Tftp, TftpEnd,
+};
 
 /// The records in journal file text (JSON lines). Lines that do not parse (a line cut short by
 /// a crash, a record type from a newer build) are counted and skipped.

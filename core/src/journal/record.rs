@@ -107,16 +107,16 @@ fn outcome_words(o: &Outcome) -> String {
 /// A DHCP request and what we answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dhcp {
-    /// DISCOVER, REQUEST, INFORM, …
-    pub request: String,
+    /// DISCOVER, REQUEST, INFORM, … (fixed words are borrowed: see [`Decided::stage`]).
+    pub request: Cow<'static, str>,
     /// OFFER, ACK, NAK; `None`: no answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<String>,
+    pub reply: Option<Cow<'static, str>>,
     /// server, proxy or off.
-    pub mode: String,
+    pub mode: Cow<'static, str>,
     /// 67 or 4011.
     pub port: u16,
-    pub firmware: String,
+    pub firmware: Cow<'static, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_arch: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +132,22 @@ pub struct Dhcp {
     /// Why nothing or less than usual was answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// A DHCP message type as records spell it (DISCOVER, OFFER, …).
+pub fn message_words(kind: dhcproto::v4::MessageType) -> Cow<'static, str> {
+    use dhcproto::v4::MessageType as M;
+    Cow::Borrowed(match kind {
+        M::Discover => "DISCOVER",
+        M::Offer => "OFFER",
+        M::Request => "REQUEST",
+        M::Decline => "DECLINE",
+        M::Ack => "ACK",
+        M::Nak => "NAK",
+        M::Release => "RELEASE",
+        M::Inform => "INFORM",
+        other => return Cow::Owned(format!("{other:?}").to_ascii_uppercase()),
+    })
 }
 
 /// How a TFTP transfer ended, from the transfer machine's `Outcome`.

@@ -190,3 +190,17 @@ fn records_survive_the_journal_file_and_bad_lines_are_counted() {
 fn clock_shows_milliseconds() {
     assert_eq!(clock(1_000_000_000_123), "2001-09-09 01:46:40.123 UTC");
 }
+
+#[test]
+fn message_types_read_as_before_and_the_common_ones_are_not_allocated() {
+    use dhcproto::v4::MessageType as M;
+    use std::borrow::Cow;
+    // The words the journal wrote before they were borrowed (`{:?}` upper-cased).
+    for kind in [M::Discover, M::Offer, M::Request, M::Decline, M::Ack, M::Nak, M::Release, M::Inform] {
+        let words = message_words(kind);
+        assert!(matches!(words, Cow::Borrowed(_)), "{kind:?}");
+        assert_eq!(words, format!("{kind:?}").to_ascii_uppercase());
+    }
+    assert_eq!(message_words(M::LeaseQuery), "LEASEQUERY");
+    assert_eq!(message_words(M::Unknown(99)), "UNKNOWN(99)");
+}
